@@ -1,0 +1,36 @@
+"""Builds the core from settings: store, outbound, ingest and ticket actions. The CLI and the daemon share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailbridge.actions import TicketActions
+from mailbridge.clock import Clock, system_clock
+from mailbridge.config import Settings
+from mailbridge.correlate import Tokens
+from mailbridge.ingest import Ingestor
+from mailbridge.outbound import Outbound
+from mailbridge.storage import Store, open_store
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    outbound: Outbound
+    ingestor: Ingestor
+    actions: TicketActions
+    clock: Clock
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock = system_clock, store: Store | None = None) -> App:
+        store = store or open_store(settings.database.url, settings.database.pool_size)
+        outbound = Outbound(settings, clock)
+        ingestor = Ingestor(store, settings, clock, outbound)
+        return cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
+
+    def reply_to(self, token: str) -> str:
+        return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(token)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,393 @@
+"""Command line: argument parsing and dispatch only (SPEC section 5). Exit 0 ok, 1 refused/not found, 2 usage/config."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mailbridge.errors import ConfigError, MailbridgeError, NotFound, Refused, StorageUnavailable
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    def __init__(self, config: str | None) -> None:
+        self.config_path = config
+        self._app: Any = None
+
+    @functools.cached_property
+    def settings(self) -> Any:
+        from mailbridge.config import load_settings
+
+        return load_settings(self.config_path)
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from mailbridge.app import App
+
+            self._app = App.build(self.settings)
+        return self._app
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"mailbridge: {message}", err=True)
+    sys.exit(code)
+
+
+def handled(fn: F) -> F:
+    """Translate mailbridge's errors into the exit codes of the contract."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for line in exc.problems:
+                click.echo(line, err=True)
+            sys.exit(2)
+        except (NotFound, Refused) as exc:
+            fail(str(exc), 1)
+        except StorageUnavailable as exc:
+            fail(str(exc), 1)
+        except MailbridgeError as exc:
+            fail(str(exc), 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "cli:unknown"
+
+
+def parse_when(value: str, now: datetime | None = None) -> datetime:
+    from mailbridge.agent_commands import postpone_until
+
+    try:
+        return postpone_until(value, now or datetime.now(UTC))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="PATH", help="config file (default: $MAILBRIDGE_CONFIG, then ./config/mailbridge.toml)")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """mailbridge: turns a support mailbox into tickets."""
+    ctx.obj = Ctx(config)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@cli.command()
+@pass_ctx
+@handled
+def run(ctx: Ctx) -> None:
+    """The daemon: listeners, pollers, scheduler, outbox sender."""
+    from mailbridge.daemon import run_daemon
+
+    sys.exit(run_daemon(ctx.config_path))
+
+
+@cli.command("check-config")
+@pass_ctx
+@handled
+def check_config(ctx: Ctx) -> None:
+    """Validate the config: exit 0, or 2 with `file:line: key: message` per error."""
+    from mailbridge.config import resolve_config_path
+
+    settings = ctx.settings
+    where = resolve_config_path(ctx.config_path)
+    click.echo(f"{where or 'embedded default'}: ok (database {settings.database.url})")
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+@handled
+def db_upgrade(ctx: Ctx) -> None:
+    """Apply schema migrations."""
+    from mailbridge.storage import open_store
+
+    store = open_store(ctx.settings.database.url, migrate=False)
+    click.echo(f"database at revision {store.upgrade()}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per message")
+@click.option("--dry-run", is_flag=True, help="decide and explain, write nothing")
+@pass_ctx
+@handled
+def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
+    """Ingest .eml files, directories, mbox files or Maildirs."""
+    from mailbridge.envelope import Envelope, Source
+    from mailbridge.sources.files import count_messages, iter_messages
+
+    app = ctx.app
+    batch_size = max(1, app.settings.database.batch_size)
+    unreadable: list[str] = []
+    counts: dict[str, int] = {}
+
+    def messages() -> Iterator[tuple[bytes, str]]:
+        for path in paths:
+            try:
+                yield from iter_messages(path)
+            except OSError as exc:
+                unreadable.append(f"{path}: {exc.strerror or exc}")
+
+    def report(outcome: Any) -> None:
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+        if as_json:
+            click.echo(json.dumps(outcome.as_json(), ensure_ascii=False))
+        elif dry_run or not sys.stderr.isatty():
+            where = f"#{outcome.ticket}" if outcome.ticket else "-"
+            click.echo(f"{outcome.source}: {outcome.outcome} {where} ({outcome.reason})")
+
+    with _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance:
+        batch: list[tuple[bytes, Envelope, Source]] = []
+
+        def flush() -> None:
+            for outcome in app.ingestor.accept_many(batch):
+                report(outcome)
+            advance(len(batch))
+            batch.clear()
+
+        for raw, label in messages():
+            source = Source("file", label, live=False)
+            if dry_run:
+                report(app.ingestor.explain(raw, Envelope(), source))
+                advance(1)
+                continue
+            batch.append((raw, Envelope(), source))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    if not as_json:
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
+        click.echo(f"{'would ingest' if dry_run else 'ingested'}: {summary}", err=True)
+    for problem in unreadable:
+        click.echo(f"mailbridge: cannot read {problem}", err=True)
+    if unreadable:
+        sys.exit(1)
+
+
+class _progress:
+    """A progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.total or self.total < 20:
+            return lambda n: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+        task = self.bar.add_task("ingesting", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@cli.command()
+@click.option("--status", type=click.Choice(["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handled
+def tickets(ctx: Ctx, status: str | None, as_json: bool) -> None:
+    """List tickets."""
+    from mailbridge import views
+    from mailbridge.storage import repository as repo
+
+    with ctx.app.store.unit() as session:
+        rows = [views.ticket_summary(t, n) for t, n in repo.list_tickets(session, status)]
+    if as_json:
+        emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("#", "status", "subject", "customer", "msgs", "updated", box=None)
+    for r in rows:
+        table.add_row(str(r["number"]), r["status"], r["subject"][:60], r["customer"], str(r["message_count"]), r["updated_at"])
+    Console(width=max(120, Console().width)).print(table)
+
+
+@cli.group()
+def ticket() -> None:
+    """Show or change one ticket."""
+
+
+@ticket.command("show")
+@click.argument("number", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handled
+def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
+    """One ticket: its messages and events, interleaved by time."""
+    from mailbridge import views
+    from mailbridge.storage import repository as repo
+
+    app = ctx.app
+    with app.store.unit() as session:
+        t = repo.get_ticket(session, number)
+        if t is None:
+            raise NotFound(f"no ticket #{number}")
+        messages, events = repo.ticket_messages(session, number), repo.ticket_events(session, number)
+        reply_to = app.reply_to(t.token)
+        if as_json:
+            emit_json(views.ticket_detail(t, reply_to, messages, events))
+        else:
+            click.echo("\n".join(views.thread_lines(t, reply_to, messages, events)))
+
+
+def _action(name: str) -> None:
+    @ticket.command(name, help=f"{name.capitalize()} a ticket (same transition as the agent command).")
+    @click.argument("number", type=int)
+    @pass_ctx
+    @handled
+    def command(ctx: Ctx, number: int) -> None:
+        changed = ctx.app.actions.act(number, name, actor())
+        click.echo(f"ticket #{number}: {changed.from_status} -> {changed.to_status}")
+
+
+for _name in ("resolve", "close", "spam", "delete", "restore"):
+    _action(_name)
+
+
+@ticket.command("postpone")
+@click.argument("number", type=int)
+@click.option("--until", "until", required=True, metavar="WHEN", help="3d, 12h, 2026-12-01 or 2026-12-01T09:00 (UTC)")
+@pass_ctx
+@handled
+def ticket_postpone(ctx: Ctx, number: int, until: str) -> None:
+    """Postpone a ticket until WHEN."""
+    app = ctx.app
+    changed = app.actions.act(number, "postpone", actor(), parse_when(until, app.clock()))
+    click.echo(f"ticket #{number}: {changed.from_status} -> {changed.to_status}")
+
+
+@ticket.command("purge")
+@click.argument("number", type=int)
+@pass_ctx
+@handled
+def ticket_purge(ctx: Ctx, number: int) -> None:
+    """Remove a closed, spam or deleted ticket for good (its Message-IDs are remembered)."""
+    removed = ctx.app.actions.purge(number, actor())
+    click.echo(f"ticket #{number} purged ({removed} messages)")
+
+
+@cli.group()
+def quarantine() -> None:
+    """Messages that could not be put on a ticket."""
+
+
+@quarantine.command("list")
+@click.option("--all", "show_all", is_flag=True, help="include ignored and released entries")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handled
+def quarantine_list(ctx: Ctx, show_all: bool, as_json: bool) -> None:
+    from mailbridge import views
+    from mailbridge.storage import repository as repo
+
+    with ctx.app.store.unit() as session:
+        rows = [views.quarantine_view(q) for q in repo.list_quarantine(session, show_all, show_all)]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>6}  {r['created_at']}  {r['kind']:<11} {r['state']:<8} {r['sender'] or '-':<30} {r['reason']}")
+    if not rows:
+        click.echo("quarantine is empty")
+
+
+@quarantine.command("show")
+@click.argument("pk", metavar="ID", type=int)
+@pass_ctx
+@handled
+def quarantine_show(ctx: Ctx, pk: int) -> None:
+    from mailbridge import views
+    from mailbridge.storage import repository as repo
+
+    with ctx.app.store.unit() as session:
+        q = repo.get_quarantine(session, pk)
+        if q is None:
+            raise NotFound(f"no quarantine entry {pk}")
+        data = views.quarantine_view(q)
+        detail = q.detail
+    for key, value in data.items():
+        click.echo(f"{key + ':':<12} {value}")
+    if detail:
+        click.echo("\n" + detail.rstrip())
+
+
+@quarantine.command("retry")
+@click.argument("pk", metavar="ID", type=int)
+@pass_ctx
+@handled
+def quarantine_retry(ctx: Ctx, pk: int) -> None:
+    from mailbridge.actions import retry_quarantined
+
+    app = ctx.app
+    outcome = retry_quarantined(app.store, app.ingestor, pk)
+    where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
+    click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
+    if outcome.outcome == "quarantined":
+        sys.exit(1)
+
+
+@cli.group()
+def message() -> None:
+    """Stored messages."""
+
+
+@message.command("raw")
+@click.argument("pk", metavar="ID", type=int)
+@pass_ctx
+@handled
+def message_raw(ctx: Ctx, pk: int) -> None:
+    """The stored raw bytes, byte for byte."""
+    from mailbridge.storage import repository as repo
+
+    with ctx.app.store.unit() as session:
+        m = repo.get_message(session, pk, with_raw=True)
+        if m is None:
+            raise NotFound(f"no message {pk}")
+        raw = m.raw
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="mailbridge", standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    return 0

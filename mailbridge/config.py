@@ -1,0 +1,651 @@
+"""TOML -> validated, frozen settings; loaded once by the composition root and passed down.
+
+Every problem in a file is reported at once, one `file:line: key: message` line each (SPEC
+section 5, `check-config`). Secrets never sit in the file: they are read from a file or the
+environment at load and held in `Secret`, which never prints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from bisect import bisect_right
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from mailbridge.errors import ConfigError
+
+ENV_VAR = "MAILBRIDGE_CONFIG"
+DEFAULT_PATH = Path("config/mailbridge.toml")
+MB = 1024 * 1024
+
+
+class Secret:
+    """A string that never prints; call `.get()` at the one place that needs the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# --- value types -------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)B?", re.IGNORECASE)
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_HOSTPORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        seconds = sum(int(n) * _SECONDS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
+    else:
+        raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 15m, 2h, 7d, 1w)")
+    if seconds <= 0:
+        raise ValueError("must be a positive duration")
+    return timedelta(seconds=seconds)
+
+
+def _size(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        size = int(m[1]) * 1024 ** "KMG".find(m[2].upper()) if m[2] else int(m[1])
+    else:
+        raise ValueError(f"invalid size {value!r} (use e.g. 512KB, 25MB, 1GB)")
+    if size <= 0:
+        raise ValueError("must be a positive size")
+    return size
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError(f"not an email address: {value!r}")
+    return value.lower()
+
+
+def _domain(value: str) -> str:
+    if not _DOMAIN.fullmatch(value.lower()):
+        raise ValueError(f"not a domain name: {value!r}")
+    return value.lower()
+
+
+def _sender(value: str) -> str:
+    # a blocked entry is a whole domain when written `@example.com`
+    return "@" + _domain(value[1:]) if value.startswith("@") else _address(value)
+
+
+def split_listen(listen: str) -> tuple[str, int] | Path:
+    """`host:port` or `[::1]:port` -> (host, port); `unix:/path` -> the socket's Path."""
+    if listen.startswith("unix:") and len(listen) > 5:
+        return Path(listen[5:])
+    m = _HOSTPORT.fullmatch(listen)
+    if not m or not 0 < int(m["port"]) < 65536:
+        raise ValueError(f"invalid address {listen!r} (use host:port, [::1]:port or unix:/path)")
+    return m["v6"] or m["host"], int(m["port"])
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    return (info.context or {}).get("base_dir") or Path.cwd()
+
+
+def _smtp_listen(value: str, info: ValidationInfo) -> str:
+    where = split_listen(value)
+    return f"unix:{_base_dir(info) / where}" if isinstance(where, Path) else value
+
+
+def _metrics_listen(value: str) -> str:
+    if isinstance(split_listen(value), Path):
+        raise ValueError(f"invalid address {value!r} (use host:port)")
+    return value
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    path = _base_dir(info) / value.expanduser()  # an absolute value replaces the base
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+def _env_set(value: str, info: ValidationInfo) -> str:
+    if not (info.context or {}).get("env", os.environ).get(value):
+        raise ValueError(f"environment variable {value} is not set")
+    return value
+
+
+def _database_url(value: str) -> str:
+    if not re.match(r"[a-z][a-z0-9+.-]*://", value):
+        raise ValueError(f"not a database URL: {value!r} (e.g. sqlite:///var/mailbridge.db)")
+    return value
+
+
+def _subject_tag(value: str) -> str:
+    try:
+        ok = "{number}" in value and value.format(number=1) != value
+    except (KeyError, IndexError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError("must contain {number} and no other {...} fields, e.g. '[#{number}]'")
+    return value
+
+
+def _after(value: str) -> str:
+    if value not in ("seen", "delete") and not (value.startswith("move:") and value[5:].strip()):
+        raise ValueError("must be one of: seen, delete, move:<folder>")
+    return value
+
+
+Bool = Annotated[bool, Strict()]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+Count = Annotated[int, Strict(), Field(ge=1)]
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+Address = Annotated[str, AfterValidator(_address)]
+Domain = Annotated[str, AfterValidator(_domain)]
+FilePath = Annotated[Path, AfterValidator(_existing_file)]
+EnvName = Annotated[str, AfterValidator(_env_set)]
+Status = Literal["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+def _reject(title: str, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+    """Raise cross-field problems together, each at its own key, so none hides another."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("config", "{msg}", {"msg": msg}), loc=loc, input=None
+                )
+                for loc, msg in problems
+            ],
+        )
+
+
+def _read_secret(file: Path | None, env_name: str | None, info: ValidationInfo) -> Secret | None:
+    # existence and unset variables were reported per key already; this only fetches the value
+    if file is not None:
+        try:
+            return Secret(file.read_text(encoding="utf-8").rstrip("\r\n"))
+        except (OSError, UnicodeDecodeError) as exc:
+            _reject("secret", [(("password_file",), f"cannot read {file}: {exc}")])
+    if env_name is not None:
+        return Secret((info.context or {}).get("env", os.environ).get(env_name, ""))
+    return None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///var/mailbridge.db"
+    pool_size: Count = 5
+    batch_size: Count = 100  # messages per group commit in `ingest`
+
+
+class SmtpSettings(_Section):
+    listen: Annotated[str, AfterValidator(_smtp_listen)] = "127.0.0.1:2525"
+    mode: Literal["smtp", "lmtp"] = "smtp"
+    hostname: str | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+    require_tls: Bool = False
+    auth_users_file: FilePath | None = None
+    auth_require_tls: Bool = True
+    addresses: tuple[Address, ...] = ("support@localhost",)
+    max_message_size: Size = 25 * MB
+    max_recipients: Count = 100
+    max_connections_per_client: Count = 20
+    timeout: Duration = timedelta(minutes=5)
+
+    @property
+    def endpoint(self) -> tuple[str, int] | Path:
+        return split_listen(self.listen)
+
+    @model_validator(mode="after")
+    def _check(self) -> SmtpSettings:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        tls = self.tls_cert is not None and self.tls_key is not None
+        if not tls and (self.tls_cert or self.tls_key):
+            problems.append((("tls_key" if self.tls_cert else "tls_cert",), "set both tls_cert and tls_key, or neither"))
+        if self.require_tls and not tls:
+            problems.append((("require_tls",), "needs tls_cert and tls_key"))
+        if self.auth_users_file and self.auth_require_tls and not tls:
+            # aiosmtpd would then never offer AUTH: fail here rather than at the first agent login
+            problems.append((("auth_users_file",), "AUTH needs TLS: set tls_cert and tls_key, or auth_require_tls = false"))
+        if not self.addresses:
+            problems.append((("addresses",), "list at least one support address"))
+        _reject("smtp", problems)
+        return self
+
+
+class ImapAccount(_Section):
+    name: str
+    host: str
+    port: Port
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    verify_tls: Bool = True
+    ca_file: FilePath | None = None
+    username: str
+    password_file: FilePath | None = None
+    password_env: EnvName | None = None
+    oauth2_token_command: str | None = None  # run by the poller at each login, never here
+    folder: str = "INBOX"
+    sent_folder: str | None = None
+    after: Annotated[str, AfterValidator(_after)] = "seen"
+    idle: Bool = True
+    poll_interval: Duration = timedelta(seconds=60)
+    batch_size: Count = 100
+    max_message_size: Size = 50 * MB  # larger messages are quarantined as oversize
+    _password: Secret | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> Secret | None:
+        """The password from password_file or password_env; None with oauth2_token_command."""
+        return self._password
+
+    @property
+    def after_action(self) -> Literal["seen", "move", "delete"]:
+        return self.after.partition(":")[0]  # type: ignore[return-value]
+
+    @property
+    def after_folder(self) -> str | None:
+        return self.after.partition(":")[2].strip() or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "port" not in data:
+            return {**data, "port": 993 if data.get("tls", "implicit") == "implicit" else 143}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> ImapAccount:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        sources = ("password_file", "password_env", "oauth2_token_command")
+        given = [key for key in sources if getattr(self, key) is not None]
+        if not given:
+            problems.append(((), "needs one of password_file, password_env, oauth2_token_command"))
+        elif len(given) > 1:
+            problems.append(((given[1],), f"set only one of {', '.join(given)}"))
+        if self.tls == "none" and not _is_loopback(self.host):
+            problems.append((("tls",), "tls = none is allowed only for a loopback host (127.0.0.1, ::1, localhost)"))
+        _reject("imap", problems)
+        self._password = _read_secret(self.password_file, self.password_env, info)
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+class AgentsSettings(_Section):
+    addresses: tuple[Address, ...] = ()
+    domains: tuple[Domain, ...] = ()
+    trusted_authserv_ids: tuple[str, ...] = ()
+    notify: tuple[Address, ...] = ()
+    display_names: Bool = True  # relayed replies show the agent's name
+
+
+class TicketsSettings(_Section):
+    subject_tag: Annotated[str, AfterValidator(_subject_tag)] = "[#{number}]"
+    plus_separator: Literal["+", "-", "_", ".", "="] = "+"
+    acknowledge: Bool = False
+    ack_template: FilePath | None = None
+    ack_max_per_sender_per_hour: Annotated[int, Strict(), Field(ge=0)] = 3
+    max_new_per_sender_per_hour: Count = 20
+    blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
+
+
+class OutboundSettings(_Section):
+    smarthost: str | None = None  # None: outbound disabled, mail stays queued in the outbox
+    port: Port = 25
+    starttls: Bool = False
+    username: str | None = None
+    password_file: FilePath | None = None
+    password_env: EnvName | None = None
+    from_address: Address | None = None  # Settings fills in the first smtp address
+    from_name: str = "Support"
+    timeout: Duration = timedelta(seconds=30)
+    max_attempts: Count = 10
+    identity: str | None = None  # the X-Loop value; Settings fills in from_address
+    _password: Secret | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> Secret | None:
+        return self._password
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> OutboundSettings:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.password_file and self.password_env:
+            problems.append((("password_env",), "set only one of password_file, password_env"))
+        if self.username and not (self.password_file or self.password_env):
+            problems.append((("username",), "needs password_file or password_env"))
+        if not self.username and (self.password_file or self.password_env):
+            problems.append((("username",), "missing: a password needs a username"))
+        _reject("outbound", problems)
+        self._password = _read_secret(self.password_file, self.password_env, info)
+        return self
+
+
+# which statuses a rule may act on: the rest are refused by the lifecycle table (SPEC 1)
+_RULE_FROM: dict[str, tuple[str, ...]] = {
+    "resolved": ("new", "open", "answered", "postponed"),
+    "closed": ("new", "open", "answered", "resolved", "postponed"),
+    "purge": ("closed", "spam", "deleted"),
+}
+
+
+class Rule(_Section):
+    name: str
+    when: Status
+    idle_for: Duration
+    then: Literal["resolved", "closed", "purge"]
+    notify: Bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Rule:
+        allowed = _RULE_FROM[self.then]
+        if self.when not in allowed:
+            _reject("rules", [(("then",), f"{self.then} is allowed only when = {', '.join(allowed)}")])
+        return self
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsSettings(_Section):
+    listen: Annotated[str, AfterValidator(_metrics_listen)] | None = None  # None: no endpoint
+
+
+class ClusterSettings(_Section):
+    node_id: str | None = None  # None: hostname and pid
+    lease_ttl: Duration = timedelta(seconds=30)
+
+
+class Settings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    imap: tuple[ImapAccount, ...] = ()
+    agents: AgentsSettings = AgentsSettings()
+    tickets: TicketsSettings = TicketsSettings()
+    outbound: OutboundSettings = OutboundSettings(from_address="support@localhost", identity="support@localhost")
+    rules: tuple[Rule, ...] = ()
+    log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file these settings came from; None for the embedded default."""
+        return self._source_path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        # outbound mail leaves from, and loop-detects on, the first support address by default;
+        # derived only from a valid address so one typo is not reported twice
+        smtp, outbound = data.get("smtp", {}), data.get("outbound", {})
+        if not (isinstance(smtp, dict) and isinstance(outbound, dict)):
+            return data
+        first = (smtp.get("addresses") or ["support@localhost"])[0]
+        sender = outbound.get("from_address", first)
+        if not (isinstance(sender, str) and _ADDRESS.fullmatch(sender)):
+            return data
+        outbound = {"from_address": sender.lower(), "identity": sender.lower(), **outbound}
+        return {**data, "outbound": outbound}
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for section, items in (("imap", self.imap), ("rules", self.rules)):
+            seen: set[str] = set()
+            for index, item in enumerate(items):
+                if item.name in seen:
+                    problems.append(((section, index, "name"), f"duplicate name {item.name!r}"))
+                seen.add(item.name)
+        _reject("settings", problems)
+        return self
+
+
+# --- loading and error reporting ---------------------------------------------------------
+
+
+def resolve_config_path(path: str | Path | None) -> Path | None:
+    """The file to read: PATH, else $MAILBRIDGE_CONFIG, else ./config/mailbridge.toml if present."""
+    if path:
+        return Path(path)
+    if env := os.environ.get(ENV_VAR):
+        return Path(env)
+    return DEFAULT_PATH if DEFAULT_PATH.is_file() else None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the config (see `resolve_config_path`); no file: the embedded default."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return parse_settings("", "<default>")
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError([f"{resolved}:1: (file): cannot read: {reason}"]) from exc
+    return parse_settings(text, str(resolved), source_path=resolved)
+
+
+def parse_settings(
+    text: str,
+    filename: str,
+    *,
+    source_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate TOML text; relative paths resolve against source_path's directory, else the cwd."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
+        line = int(m[1]) if m else text.count("\n") + 1
+        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)$", "", message)
+        raise ConfigError([f"{filename}:{line}: (syntax): {message}"]) from exc
+    base_dir = source_path.absolute().parent if source_path else Path.cwd()
+    context = {"base_dir": base_dir, "env": os.environ if env is None else env}
+    try:
+        settings = Settings.model_validate(data, context=context)
+    except ValidationError as exc:
+        lines = _locate(text)
+        found = sorted((_line(lines, e["loc"]), _key(e["loc"]), _message(e)) for e in exc.errors())
+        raise ConfigError([f"{filename}:{n}: {key}: {msg}" for n, key, msg in found]) from None
+    settings._source_path = source_path
+    return settings
+
+
+_MESSAGES = {
+    "missing": "missing required key",
+    "extra_forbidden": "unknown key",
+    "int_type": "expected an integer",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "dict_type": "expected a table",
+    "path_type": "expected a path",
+}
+
+
+def _message(error: Any) -> str:
+    kind, ctx, loc = error["type"], error.get("ctx") or {}, error["loc"]
+    if kind == "extra_forbidden" and loc[-1] == "password":
+        extra = ", oauth2_token_command" if loc[0] == "imap" else ""
+        return f"secrets never sit in the file: use password_file, password_env{extra}"
+    if kind == "literal_error":
+        return "must be one of: " + ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"must be at {'least' if 'ge' in ctx else 'most'} {ctx.get('ge', ctx.get('le'))}"
+    return _MESSAGES.get(kind, error["msg"])
+
+
+def _key(loc: tuple[str | int, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else part
+    return key or "(file)"
+
+
+def _line(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int:
+    # a missing key has no line of its own: report its table's header instead
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_KEY = rf"{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*"
+_HEADER = re.compile(rf"(\[\[?)[ \t]*({_KEY})[ \t]*\]\]?")
+_KEYVAL = re.compile(rf"({_KEY})[ \t]*=")
+_STRING = re.compile(r'"""[\s\S]*?"""(?!")|\'\'\'[\s\S]*?\'\'\'(?!\')|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+_SCALAR = re.compile(r"[^\s,\]}#]+")
+
+
+def _parts(key: str) -> tuple[str, ...]:
+    return tuple(p[1:-1] if p[0] in "\"'" else p for p in re.findall(_KEY_PART, key))
+
+
+def _locate(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map key paths (`("imap", 1, "port")`) to 1-based lines; only run on text tomllib accepted."""
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    found: dict[tuple[str | int, ...], int] = {}
+    counts: dict[tuple[str | int, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+
+    def expand(parts: tuple[str, ...]) -> tuple[str | int, ...]:
+        # `[imap.x]` after `[[imap]]` belongs to the latest imap entry
+        path: tuple[str | int, ...] = ()
+        for part in parts:
+            path += (part,)
+            if path in counts:
+                path += (counts[path] - 1,)
+        return path
+
+    pos = 0
+    while (pos := re.compile(r"\s*").match(text, pos).end()) < len(text):  # type: ignore[union-attr]
+        line = bisect_right(starts, pos)
+        if (header := _HEADER.match(text, pos)) and text[pos] == "[":
+            parts = _parts(header[2])
+            if header[1] == "[[":
+                array = expand(parts[:-1]) + (parts[-1],)
+                counts[array] = counts.get(array, 0) + 1
+                found.setdefault(array, line)
+                table = (*array, counts[array] - 1)
+            else:
+                table = expand(parts)
+            found.setdefault(table, line)
+            pos = header.end()
+        elif keyval := _KEYVAL.match(text, pos):
+            path = table + _parts(keyval[1])
+            for end in range(len(table) + 1, len(path)):
+                found.setdefault(path[:end], line)
+            found[path] = line
+            pos = _skip_value(text, keyval.end(), path, found, starts)
+        else:  # a comment, or the rest of a line already consumed
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end + 1
+    return found
+
+
+def _skip_value(
+    text: str,
+    pos: int,
+    path: tuple[str | int, ...],
+    found: dict[tuple[str | int, ...], int],
+    starts: list[int],
+) -> int:
+    """Step over one value (arrays may span lines), noting the line of each top-level array item."""
+    stack: list[str] = []
+    item, expect_item = 0, False
+    while pos < len(text):
+        ch = text[pos]
+        if ch in " \t\r\n":
+            if ch == "\n" and not stack:
+                return pos
+            pos += 1
+            continue
+        if ch == "#":
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end
+            continue
+        if stack == ["["] and expect_item and ch not in ",]":
+            found[(*path, item)] = bisect_right(starts, pos)
+            item, expect_item = item + 1, False
+        if ch in "[{":
+            stack.append(ch)
+            expect_item = stack == ["["]
+            pos += 1
+        elif ch in "]}":
+            stack.pop()
+            pos += 1
+        elif ch == ",":
+            expect_item = stack == ["["]
+            pos += 1
+        else:
+            token = _STRING.match(text, pos) or _SCALAR.match(text, pos)
+            pos = token.end() if token else pos + 1
+        if not stack:
+            return pos
+    return pos

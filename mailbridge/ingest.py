@@ -1,0 +1,485 @@
+"""THE funnel: every source (SMTP, LMTP, IMAP, `ingest`, quarantine retry) hands mail to `accept`.
+
+Per message: parse (outside the transaction), then in one savepoint of the unit of work: dedup,
+classify, thread, apply the lifecycle, store raw + derived rows, queue outbound mail. Any failure
+rolls the savepoint back and parks the raw bytes in quarantine with the reason, so nothing is lost
+and nothing half-written remains. Only a failure to store the bytes at all escapes, as
+StorageUnavailable (the SMTP source turns it into 451).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError  # noqa: TID251 - the one storage error ingest must tell apart
+
+from mailbridge import agent_commands, classify, correlate, lifecycle
+from mailbridge.clock import Clock, system_clock
+from mailbridge.envelope import Envelope, Outcome, Source
+from mailbridge.errors import IllegalTransition, ParseError, StorageUnavailable
+from mailbridge.fingerprint import content_hash, dedup_key
+from mailbridge.lifecycle import Kind, Status, TicketState
+from mailbridge.parse import ParsedMessage, parse
+from mailbridge.storage import repository as repo
+from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from mailbridge.config import Settings
+    from mailbridge.outbound import Outbound
+    from mailbridge.storage import Store
+
+log = logging.getLogger("mailbridge.ingest")
+_TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def new_token() -> str:
+    """80 random bits in lowercase base32: unguessable, and safe in a case-folding local part."""
+    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(16))
+
+
+@dataclass(slots=True)
+class Prepared:
+    raw: bytes
+    envelope: Envelope
+    source: Source
+    parsed: ParsedMessage | None
+    parse_error: str | None
+    dedup_key: str
+    content_hash: str
+
+
+@dataclass(slots=True)
+class Decision:
+    """What threading found: the ticket, and the rule that found it."""
+
+    ticket: Ticket | None
+    rule: str
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock = system_clock,
+        outbound: Outbound | None = None,
+        on_outcome: Callable[[Outcome, Source, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.outbound = outbound
+        self.on_outcome = on_outcome
+        self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        """(Re)build what ingest derives from the config; called again on reload."""
+        self.settings = settings
+        agents = settings.agents
+        support = [a.lower() for a in settings.smtp.addresses]
+        self.tokens = correlate.Tokens(support, settings.tickets.plus_separator)
+        self.tagger = correlate.Tagger(settings.tickets.subject_tag)
+        self.policy = classify.Policy(
+            identity=settings.outbound.identity or "mailbridge",
+            agent_addresses=frozenset(a.lower() for a in agents.addresses),
+            agent_domains=frozenset(d.lower().lstrip("@") for d in agents.domains),
+            trusted_authserv_ids=frozenset(a.lower() for a in agents.trusted_authserv_ids),
+            blocked=frozenset(b.lower() for b in settings.tickets.blocked_senders),
+            support_addresses=frozenset(support),
+        )
+
+    # --- entry points -------------------------------------------------------------------
+
+    def accept(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
+        return self.accept_many([(raw, envelope, source)])[0]
+
+    def accept_many(self, items: Sequence[tuple[bytes, Envelope, Source]]) -> list[Outcome]:
+        """Ingest several messages in one transaction (group commit); each is acknowledged by the caller
+        only after this returns, i.e. after the commit that holds it."""
+        prepared = [self.prepare(raw, env, src) for raw, env, src in items]
+        started = self.clock()
+        try:
+            with self.store.unit() as session:
+                outcomes = [self._one(session, p) for p in prepared]
+        except StorageUnavailable:
+            if len(prepared) == 1:
+                raise
+            # one bad apple must not cost the batch its commit: retry message by message
+            return [self.accept(p.raw, p.envelope, p.source) for p in prepared]
+        elapsed = (self.clock() - started).total_seconds() / max(len(prepared), 1)
+        for outcome, p in zip(outcomes, prepared, strict=True):
+            log.info(
+                "%s %s ticket=%s reason=%s",
+                p.source.kind,
+                outcome.outcome,
+                outcome.ticket,
+                outcome.reason,
+            )
+            if self.on_outcome:
+                self.on_outcome(outcome, p.source, elapsed)
+        return outcomes
+
+    def explain(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
+        """Decide like `accept` and say why, but write nothing (`ingest --dry-run`)."""
+        p = self.prepare(raw, envelope, source)
+        session = self.store.sessions()
+        try:
+            session.begin()
+            return self._one(session, p)
+        finally:
+            session.rollback()
+            session.close()
+
+    def prepare(self, raw: bytes, envelope: Envelope, source: Source) -> Prepared:
+        parsed: ParsedMessage | None = None
+        error: str | None = None
+        try:
+            parsed = parse(raw)
+        except ParseError as exc:
+            error = f"unparseable: {exc}"
+        except Exception as exc:  # a parser bug must not lose the mail either
+            error = f"parser error: {exc.__class__.__name__}: {exc}"
+        chash = content_hash(raw)
+        return Prepared(raw, envelope, source, parsed, error, dedup_key(parsed and parsed.message_id, chash), chash)
+
+    # --- one message --------------------------------------------------------------------
+
+    def _one(self, session: Session, p: Prepared) -> Outcome:
+        label = p.source.name or p.source.kind
+        savepoint = session.begin_nested()
+        try:
+            outcome = self._decide(session, p)
+            savepoint.commit()
+        except IntegrityError:
+            # another node (or an earlier message of this batch) stored the same mail first
+            savepoint.rollback()
+            number = repo.seen_dedup_key(session, p.dedup_key)
+            if number is None:
+                outcome = self._quarantine(session, p, "storage conflict", traceback.format_exc())
+            else:
+                outcome = Outcome("duplicate", number or None, "duplicate: stored concurrently")
+        except Exception as exc:
+            savepoint.rollback()
+            log.exception("ingest failed; quarantining the message")
+            outcome = self._quarantine(session, p, f"error: {exc.__class__.__name__}: {exc}"[:500], traceback.format_exc())
+        return Outcome(outcome.outcome, outcome.ticket, outcome.reason, outcome.message, outcome.quarantine, label)
+
+    def _decide(self, session: Session, p: Prepared) -> Outcome:
+        seen = repo.seen_dedup_key(session, p.dedup_key)
+        if seen is not None:
+            where = f"on ticket #{seen}" if seen else "on a purged ticket"
+            return Outcome("duplicate", seen or None, f"duplicate: same Message-ID and content {where}")
+        held = repo.held_quarantine_for(session, p.dedup_key)
+        if held is not None and p.source.kind != "retry":
+            return Outcome("duplicate", None, f"duplicate: already held in quarantine #{held.id}", quarantine=held.id)
+        if p.parsed is None:
+            return self._quarantine(session, p, p.parse_error or "unparseable", "")
+        msg = p.parsed
+        now = self.clock()
+        verdict = classify.classify(msg, p.envelope, p.source, self.policy)
+        recipients = [*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc))]
+        keys = correlate.thread_keys(msg, recipients, self.tokens, self.tagger)
+        found = self._thread(session, keys, msg, verdict)
+
+        if verdict.kind in (classify.LOOP, classify.BOUNCE, classify.AUTO_REPLY) or (
+            verdict.kind == classify.BLOCKED and found.ticket is not None
+        ):
+            return self._not_a_ticket(session, p, verdict, found, now)
+        if verdict.kind == classify.BLOCKED:
+            ticket, message = self._create(session, p, verdict, f"new ticket: {verdict.rule}", now, None)
+            self._transition(session, ticket, lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"), now, message.id)
+            return Outcome("created", ticket.number, f"{verdict.rule} -> spam", message.id)
+        if verdict.agent:
+            return self._agent_mail(session, p, verdict, found, now)
+        return self._customer_mail(session, p, verdict, found, now)
+
+    # --- threading ----------------------------------------------------------------------
+
+    def _thread(self, session: Session, keys: correlate.ThreadKeys, msg: ParsedMessage, verdict: classify.Verdict) -> Decision:
+        if keys.message_ids:
+            known = repo.tickets_for_message_ids(session, keys.message_ids)
+            for mid in keys.message_ids:
+                if mid in known:
+                    header = "in-reply-to" if mid in msg.in_reply_to else "references"
+                    return self._found(session, known[mid], f"{header} <{mid}>")
+        if keys.thread_index:
+            number = repo.ticket_for_thread_index(session, keys.thread_index)
+            if number:
+                return self._found(session, number, f"thread-index {keys.thread_index[:12]}…")
+        for token in keys.tokens:
+            ticket = repo.ticket_by_token(session, token)
+            if ticket:
+                return self._found(session, ticket.number, f"token in recipient address (ticket #{ticket.number})")
+        if keys.tag_number is not None:
+            ticket = repo.get_ticket(session, keys.tag_number)
+            sender = msg.from_.addr.lower() if msg.from_ else ""
+            if ticket is not None:
+                tag = self.tagger.format(keys.tag_number)
+                if sender and sender == ticket.customer:
+                    return self._found(session, ticket.number, f"subject-tag {tag}, sender is the customer")
+                if sender and repo.is_participant(session, ticket.number, sender):
+                    return self._found(session, ticket.number, f"subject-tag {tag}, sender is a participant")
+                if verdict.agent:
+                    return self._found(session, ticket.number, f"subject-tag {tag}, sender is an agent")
+                return Decision(None, f"subject-tag {tag} ignored: {sender or 'sender'} is not on ticket #{ticket.number}")
+        return Decision(None, "no thread match")
+
+    def _found(self, session: Session, number: int, rule: str) -> Decision:
+        return Decision(repo.get_ticket(session, number, lock=True), rule)
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def _not_a_ticket(self, session: Session, p: Prepared, verdict: classify.Verdict, found: Decision, now: datetime) -> Outcome:
+        ticket = found.ticket
+        if ticket is None:
+            return self._quarantine(session, p, verdict.rule, f"not threaded ({found.rule})", kind="ignored")
+        message = self._store_message(session, p, ticket, "inbound", "system", f"{verdict.rule}; {found.rule}", now)
+        record = lifecycle.Record(now, verdict.kind, self._actor(p), ticket.status, ticket.status, verdict.rule)
+        repo.add_events(session, ticket.number, [record], message.id)
+        ticket.updated_at = now
+        return Outcome("appended", ticket.number, f"{verdict.rule}; {found.rule}; status unchanged", message.id)
+
+    def _customer_mail(self, session: Session, p: Prepared, verdict: classify.Verdict, found: Decision, now: datetime) -> Outcome:
+        ticket, actor = found.ticket, self._actor(p)
+        if ticket is not None:
+            try:
+                transition = lifecycle.apply(self._state(ticket), lifecycle.Event(Kind.CUSTOMER_MAIL, actor), now)
+            except IllegalTransition:  # pragma: no cover - the table accepts customer mail everywhere
+                transition = None
+            if transition is not None and not transition.new_ticket:
+                message = self._store_message(session, p, ticket, "inbound", "customer", f"{found.rule}; {verdict.rule}", now)
+                self._save(session, ticket, transition, now, message.id)
+                ticket.last_activity_at = now
+                self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
+                if self.outbound and p.source.live:
+                    self.outbound.customer_reply(session, ticket, message, p.parsed, now)
+                return Outcome("appended", ticket.number, f"{found.rule} -> {ticket.status}", message.id)
+            follow = ticket.number
+            rule = f"{found.rule}; ticket #{follow} is {ticket.status} -> new ticket linked"
+        else:
+            follow, rule = None, found.rule
+        if p.source.live:
+            limit = self.settings.tickets.max_new_per_sender_per_hour
+            sender = self._sender(p)
+            if sender and repo.count_new_tickets_from(session, sender, now - timedelta(hours=1)) >= limit:
+                return self._quarantine(session, p, "flood", f"more than {limit} new tickets from {sender} in an hour")
+        ticket, message = self._create(session, p, verdict, rule, now, follow)
+        self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
+        if self.outbound and p.source.live:
+            self.outbound.new_ticket(session, ticket, message, p.parsed, verdict, now)
+        return Outcome("created", ticket.number, rule, message.id)
+
+    def _agent_mail(self, session: Session, p: Prepared, verdict: classify.Verdict, found: Decision, now: datetime) -> Outcome:
+        msg = p.parsed
+        assert msg is not None and verdict.agent
+        agent = verdict.agent
+        ticket = found.ticket
+        if ticket is None:
+            # an agent writing afresh: the ticket's customer is whom they wrote to, if anyone
+            ticket, message = self._create(session, p, verdict, f"agent mail, {found.rule}", now, None, direction="outbound", author_kind="agent")
+            return Outcome("created", ticket.number, f"{verdict.rule}; {found.rule}", message.id)
+
+        parsed_cmds = agent_commands.split_commands(msg.body_text)
+        if self.outbound:
+            parsed_cmds = agent_commands.Parsed(parsed_cmds.commands, self.outbound.strip_footer(parsed_cmds.text), parsed_cmds.unknown)
+        is_note = any(c.name == "note" for c in parsed_cmds.commands)
+        has_text = bool(parsed_cmds.text.strip())
+        recipients = {r.lower() for r in (*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc)))}
+        relay = has_text and not is_note and ticket.customer not in recipients and not p.source.agent_authority
+        direction = "inbound" if relay or is_note else "outbound"
+        message = self._store_message(session, p, ticket, direction, "agent", f"{found.rule}; {verdict.rule}", now)
+        actor = agent
+        refusals: list[str] = []
+        if has_text and not is_note:
+            self._apply_or_refuse(session, ticket, lifecycle.Event(Kind.AGENT_REPLY, actor), now, message.id, refusals)
+        for cmd in parsed_cmds.commands:
+            event = self._command_event(cmd, actor, now, refusals)
+            if event is not None:
+                self._apply_or_refuse(session, ticket, event, now, message.id, refusals)
+        ticket.last_activity_at = now
+        if self.outbound:
+            if relay and ticket.status not in (Status.SPAM, Status.DELETED):
+                self.outbound.relay(session, ticket, message, msg, parsed_cmds.text, agent, now)
+            if refusals:
+                self.outbound.refused(session, ticket, agent, refusals, msg, now)
+        summary = f"{found.rule}; {verdict.rule}; {'relayed' if relay else 'recorded'} -> {ticket.status}"
+        if refusals:
+            summary += "; refused: " + "; ".join(refusals)
+        return Outcome("appended", ticket.number, summary, message.id)
+
+    def _command_event(self, cmd: agent_commands.Command, actor: str, now: datetime, refusals: list[str]) -> lifecycle.Event | None:
+        kinds = {"resolve": Kind.RESOLVE, "close": Kind.CLOSE, "spam": Kind.SPAM, "delete": Kind.DELETE}
+        if cmd.name in kinds:
+            return lifecycle.Event(kinds[cmd.name], actor)
+        if cmd.name == "postpone":
+            try:
+                return lifecycle.Event(Kind.POSTPONE, actor, until=agent_commands.postpone_until(cmd.argument, now))
+            except ValueError as exc:
+                refusals.append(f"#postpone: {exc}")
+        return None
+
+    def _apply_or_refuse(self, session: Session, ticket: Ticket, event: lifecycle.Event, now: datetime, message_pk: int | None, refusals: list[str]) -> None:
+        try:
+            self._transition(session, ticket, event, now, message_pk)
+        except IllegalTransition as exc:
+            refusals.append(f"#{event.kind}: {exc}" if event.kind is not Kind.AGENT_REPLY else str(exc))
+
+    # --- building blocks ----------------------------------------------------------------
+
+    def _create(
+        self,
+        session: Session,
+        p: Prepared,
+        verdict: classify.Verdict,
+        rule: str,
+        now: datetime,
+        follow_up_of: int | None,
+        direction: str = "inbound",
+        author_kind: str = "customer",
+    ) -> tuple[Ticket, Message]:
+        msg = p.parsed
+        assert msg is not None
+        customer, name = self._sender(p), (msg.from_.name if msg.from_ else "")
+        if author_kind == "agent":
+            others = [a for a in (*msg.to, *msg.cc) if not self.tokens.is_ours(a.addr) and not classify.is_agent_address(a.addr, self.policy)]
+            if others:
+                customer, name = others[0].addr.lower(), others[0].name
+        ticket = repo.add_ticket(
+            session,
+            Ticket(
+                token=new_token(),
+                status=Status.NEW,
+                subject=self.tagger.strip(msg.subject)[:1000],
+                customer=customer[:320] or "unknown",
+                customer_name=name[:200],
+                mailbox=p.source.name[:200],
+                created_at=now,
+                updated_at=now,
+                last_activity_at=now,
+                follow_up_of=follow_up_of,
+                thread_index=msg.thread_index,
+            ),
+        )
+        message = self._store_message(session, p, ticket, direction, author_kind, rule, now)
+        repo.add_events(session, ticket.number, lifecycle.create(self._actor(p), now, rule).records, message.id)
+        if author_kind == "agent" and customer != self._sender(p):
+            self._transition(session, ticket, lifecycle.Event(Kind.AGENT_REPLY, self._actor(p)), now, message.id)
+        repo.add_participants(session, ticket.number, [(ticket.customer, "customer"), *self._cc_participants(msg, ticket.customer)])
+        return ticket, message
+
+    def _cc_participants(self, msg: ParsedMessage, customer: str) -> list[tuple[str, str]]:
+        return [
+            (a.addr, "cc")
+            for a in (*msg.to, *msg.cc)
+            if a.addr and "@" in a.addr and a.addr.lower() != customer
+            and not self.tokens.is_ours(a.addr) and not classify.is_agent_address(a.addr, self.policy)
+        ]
+
+    def _store_message(self, session: Session, p: Prepared, ticket: Ticket, direction: str, author_kind: str, verdict: str, now: datetime) -> Message:
+        msg = p.parsed
+        assert msg is not None
+        message = repo.add_message(
+            session,
+            Message(
+                ticket_number=ticket.number,
+                direction=direction,
+                author_kind=author_kind,
+                message_id=msg.message_id,
+                dedup_key=p.dedup_key,
+                content_hash=p.content_hash,
+                from_addr=(msg.from_.addr if msg.from_ else "")[:320],
+                from_name=msg.from_.name if msg.from_ else "",
+                to_addrs=", ".join(a.addr for a in msg.to),
+                cc_addrs=", ".join(a.addr for a in msg.cc),
+                subject=msg.subject,
+                date=msg.date,
+                stored_at=now,
+                source=f"{p.source.kind}:{p.source.name}"[:200],
+                verdict=verdict,
+                size=len(p.raw),
+                body_text=msg.body_text,
+                raw=p.raw,
+            ),
+            [Attachment(filename=a.filename, content_type=a.content_type[:200], size=a.size) for a in msg.attachments],
+        )
+        if msg.message_id:
+            repo.add_thread_keys(session, ticket.number, [msg.message_id])
+        if author_kind == "customer" and ticket.customer != self._sender(p):
+            repo.add_participants(session, ticket.number, self._cc_participants(msg, ticket.customer))
+        ticket.updated_at = now
+        return message
+
+    def _transition(self, session: Session, ticket: Ticket, event: lifecycle.Event, now: datetime, message_pk: int | None) -> None:
+        self._save(session, ticket, lifecycle.apply(self._state(ticket), event, now), now, message_pk)
+
+    def _save(self, session: Session, ticket: Ticket, transition: lifecycle.Transition, now: datetime, message_pk: int | None) -> None:
+        if not transition.changed:
+            return
+        apply_state(ticket, transition.state, now)
+        repo.add_events(session, ticket.number, transition.records, message_pk)
+
+    def _note_claimed_agent(self, session: Session, ticket: Ticket, verdict: classify.Verdict, actor: str, now: datetime, message_pk: int) -> None:
+        if verdict.claimed_agent:
+            log.warning("mail from %s claims an agent address without authentication: treated as customer mail", actor)
+            record = lifecycle.Record(now, "unauthenticated-agent", actor, ticket.status, ticket.status, "agent From without authentication: treated as customer mail")
+            repo.add_events(session, ticket.number, [record], message_pk)
+
+    def _quarantine(self, session: Session, p: Prepared, reason: str, detail: str, kind: str = "quarantined") -> Outcome:
+        msg = p.parsed
+        entry = repo.add_quarantine(
+            session,
+            Quarantine(
+                kind=kind,
+                state="held",
+                reason=reason[:1000],
+                detail=detail,
+                source=f"{p.source.kind}:{p.source.name}"[:200],
+                envelope=json.dumps(
+                    {"mail_from": p.envelope.mail_from, "rcpt_tos": list(p.envelope.rcpt_tos), "auth_user": p.envelope.auth_user}
+                ),
+                sender=self._sender(p)[:320],
+                message_id=msg.message_id if msg else None,
+                dedup_key=p.dedup_key,
+                created_at=self.clock(),
+                size=len(p.raw),
+                raw=p.raw,
+            ),
+        )
+        outcome = "ignored" if kind == "ignored" else "quarantined"
+        return Outcome(outcome, None, reason, quarantine=entry.id)
+
+    @staticmethod
+    def _state(ticket: Ticket) -> TicketState:
+        before = Status(ticket.status_before) if ticket.status_before else None
+        return TicketState(Status(ticket.status), before, ticket.postponed_until)
+
+    @staticmethod
+    def _sender(p: Prepared) -> str:
+        if p.parsed and p.parsed.from_ and p.parsed.from_.addr:
+            return p.parsed.from_.addr.lower()
+        return (p.envelope.mail_from or "").lower()
+
+    def _actor(self, p: Prepared) -> str:
+        return self._sender(p) or "unknown"
+
+
+def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
+    """Write a lifecycle state onto the ticket row: the only place ticket status is assigned."""
+    ticket.status = state.status.value
+    ticket.status_before = state.status_before.value if state.status_before else None
+    ticket.postponed_until = state.postponed_until
+    ticket.updated_at = now
+    ticket.last_activity_at = now
+
+
+def ticket_state(ticket: Ticket) -> TicketState:
+    return Ingestor._state(ticket)

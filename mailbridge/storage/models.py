@@ -1,0 +1,250 @@
+"""The schema: typed SQLAlchemy 2 models. Alembic migrations under `migrations/` build the same tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from mailbridge.clock import system_clock
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both backends (SQLite stores naive values and hands them back naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(system_clock().tzinfo)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=system_clock().tzinfo)
+        return value.astimezone(system_clock().tzinfo)
+
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (
+        Index("ix_tickets_status_activity", "status", "last_activity_at"),
+        Index("ix_tickets_customer_created", "customer", "created_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    # the ticket number is its primary key: unique under any concurrency, never reused
+    number: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    token: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    status_before: Mapped[str | None] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    customer: Mapped[str] = mapped_column(String(320))
+    customer_name: Mapped[str] = mapped_column(Text, default="")
+    mailbox: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # last message or status change: what idle rules measure from
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    postponed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    follow_up_of: Mapped[int | None] = mapped_column(
+        ForeignKey("tickets.number", ondelete="SET NULL"), index=True
+    )
+    thread_index: Mapped[str | None] = mapped_column(String(64), index=True)
+
+    participants: Mapped[list[Participant]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Participant(Base):
+    """Addresses on a ticket besides agents: the customer and whoever was in To/Cc with them."""
+
+    __tablename__ = "participants"
+    __table_args__ = (UniqueConstraint("ticket_number", "address"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    ticket_number: Mapped[int] = mapped_column(ForeignKey("tickets.number", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # customer | cc
+
+    ticket: Mapped[Ticket] = relationship(back_populates="participants")
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    ticket_number: Mapped[int] = mapped_column(
+        ForeignKey("tickets.number", ondelete="CASCADE"), index=True
+    )
+    direction: Mapped[str] = mapped_column(String(8))  # inbound | outbound
+    author_kind: Mapped[str] = mapped_column(String(8))  # customer | agent | system
+    message_id: Mapped[str | None] = mapped_column(Text)
+    # sha256 of Message-ID + content hash: the same mail twice is one message
+    dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    from_addr: Mapped[str] = mapped_column(String(320), default="")
+    from_name: Mapped[str] = mapped_column(Text, default="")
+    to_addrs: Mapped[str] = mapped_column(Text, default="")  # comma-separated
+    cc_addrs: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(200), default="")
+    verdict: Mapped[str] = mapped_column(Text, default="")  # the rule that decided
+    size: Mapped[int] = mapped_column(Integer)
+    body_text: Mapped[str] = deferred(mapped_column(Text, default=""))
+    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+    attachments: Mapped[list[Attachment]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    message_pk: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class ThreadKey(Base):
+    """Every Message-ID we have seen or sent, to the ticket it belongs to: threading's index."""
+
+    __tablename__ = "thread_keys"
+
+    # sha256 of the normalised Message-ID: fixed width, so any length indexes on any backend
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message_id: Mapped[str] = mapped_column(Text)
+    ticket_number: Mapped[int] = mapped_column(
+        ForeignKey("tickets.number", ondelete="CASCADE"), index=True
+    )
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    ticket_number: Mapped[int] = mapped_column(
+        ForeignKey("tickets.number", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(320))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Quarantine(Base):
+    """Mail that is not on a ticket: failures (`quarantined`) and mail we chose to set aside (`ignored`)."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_state_created", "state", "created_at"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # quarantined | ignored
+    state: Mapped[str] = mapped_column(String(16), default="held")  # held | released
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(200), default="")
+    envelope: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    sender: Mapped[str] = mapped_column(String(320), default="", index=True)
+    message_id: Mapped[str | None] = mapped_column(Text)
+    dedup_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+
+class Tombstone(Base):
+    """What is left of a purged ticket's mail: enough to know a late copy was already seen."""
+
+    __tablename__ = "tombstones"
+
+    dedup_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message_id: Mapped[str | None] = mapped_column(Text)
+    ticket_number: Mapped[int] = mapped_column(ID)
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Outbox(Base):
+    """Durable outbound queue: a row commits with the change that caused it, then a sender delivers it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_kind_rcpt_created", "kind", "rcpt_key", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    ticket_number: Mapped[int | None] = mapped_column(
+        ForeignKey("tickets.number", ondelete="SET NULL"), index=True
+    )
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))  # ack | notify | relay | notice | rule
+    mail_from: Mapped[str] = mapped_column(String(320))
+    rcpt_tos: Mapped[str] = mapped_column(Text)  # comma-separated
+    rcpt_key: Mapped[str] = mapped_column(String(320))  # first recipient, lowercased (rate limits)
+    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ImapFolder(Base):
+    """IMAP checkpoint: the last UID committed for a folder under its UIDVALIDITY."""
+
+    __tablename__ = "imap_folders"
+
+    account: Mapped[str] = mapped_column(String(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Lease(Base):
+    """Who polls a mailbox (or runs a singleton job); another node takes over once it expires."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,438 @@
+"""Every query mailbridge makes, in one place. Functions take the unit of work's session."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, undefer
+
+from mailbridge.storage.models import (
+    Attachment,
+    Event,
+    ImapFolder,
+    Lease,
+    Message,
+    Outbox,
+    Participant,
+    Quarantine,
+    ThreadKey,
+    Ticket,
+    Tombstone,
+)
+
+
+def key_of(message_id: str) -> str:
+    return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _insert_ignore(session: Session, model: type, rows: list[dict[str, object]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on either backend."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
+    session.execute(stmt.on_conflict_do_nothing(), rows)
+
+
+# --- dedup -------------------------------------------------------------------------------
+
+
+def seen_dedup_key(session: Session, dedup_key: str) -> int | None:
+    """The ticket number a mail with this key is on (0 when purged), or None when it is new."""
+    number = session.scalar(select(Message.ticket_number).where(Message.dedup_key == dedup_key))
+    if number is not None:
+        return number
+    if session.scalar(select(Tombstone.ticket_number).where(Tombstone.dedup_key == dedup_key)):
+        return 0
+    return None
+
+
+# --- threading ---------------------------------------------------------------------------
+
+
+def tickets_for_message_ids(session: Session, message_ids: Sequence[str]) -> dict[str, int]:
+    """Message-ID -> ticket number, for those we know."""
+    if not message_ids:
+        return {}
+    keys = {key_of(m): m for m in message_ids}
+    rows = session.execute(
+        select(ThreadKey.key, ThreadKey.ticket_number).where(ThreadKey.key.in_(list(keys)))
+    )
+    return {keys[k]: n for k, n in rows}
+
+
+def ticket_for_thread_index(session: Session, thread_index: str) -> int | None:
+    return session.scalar(
+        select(Ticket.number)
+        .where(Ticket.thread_index == thread_index)
+        .order_by(Ticket.number.desc())
+        .limit(1)
+    )
+
+
+def ticket_by_token(session: Session, token: str) -> Ticket | None:
+    return session.scalar(select(Ticket).where(Ticket.token == token))
+
+
+def get_ticket(session: Session, number: int, lock: bool = False) -> Ticket | None:
+    if lock and session.get_bind().dialect.name == "postgresql":
+        return session.get(Ticket, number, with_for_update=True)
+    return session.get(Ticket, number)
+
+
+def latest_follow_up(session: Session, number: int) -> int | None:
+    return session.scalar(
+        select(Ticket.number)
+        .where(Ticket.follow_up_of == number)
+        .order_by(Ticket.number.desc())
+        .limit(1)
+    )
+
+
+def is_participant(session: Session, number: int, address: str) -> bool:
+    return (
+        session.scalar(
+            select(Participant.id).where(
+                Participant.ticket_number == number, Participant.address == address.lower()
+            )
+        )
+        is not None
+    )
+
+
+def participants(session: Session, number: int) -> list[str]:
+    return list(
+        session.scalars(
+            select(Participant.address)
+            .where(Participant.ticket_number == number)
+            .order_by(Participant.id)
+        )
+    )
+
+
+def add_participants(session: Session, number: int, addresses: Iterable[tuple[str, str]]) -> None:
+    rows = [{"ticket_number": number, "address": a.lower(), "role": r} for a, r in addresses if a]
+    _insert_ignore(session, Participant, rows)
+
+
+def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -> None:
+    """Index Message-IDs for a ticket; an ID already indexed keeps its first ticket."""
+    rows = [
+        {"key": key_of(m), "message_id": m[:2000], "ticket_number": number}
+        for m in dict.fromkeys(message_ids)
+        if m
+    ]
+    _insert_ignore(session, ThreadKey, rows)
+
+
+# --- tickets -----------------------------------------------------------------------------
+
+
+def add_ticket(session: Session, ticket: Ticket) -> Ticket:
+    session.add(ticket)
+    session.flush()  # assigns the number
+    return ticket
+
+
+def count_new_tickets_from(session: Session, customer: str, since: datetime) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Ticket)
+        .where(Ticket.customer == customer, Ticket.created_at >= since)
+    ) or 0
+
+
+def count_quarantined_from(session: Session, sender: str, reason: str, since: datetime) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Quarantine)
+        .where(Quarantine.sender == sender, Quarantine.reason == reason, Quarantine.created_at >= since)
+    ) or 0
+
+
+def list_tickets(session: Session, status: str | None = None) -> list[tuple[Ticket, int]]:
+    counts = (
+        select(Message.ticket_number, func.count().label("n"))
+        .group_by(Message.ticket_number)
+        .subquery()
+    )
+    stmt = (
+        select(Ticket, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.ticket_number == Ticket.number)
+        .order_by(Ticket.number)
+    )
+    if status:
+        stmt = stmt.where(Ticket.status == status)
+    return [(t, n) for t, n in session.execute(stmt)]
+
+
+def ticket_messages(session: Session, number: int) -> list[Message]:
+    return list(
+        session.scalars(
+            select(Message).where(Message.ticket_number == number).order_by(Message.stored_at, Message.id)
+        )
+    )
+
+
+def ticket_events(session: Session, number: int) -> list[Event]:
+    return list(
+        session.scalars(select(Event).where(Event.ticket_number == number).order_by(Event.at, Event.id))
+    )
+
+
+def add_events(session: Session, number: int, records: Iterable[object], message_pk: int | None) -> None:
+    rows = [
+        {
+            "ticket_number": number,
+            "at": r.at,  # type: ignore[attr-defined]
+            "kind": str(r.kind),  # type: ignore[attr-defined]
+            "actor": r.actor[:320],  # type: ignore[attr-defined]
+            "from_status": r.from_status and str(r.from_status),  # type: ignore[attr-defined]
+            "to_status": r.to_status and str(r.to_status),  # type: ignore[attr-defined]
+            "detail": r.detail,  # type: ignore[attr-defined]
+            "message_pk": message_pk,
+        }
+        for r in records
+    ]
+    if rows:
+        session.execute(insert(Event), rows)
+
+
+def purge_ticket(session: Session, number: int, now: datetime) -> int:
+    """Delete a ticket and everything on it, leaving tombstones; returns messages removed."""
+    rows = session.execute(
+        select(Message.dedup_key, Message.message_id).where(Message.ticket_number == number)
+    ).all()
+    _insert_ignore(
+        session,
+        Tombstone,
+        [{"dedup_key": k, "message_id": m, "ticket_number": number, "purged_at": now} for k, m in rows],
+    )
+    session.execute(
+        update(Ticket).where(Ticket.follow_up_of == number).values(follow_up_of=None)
+    )
+    for model in (Event, ThreadKey, Participant):
+        session.execute(delete(model).where(model.ticket_number == number))
+    pks = select(Message.id).where(Message.ticket_number == number)
+    session.execute(delete(Attachment).where(Attachment.message_pk.in_(pks)))
+    session.execute(update(Outbox).where(Outbox.message_pk.in_(pks)).values(message_pk=None))
+    session.execute(update(Outbox).where(Outbox.ticket_number == number).values(ticket_number=None))
+    session.execute(delete(Message).where(Message.ticket_number == number))
+    session.execute(delete(Ticket).where(Ticket.number == number))
+    return len(rows)
+
+
+def due_postponed(session: Session, now: datetime, limit: int = 500) -> list[int]:
+    return list(
+        session.scalars(
+            select(Ticket.number)
+            .where(Ticket.status == "postponed", Ticket.postponed_until <= now)
+            .order_by(Ticket.postponed_until)
+            .limit(limit)
+        )
+    )
+
+
+def idle_tickets(session: Session, status: str, idle_since: datetime, limit: int = 500) -> list[int]:
+    return list(
+        session.scalars(
+            select(Ticket.number)
+            .where(Ticket.status == status, Ticket.last_activity_at <= idle_since)
+            .order_by(Ticket.last_activity_at)
+            .limit(limit)
+        )
+    )
+
+
+def lock_ticket_if(session: Session, number: int, status: str) -> Ticket | None:
+    """Claim a ticket for a sweep: locked, and only if it still has the status the sweep expects.
+
+    On PostgreSQL a row another node holds is skipped (SKIP LOCKED); SQLite has one writer anyway.
+    """
+    stmt = select(Ticket).where(Ticket.number == number, Ticket.status == status)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalar(stmt)
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def add_message(session: Session, message: Message, attachments: Sequence[Attachment]) -> Message:
+    message.attachments = list(attachments)
+    session.add(message)
+    session.flush()
+    return message
+
+
+def get_message(session: Session, pk: int, with_raw: bool = False) -> Message | None:
+    opts = [undefer(Message.raw)] if with_raw else []
+    return session.get(Message, pk, options=opts)
+
+
+def first_message(session: Session, number: int) -> Message | None:
+    return session.scalar(
+        select(Message).where(Message.ticket_number == number).order_by(Message.id).limit(1)
+    )
+
+
+def message_ids_of_ticket(session: Session, number: int, limit: int = 20) -> list[str]:
+    """The ticket's Message-IDs, oldest first (for References of outbound mail)."""
+    return list(
+        session.scalars(
+            select(Message.message_id)
+            .where(Message.ticket_number == number, Message.message_id.is_not(None))
+            .order_by(Message.id)
+            .limit(limit)
+        )
+    )
+
+
+def last_inbound_message(session: Session, number: int) -> Message | None:
+    return session.scalar(
+        select(Message)
+        .where(Message.ticket_number == number, Message.direction == "inbound")
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+
+
+# --- quarantine --------------------------------------------------------------------------
+
+
+def add_quarantine(session: Session, entry: Quarantine) -> Quarantine:
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def list_quarantine(session: Session, include_ignored: bool, include_released: bool) -> list[Quarantine]:
+    stmt = select(Quarantine).order_by(Quarantine.id)
+    if not include_ignored:
+        stmt = stmt.where(Quarantine.kind == "quarantined")
+    if not include_released:
+        stmt = stmt.where(Quarantine.state == "held")
+    return list(session.scalars(stmt))
+
+
+def get_quarantine(session: Session, pk: int, with_raw: bool = False) -> Quarantine | None:
+    opts = [undefer(Quarantine.raw)] if with_raw else []
+    return session.get(Quarantine, pk, options=opts)
+
+
+def held_quarantine_for(session: Session, dedup_key: str) -> Quarantine | None:
+    return session.scalar(
+        select(Quarantine)
+        .where(Quarantine.dedup_key == dedup_key, Quarantine.state == "held")
+        .limit(1)
+    )
+
+
+# --- outbox ------------------------------------------------------------------------------
+
+
+def add_outbox(session: Session, row: Outbox) -> Outbox:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Outbox)
+        .where(Outbox.kind == kind, Outbox.rcpt_key == rcpt_key, Outbox.created_at >= since)
+    ) or 0
+
+
+def claim_outbox(session: Session, now: datetime, lease: timedelta, limit: int = 20) -> list[Outbox]:
+    """Due rows, claimed by pushing their next attempt past the lease (SKIP LOCKED on PostgreSQL)."""
+    stmt = (
+        select(Outbox)
+        .options(undefer(Outbox.raw))
+        .where(Outbox.state == "queued", Outbox.next_attempt_at <= now)
+        .order_by(Outbox.next_attempt_at, Outbox.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = list(session.scalars(stmt))
+    for row in rows:
+        row.next_attempt_at = now + lease
+    return rows
+
+
+def get_outbox(session: Session, pk: int) -> Outbox | None:
+    return session.get(Outbox, pk)
+
+
+def outbox_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all())  # type: ignore[arg-type]
+
+
+def list_outbox(session: Session, state: str | None = None) -> list[Outbox]:
+    stmt = select(Outbox).order_by(Outbox.id)
+    if state:
+        stmt = stmt.where(Outbox.state == state)
+    return list(session.scalars(stmt))
+
+
+# --- IMAP checkpoints and leases ---------------------------------------------------------
+
+
+def imap_checkpoint(session: Session, account: str, folder: str) -> ImapFolder | None:
+    return session.get(ImapFolder, (account, folder))
+
+
+def save_imap_checkpoint(
+    session: Session, account: str, folder: str, uidvalidity: int, last_uid: int, now: datetime
+) -> None:
+    row = session.get(ImapFolder, (account, folder))
+    if row is None:
+        session.add(ImapFolder(account=account, folder=folder, uidvalidity=uidvalidity, last_uid=last_uid, last_success_at=now))
+    else:
+        if row.uidvalidity == uidvalidity:
+            last_uid = max(last_uid, row.last_uid)  # never move backwards
+        row.uidvalidity, row.last_uid, row.last_success_at = uidvalidity, last_uid, now
+
+
+def acquire_lease(session: Session, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+    """Take or renew a lease; True when `owner` holds it until now + ttl."""
+    _insert_ignore(
+        session, Lease, [{"name": name, "owner": owner, "expires_at": now + ttl, "heartbeat_at": now}]
+    )
+    result = session.execute(
+        update(Lease)
+        .where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
+        .values(owner=owner, expires_at=now + ttl, heartbeat_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_lease(session: Session, name: str, owner: str) -> None:
+    session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
+
+
+def lease_owner(session: Session, name: str) -> tuple[str, datetime] | None:
+    row = session.get(Lease, name)
+    return (row.owner, row.expires_at) if row else None
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all())  # type: ignore[arg-type]
+
+
+def all_events(session: Session) -> list[Event]:
+    return list(session.scalars(select(Event).order_by(Event.ticket_number, Event.at, Event.id)))
+
+
+def all_tickets(session: Session) -> list[Ticket]:
+    return list(session.scalars(select(Ticket).order_by(Ticket.number)))
