@@ -51,7 +51,9 @@ class TicketActions:
                 raise NotFound(f"no ticket #{number}")
             before = ticket.status
             try:
-                transition = lifecycle.apply(ticket_state(ticket), lifecycle.Event(KINDS[action], actor, until), now)
+                transition = lifecycle.apply(
+                    ticket_state(ticket), lifecycle.Event(KINDS[action], actor, until), now
+                )
             except IllegalTransition as exc:
                 raise Refused(f"ticket #{number}: {exc}") from exc
             if transition.new_ticket:  # pragma: no cover - only customer mail opens follow-ups
@@ -69,7 +71,9 @@ class TicketActions:
                 raise NotFound(f"no ticket #{number}")
             if ticket.status not in lifecycle.PURGEABLE:
                 allowed = ", ".join(sorted(lifecycle.PURGEABLE))
-                raise Refused(f"ticket #{number} is {ticket.status}: only {allowed} tickets can be purged")
+                raise Refused(
+                    f"ticket #{number} is {ticket.status}: only {allowed} tickets can be purged"
+                )
             return repo.purge_ticket(session, number, self.clock())
 
 
@@ -84,7 +88,9 @@ def retry_quarantined(store: Store, ingestor: Ingestor, pk: int) -> Outcome:
             raise Refused(f"quarantine entry {pk} was already released")
         raw, envelope_json, source_name = entry.raw, entry.envelope, entry.source
     data = json.loads(envelope_json or "{}")
-    envelope = Envelope(data.get("mail_from"), tuple(data.get("rcpt_tos") or ()), data.get("auth_user"))
+    envelope = Envelope(
+        data.get("mail_from"), tuple(data.get("rcpt_tos") or ()), data.get("auth_user")
+    )
     outcome = ingestor.accept(raw, envelope, Source("retry", source_name, live=False))
     with store.unit() as session:
         entry = repo.get_quarantine(session, pk)
@@ -94,7 +100,9 @@ def retry_quarantined(store: Store, ingestor: Ingestor, pk: int) -> Outcome:
             if again is not None:
                 entry.reason, entry.detail, entry.kind = again.reason, again.detail, again.kind
                 session.delete(again)
-            outcome = Outcome(outcome.outcome, None, outcome.reason, quarantine=pk, source=outcome.source)
+            outcome = Outcome(
+                outcome.outcome, None, outcome.reason, quarantine=pk, source=outcome.source
+            )
         if outcome.outcome not in ("quarantined", "ignored"):
             entry.state, entry.released_at = "released", ingestor.clock()
     return outcome

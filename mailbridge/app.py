@@ -23,14 +23,18 @@ class App:
     clock: Clock
 
     @classmethod
-    def build(cls, settings: Settings, clock: Clock = system_clock, store: Store | None = None) -> App:
+    def build(
+        cls, settings: Settings, clock: Clock = system_clock, store: Store | None = None
+    ) -> App:
         store = store or open_store(settings.database.url, settings.database.pool_size)
         outbound = Outbound(settings, clock)
         ingestor = Ingestor(store, settings, clock, outbound)
         return cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
 
     def reply_to(self, token: str) -> str:
-        return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(token)
+        return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(
+            token
+        )
 
     def close(self) -> None:
         self.store.close()

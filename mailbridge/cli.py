@@ -85,7 +85,12 @@ def emit_json(data: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", metavar="PATH", help="config file (default: $MAILBRIDGE_CONFIG, then ./config/mailbridge.toml)")
+@click.option(
+    "--config",
+    "config",
+    metavar="PATH",
+    help="config file (default: $MAILBRIDGE_CONFIG, then ./config/mailbridge.toml)",
+)
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
     """mailbridge: turns a support mailbox into tickets."""
@@ -216,7 +221,12 @@ class _progress:
 
 
 @cli.command()
-@click.option("--status", type=click.Choice(["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]))
+@click.option(
+    "--status",
+    type=click.Choice(
+        ["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]
+    ),
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @handled
@@ -235,7 +245,14 @@ def tickets(ctx: Ctx, status: str | None, as_json: bool) -> None:
 
     table = Table("#", "status", "subject", "customer", "msgs", "updated", box=None)
     for r in rows:
-        table.add_row(str(r["number"]), r["status"], r["subject"][:60], r["customer"], str(r["message_count"]), r["updated_at"])
+        table.add_row(
+            str(r["number"]),
+            r["status"],
+            r["subject"][:60],
+            r["customer"],
+            str(r["message_count"]),
+            r["updated_at"],
+        )
     Console(width=max(120, Console().width)).print(table)
 
 
@@ -259,7 +276,10 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
         t = repo.get_ticket(session, number)
         if t is None:
             raise NotFound(f"no ticket #{number}")
-        messages, events = repo.ticket_messages(session, number), repo.ticket_events(session, number)
+        messages, events = (
+            repo.ticket_messages(session, number),
+            repo.ticket_events(session, number),
+        )
         reply_to = app.reply_to(t.token)
         if as_json:
             emit_json(views.ticket_detail(t, reply_to, messages, events))
@@ -268,7 +288,9 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
 
 
 def _action(name: str) -> None:
-    @ticket.command(name, help=f"{name.capitalize()} a ticket (same transition as the agent command).")
+    @ticket.command(
+        name, help=f"{name.capitalize()} a ticket (same transition as the agent command)."
+    )
     @click.argument("number", type=int)
     @pass_ctx
     @handled
@@ -283,7 +305,13 @@ for _name in ("resolve", "close", "spam", "delete", "restore"):
 
 @ticket.command("postpone")
 @click.argument("number", type=int)
-@click.option("--until", "until", required=True, metavar="WHEN", help="3d, 12h, 2026-12-01 or 2026-12-01T09:00 (UTC)")
+@click.option(
+    "--until",
+    "until",
+    required=True,
+    metavar="WHEN",
+    help="3d, 12h, 2026-12-01 or 2026-12-01T09:00 (UTC)",
+)
 @pass_ctx
 @handled
 def ticket_postpone(ctx: Ctx, number: int, until: str) -> None:
@@ -323,7 +351,9 @@ def quarantine_list(ctx: Ctx, show_all: bool, as_json: bool) -> None:
         emit_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['id']:>6}  {r['created_at']}  {r['kind']:<11} {r['state']:<8} {r['sender'] or '-':<30} {r['reason']}")
+        click.echo(
+            f"{r['id']:>6}  {r['created_at']}  {r['kind']:<11} {r['state']:<8} {r['sender'] or '-':<30} {r['reason']}"
+        )
     if not rows:
         click.echo("quarantine is empty")
 

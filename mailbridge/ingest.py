@@ -149,7 +149,15 @@ class Ingestor:
         except Exception as exc:  # a parser bug must not lose the mail either
             error = f"parser error: {exc.__class__.__name__}: {exc}"
         chash = content_hash(raw)
-        return Prepared(raw, envelope, source, parsed, error, dedup_key(parsed and parsed.message_id, chash), chash)
+        return Prepared(
+            raw,
+            envelope,
+            source,
+            parsed,
+            error,
+            dedup_key(parsed and parsed.message_id, chash),
+            chash,
+        )
 
     # --- one message --------------------------------------------------------------------
 
@@ -170,17 +178,33 @@ class Ingestor:
         except Exception as exc:
             savepoint.rollback()
             log.exception("ingest failed; quarantining the message")
-            outcome = self._quarantine(session, p, f"error: {exc.__class__.__name__}: {exc}"[:500], traceback.format_exc())
-        return Outcome(outcome.outcome, outcome.ticket, outcome.reason, outcome.message, outcome.quarantine, label)
+            outcome = self._quarantine(
+                session, p, f"error: {exc.__class__.__name__}: {exc}"[:500], traceback.format_exc()
+            )
+        return Outcome(
+            outcome.outcome,
+            outcome.ticket,
+            outcome.reason,
+            outcome.message,
+            outcome.quarantine,
+            label,
+        )
 
     def _decide(self, session: Session, p: Prepared) -> Outcome:
         seen = repo.seen_dedup_key(session, p.dedup_key)
         if seen is not None:
             where = f"on ticket #{seen}" if seen else "on a purged ticket"
-            return Outcome("duplicate", seen or None, f"duplicate: same Message-ID and content {where}")
+            return Outcome(
+                "duplicate", seen or None, f"duplicate: same Message-ID and content {where}"
+            )
         held = repo.held_quarantine_for(session, p.dedup_key)
         if held is not None and p.source.kind != "retry":
-            return Outcome("duplicate", None, f"duplicate: already held in quarantine #{held.id}", quarantine=held.id)
+            return Outcome(
+                "duplicate",
+                None,
+                f"duplicate: already held in quarantine #{held.id}",
+                quarantine=held.id,
+            )
         if p.parsed is None:
             return self._quarantine(session, p, p.parse_error or "unparseable", "")
         msg = p.parsed
@@ -195,8 +219,16 @@ class Ingestor:
         ):
             return self._not_a_ticket(session, p, verdict, found, now)
         if verdict.kind == classify.BLOCKED:
-            ticket, message = self._create(session, p, verdict, f"new ticket: {verdict.rule}", now, None)
-            self._transition(session, ticket, lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"), now, message.id)
+            ticket, message = self._create(
+                session, p, verdict, f"new ticket: {verdict.rule}", now, None
+            )
+            self._transition(
+                session,
+                ticket,
+                lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"),
+                now,
+                message.id,
+            )
             return Outcome("created", ticket.number, f"{verdict.rule} -> spam", message.id)
         if verdict.agent:
             return self._agent_mail(session, p, verdict, found, now)
@@ -204,7 +236,13 @@ class Ingestor:
 
     # --- threading ----------------------------------------------------------------------
 
-    def _thread(self, session: Session, keys: correlate.ThreadKeys, msg: ParsedMessage, verdict: classify.Verdict) -> Decision:
+    def _thread(
+        self,
+        session: Session,
+        keys: correlate.ThreadKeys,
+        msg: ParsedMessage,
+        verdict: classify.Verdict,
+    ) -> Decision:
         if keys.message_ids:
             known = repo.tickets_for_message_ids(session, keys.message_ids)
             for mid in keys.message_ids:
@@ -218,19 +256,30 @@ class Ingestor:
         for token in keys.tokens:
             ticket = repo.ticket_by_token(session, token)
             if ticket:
-                return self._found(session, ticket.number, f"token in recipient address (ticket #{ticket.number})")
+                return self._found(
+                    session, ticket.number, f"token in recipient address (ticket #{ticket.number})"
+                )
         if keys.tag_number is not None:
             ticket = repo.get_ticket(session, keys.tag_number)
             sender = msg.from_.addr.lower() if msg.from_ else ""
             if ticket is not None:
                 tag = self.tagger.format(keys.tag_number)
                 if sender and sender == ticket.customer:
-                    return self._found(session, ticket.number, f"subject-tag {tag}, sender is the customer")
+                    return self._found(
+                        session, ticket.number, f"subject-tag {tag}, sender is the customer"
+                    )
                 if sender and repo.is_participant(session, ticket.number, sender):
-                    return self._found(session, ticket.number, f"subject-tag {tag}, sender is a participant")
+                    return self._found(
+                        session, ticket.number, f"subject-tag {tag}, sender is a participant"
+                    )
                 if verdict.agent:
-                    return self._found(session, ticket.number, f"subject-tag {tag}, sender is an agent")
-                return Decision(None, f"subject-tag {tag} ignored: {sender or 'sender'} is not on ticket #{ticket.number}")
+                    return self._found(
+                        session, ticket.number, f"subject-tag {tag}, sender is an agent"
+                    )
+                return Decision(
+                    None,
+                    f"subject-tag {tag} ignored: {sender or 'sender'} is not on ticket #{ticket.number}",
+                )
         return Decision(None, "no thread match")
 
     def _found(self, session: Session, number: int, rule: str) -> Decision:
@@ -238,31 +287,61 @@ class Ingestor:
 
     # --- outcomes -----------------------------------------------------------------------
 
-    def _not_a_ticket(self, session: Session, p: Prepared, verdict: classify.Verdict, found: Decision, now: datetime) -> Outcome:
+    def _not_a_ticket(
+        self,
+        session: Session,
+        p: Prepared,
+        verdict: classify.Verdict,
+        found: Decision,
+        now: datetime,
+    ) -> Outcome:
         ticket = found.ticket
         if ticket is None:
-            return self._quarantine(session, p, verdict.rule, f"not threaded ({found.rule})", kind="ignored")
-        message = self._store_message(session, p, ticket, "inbound", "system", f"{verdict.rule}; {found.rule}", now)
-        record = lifecycle.Record(now, verdict.kind, self._actor(p), ticket.status, ticket.status, verdict.rule)
+            return self._quarantine(
+                session, p, verdict.rule, f"not threaded ({found.rule})", kind="ignored"
+            )
+        message = self._store_message(
+            session, p, ticket, "inbound", "system", f"{verdict.rule}; {found.rule}", now
+        )
+        record = lifecycle.Record(
+            now, verdict.kind, self._actor(p), ticket.status, ticket.status, verdict.rule
+        )
         repo.add_events(session, ticket.number, [record], message.id)
         ticket.updated_at = now
-        return Outcome("appended", ticket.number, f"{verdict.rule}; {found.rule}; status unchanged", message.id)
+        return Outcome(
+            "appended", ticket.number, f"{verdict.rule}; {found.rule}; status unchanged", message.id
+        )
 
-    def _customer_mail(self, session: Session, p: Prepared, verdict: classify.Verdict, found: Decision, now: datetime) -> Outcome:
+    def _customer_mail(
+        self,
+        session: Session,
+        p: Prepared,
+        verdict: classify.Verdict,
+        found: Decision,
+        now: datetime,
+    ) -> Outcome:
         ticket, actor = found.ticket, self._actor(p)
         if ticket is not None:
             try:
-                transition = lifecycle.apply(self._state(ticket), lifecycle.Event(Kind.CUSTOMER_MAIL, actor), now)
-            except IllegalTransition:  # pragma: no cover - the table accepts customer mail everywhere
+                transition = lifecycle.apply(
+                    self._state(ticket), lifecycle.Event(Kind.CUSTOMER_MAIL, actor), now
+                )
+            except (
+                IllegalTransition
+            ):  # pragma: no cover - the table accepts customer mail everywhere
                 transition = None
             if transition is not None and not transition.new_ticket:
-                message = self._store_message(session, p, ticket, "inbound", "customer", f"{found.rule}; {verdict.rule}", now)
+                message = self._store_message(
+                    session, p, ticket, "inbound", "customer", f"{found.rule}; {verdict.rule}", now
+                )
                 self._save(session, ticket, transition, now, message.id)
                 ticket.last_activity_at = now
                 self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
                 if self.outbound and p.source.live:
                     self.outbound.customer_reply(session, ticket, message, p.parsed, now)
-                return Outcome("appended", ticket.number, f"{found.rule} -> {ticket.status}", message.id)
+                return Outcome(
+                    "appended", ticket.number, f"{found.rule} -> {ticket.status}", message.id
+                )
             follow = ticket.number
             rule = f"{found.rule}; ticket #{follow} is {ticket.status} -> new ticket linked"
         else:
@@ -270,37 +349,73 @@ class Ingestor:
         if p.source.live:
             limit = self.settings.tickets.max_new_per_sender_per_hour
             sender = self._sender(p)
-            if sender and repo.count_new_tickets_from(session, sender, now - timedelta(hours=1)) >= limit:
-                return self._quarantine(session, p, "flood", f"more than {limit} new tickets from {sender} in an hour")
+            if (
+                sender
+                and repo.count_new_tickets_from(session, sender, now - timedelta(hours=1)) >= limit
+            ):
+                return self._quarantine(
+                    session, p, "flood", f"more than {limit} new tickets from {sender} in an hour"
+                )
         ticket, message = self._create(session, p, verdict, rule, now, follow)
         self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
         if self.outbound and p.source.live:
             self.outbound.new_ticket(session, ticket, message, p.parsed, verdict, now)
         return Outcome("created", ticket.number, rule, message.id)
 
-    def _agent_mail(self, session: Session, p: Prepared, verdict: classify.Verdict, found: Decision, now: datetime) -> Outcome:
+    def _agent_mail(
+        self,
+        session: Session,
+        p: Prepared,
+        verdict: classify.Verdict,
+        found: Decision,
+        now: datetime,
+    ) -> Outcome:
         msg = p.parsed
         assert msg is not None and verdict.agent
         agent = verdict.agent
         ticket = found.ticket
         if ticket is None:
             # an agent writing afresh: the ticket's customer is whom they wrote to, if anyone
-            ticket, message = self._create(session, p, verdict, f"agent mail, {found.rule}", now, None, direction="outbound", author_kind="agent")
+            ticket, message = self._create(
+                session,
+                p,
+                verdict,
+                f"agent mail, {found.rule}",
+                now,
+                None,
+                direction="outbound",
+                author_kind="agent",
+            )
             return Outcome("created", ticket.number, f"{verdict.rule}; {found.rule}", message.id)
 
         parsed_cmds = agent_commands.split_commands(msg.body_text)
         if self.outbound:
-            parsed_cmds = agent_commands.Parsed(parsed_cmds.commands, self.outbound.strip_footer(parsed_cmds.text), parsed_cmds.unknown)
+            parsed_cmds = agent_commands.Parsed(
+                parsed_cmds.commands,
+                self.outbound.strip_footer(parsed_cmds.text),
+                parsed_cmds.unknown,
+            )
         is_note = any(c.name == "note" for c in parsed_cmds.commands)
         has_text = bool(parsed_cmds.text.strip())
-        recipients = {r.lower() for r in (*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc)))}
-        relay = has_text and not is_note and ticket.customer not in recipients and not p.source.agent_authority
+        recipients = {
+            r.lower() for r in (*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc)))
+        }
+        relay = (
+            has_text
+            and not is_note
+            and ticket.customer not in recipients
+            and not p.source.agent_authority
+        )
         direction = "inbound" if relay or is_note else "outbound"
-        message = self._store_message(session, p, ticket, direction, "agent", f"{found.rule}; {verdict.rule}", now)
+        message = self._store_message(
+            session, p, ticket, direction, "agent", f"{found.rule}; {verdict.rule}", now
+        )
         actor = agent
         refusals: list[str] = []
         if has_text and not is_note:
-            self._apply_or_refuse(session, ticket, lifecycle.Event(Kind.AGENT_REPLY, actor), now, message.id, refusals)
+            self._apply_or_refuse(
+                session, ticket, lifecycle.Event(Kind.AGENT_REPLY, actor), now, message.id, refusals
+            )
         for cmd in parsed_cmds.commands:
             event = self._command_event(cmd, actor, now, refusals)
             if event is not None:
@@ -311,27 +426,48 @@ class Ingestor:
                 self.outbound.relay(session, ticket, message, msg, parsed_cmds.text, agent, now)
             if refusals:
                 self.outbound.refused(session, ticket, agent, refusals, msg, now)
-        summary = f"{found.rule}; {verdict.rule}; {'relayed' if relay else 'recorded'} -> {ticket.status}"
+        summary = (
+            f"{found.rule}; {verdict.rule}; {'relayed' if relay else 'recorded'} -> {ticket.status}"
+        )
         if refusals:
             summary += "; refused: " + "; ".join(refusals)
         return Outcome("appended", ticket.number, summary, message.id)
 
-    def _command_event(self, cmd: agent_commands.Command, actor: str, now: datetime, refusals: list[str]) -> lifecycle.Event | None:
-        kinds = {"resolve": Kind.RESOLVE, "close": Kind.CLOSE, "spam": Kind.SPAM, "delete": Kind.DELETE}
+    def _command_event(
+        self, cmd: agent_commands.Command, actor: str, now: datetime, refusals: list[str]
+    ) -> lifecycle.Event | None:
+        kinds = {
+            "resolve": Kind.RESOLVE,
+            "close": Kind.CLOSE,
+            "spam": Kind.SPAM,
+            "delete": Kind.DELETE,
+        }
         if cmd.name in kinds:
             return lifecycle.Event(kinds[cmd.name], actor)
         if cmd.name == "postpone":
             try:
-                return lifecycle.Event(Kind.POSTPONE, actor, until=agent_commands.postpone_until(cmd.argument, now))
+                return lifecycle.Event(
+                    Kind.POSTPONE, actor, until=agent_commands.postpone_until(cmd.argument, now)
+                )
             except ValueError as exc:
                 refusals.append(f"#postpone: {exc}")
         return None
 
-    def _apply_or_refuse(self, session: Session, ticket: Ticket, event: lifecycle.Event, now: datetime, message_pk: int | None, refusals: list[str]) -> None:
+    def _apply_or_refuse(
+        self,
+        session: Session,
+        ticket: Ticket,
+        event: lifecycle.Event,
+        now: datetime,
+        message_pk: int | None,
+        refusals: list[str],
+    ) -> None:
         try:
             self._transition(session, ticket, event, now, message_pk)
         except IllegalTransition as exc:
-            refusals.append(f"#{event.kind}: {exc}" if event.kind is not Kind.AGENT_REPLY else str(exc))
+            refusals.append(
+                f"#{event.kind}: {exc}" if event.kind is not Kind.AGENT_REPLY else str(exc)
+            )
 
     # --- building blocks ----------------------------------------------------------------
 
@@ -350,7 +486,12 @@ class Ingestor:
         assert msg is not None
         customer, name = self._sender(p), (msg.from_.name if msg.from_ else "")
         if author_kind == "agent":
-            others = [a for a in (*msg.to, *msg.cc) if not self.tokens.is_ours(a.addr) and not classify.is_agent_address(a.addr, self.policy)]
+            others = [
+                a
+                for a in (*msg.to, *msg.cc)
+                if not self.tokens.is_ours(a.addr)
+                and not classify.is_agent_address(a.addr, self.policy)
+            ]
             if others:
                 customer, name = others[0].addr.lower(), others[0].name
         ticket = repo.add_ticket(
@@ -370,21 +511,41 @@ class Ingestor:
             ),
         )
         message = self._store_message(session, p, ticket, direction, author_kind, rule, now)
-        repo.add_events(session, ticket.number, lifecycle.create(self._actor(p), now, rule).records, message.id)
+        repo.add_events(
+            session, ticket.number, lifecycle.create(self._actor(p), now, rule).records, message.id
+        )
         if author_kind == "agent" and customer != self._sender(p):
-            self._transition(session, ticket, lifecycle.Event(Kind.AGENT_REPLY, self._actor(p)), now, message.id)
-        repo.add_participants(session, ticket.number, [(ticket.customer, "customer"), *self._cc_participants(msg, ticket.customer)])
+            self._transition(
+                session, ticket, lifecycle.Event(Kind.AGENT_REPLY, self._actor(p)), now, message.id
+            )
+        repo.add_participants(
+            session,
+            ticket.number,
+            [(ticket.customer, "customer"), *self._cc_participants(msg, ticket.customer)],
+        )
         return ticket, message
 
     def _cc_participants(self, msg: ParsedMessage, customer: str) -> list[tuple[str, str]]:
         return [
             (a.addr, "cc")
             for a in (*msg.to, *msg.cc)
-            if a.addr and "@" in a.addr and a.addr.lower() != customer
-            and not self.tokens.is_ours(a.addr) and not classify.is_agent_address(a.addr, self.policy)
+            if a.addr
+            and "@" in a.addr
+            and a.addr.lower() != customer
+            and not self.tokens.is_ours(a.addr)
+            and not classify.is_agent_address(a.addr, self.policy)
         ]
 
-    def _store_message(self, session: Session, p: Prepared, ticket: Ticket, direction: str, author_kind: str, verdict: str, now: datetime) -> Message:
+    def _store_message(
+        self,
+        session: Session,
+        p: Prepared,
+        ticket: Ticket,
+        direction: str,
+        author_kind: str,
+        verdict: str,
+        now: datetime,
+    ) -> Message:
         msg = p.parsed
         assert msg is not None
         message = repo.add_message(
@@ -409,31 +570,72 @@ class Ingestor:
                 body_text=msg.body_text,
                 raw=p.raw,
             ),
-            [Attachment(filename=a.filename, content_type=a.content_type[:200], size=a.size) for a in msg.attachments],
+            [
+                Attachment(filename=a.filename, content_type=a.content_type[:200], size=a.size)
+                for a in msg.attachments
+            ],
         )
         if msg.message_id:
             repo.add_thread_keys(session, ticket.number, [msg.message_id])
         if author_kind == "customer" and ticket.customer != self._sender(p):
-            repo.add_participants(session, ticket.number, self._cc_participants(msg, ticket.customer))
+            repo.add_participants(
+                session, ticket.number, self._cc_participants(msg, ticket.customer)
+            )
         ticket.updated_at = now
         return message
 
-    def _transition(self, session: Session, ticket: Ticket, event: lifecycle.Event, now: datetime, message_pk: int | None) -> None:
-        self._save(session, ticket, lifecycle.apply(self._state(ticket), event, now), now, message_pk)
+    def _transition(
+        self,
+        session: Session,
+        ticket: Ticket,
+        event: lifecycle.Event,
+        now: datetime,
+        message_pk: int | None,
+    ) -> None:
+        self._save(
+            session, ticket, lifecycle.apply(self._state(ticket), event, now), now, message_pk
+        )
 
-    def _save(self, session: Session, ticket: Ticket, transition: lifecycle.Transition, now: datetime, message_pk: int | None) -> None:
+    def _save(
+        self,
+        session: Session,
+        ticket: Ticket,
+        transition: lifecycle.Transition,
+        now: datetime,
+        message_pk: int | None,
+    ) -> None:
         if not transition.changed:
             return
         apply_state(ticket, transition.state, now)
         repo.add_events(session, ticket.number, transition.records, message_pk)
 
-    def _note_claimed_agent(self, session: Session, ticket: Ticket, verdict: classify.Verdict, actor: str, now: datetime, message_pk: int) -> None:
+    def _note_claimed_agent(
+        self,
+        session: Session,
+        ticket: Ticket,
+        verdict: classify.Verdict,
+        actor: str,
+        now: datetime,
+        message_pk: int,
+    ) -> None:
         if verdict.claimed_agent:
-            log.warning("mail from %s claims an agent address without authentication: treated as customer mail", actor)
-            record = lifecycle.Record(now, "unauthenticated-agent", actor, ticket.status, ticket.status, "agent From without authentication: treated as customer mail")
+            log.warning(
+                "mail from %s claims an agent address without authentication: treated as customer mail",
+                actor,
+            )
+            record = lifecycle.Record(
+                now,
+                "unauthenticated-agent",
+                actor,
+                ticket.status,
+                ticket.status,
+                "agent From without authentication: treated as customer mail",
+            )
             repo.add_events(session, ticket.number, [record], message_pk)
 
-    def _quarantine(self, session: Session, p: Prepared, reason: str, detail: str, kind: str = "quarantined") -> Outcome:
+    def _quarantine(
+        self, session: Session, p: Prepared, reason: str, detail: str, kind: str = "quarantined"
+    ) -> Outcome:
         msg = p.parsed
         entry = repo.add_quarantine(
             session,
@@ -444,7 +646,11 @@ class Ingestor:
                 detail=detail,
                 source=f"{p.source.kind}:{p.source.name}"[:200],
                 envelope=json.dumps(
-                    {"mail_from": p.envelope.mail_from, "rcpt_tos": list(p.envelope.rcpt_tos), "auth_user": p.envelope.auth_user}
+                    {
+                        "mail_from": p.envelope.mail_from,
+                        "rcpt_tos": list(p.envelope.rcpt_tos),
+                        "auth_user": p.envelope.auth_user,
+                    }
                 ),
                 sender=self._sender(p)[:320],
                 message_id=msg.message_id if msg else None,

@@ -22,16 +22,48 @@ class Outbound:
         self.settings = settings
         self.clock = clock
 
-    def new_ticket(self, session: Session, ticket: Ticket, message: Message, parsed: ParsedMessage | None, verdict: Verdict, now: datetime) -> None:
+    def new_ticket(
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: Message,
+        parsed: ParsedMessage | None,
+        verdict: Verdict,
+        now: datetime,
+    ) -> None:
         """Acknowledge to the customer (when allowed) and notify agents."""
 
-    def customer_reply(self, session: Session, ticket: Ticket, message: Message, parsed: ParsedMessage | None, now: datetime) -> None:
+    def customer_reply(
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: Message,
+        parsed: ParsedMessage | None,
+        now: datetime,
+    ) -> None:
         """Notify agents of a customer's reply."""
 
-    def relay(self, session: Session, ticket: Ticket, message: Message, parsed: ParsedMessage, text: str, agent: str, now: datetime) -> None:
+    def relay(
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: Message,
+        parsed: ParsedMessage,
+        text: str,
+        agent: str,
+        now: datetime,
+    ) -> None:
         """Relay an agent's reply to the ticket's customer and participants."""
 
-    def refused(self, session: Session, ticket: Ticket, agent: str, reasons: list[str], parsed: ParsedMessage, now: datetime) -> None:
+    def refused(
+        self,
+        session: Session,
+        ticket: Ticket,
+        agent: str,
+        reasons: list[str],
+        parsed: ParsedMessage,
+        now: datetime,
+    ) -> None:
         """Tell an agent that a command was refused, and why."""
 
     def strip_footer(self, text: str) -> str:

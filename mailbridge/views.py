@@ -38,7 +38,8 @@ def message_view(m: Message) -> dict[str, Any]:
         "date": iso(m.date),
         "stored_at": iso(m.stored_at),
         "attachments": [
-            {"filename": a.filename, "content_type": a.content_type, "size": a.size} for a in m.attachments
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size}
+            for a in m.attachments
         ],
     }
 
@@ -53,7 +54,9 @@ def event_view(e: Event) -> dict[str, Any]:
     }
 
 
-def ticket_detail(ticket: Ticket, reply_to: str, messages: list[Message], events: list[Event]) -> dict[str, Any]:
+def ticket_detail(
+    ticket: Ticket, reply_to: str, messages: list[Message], events: list[Event]
+) -> dict[str, Any]:
     return {
         "number": ticket.number,
         "status": ticket.status,
@@ -84,7 +87,9 @@ def quarantine_view(q: Quarantine) -> dict[str, Any]:
     }
 
 
-def thread_lines(ticket: Ticket, reply_to: str, messages: list[Message], events: list[Event]) -> list[str]:
+def thread_lines(
+    ticket: Ticket, reply_to: str, messages: list[Message], events: list[Event]
+) -> list[str]:
     """`ticket show` for people: the header, then messages and events interleaved by time."""
     lines = [
         f"Ticket #{ticket.number}  [{ticket.status}]  {ticket.subject}",
@@ -101,7 +106,10 @@ def thread_lines(ticket: Ticket, reply_to: str, messages: list[Message], events:
     for m in messages:
         arrow = "->" if m.direction == "outbound" else "<-"
         head = f"{iso(m.stored_at)}  {arrow} message {m.id} ({m.author_kind}) from {m.from_addr}: {m.subject}"
-        extra = [f"      attachment: {a.filename} ({a.content_type}, {a.size} bytes)" for a in m.attachments]
+        extra = [
+            f"      attachment: {a.filename} ({a.content_type}, {a.size} bytes)"
+            for a in m.attachments
+        ]
         if m.verdict:
             extra.insert(0, f"      why: {m.verdict}")
         items.append((m.stored_at, 0, "\n".join([head, *extra])))

@@ -42,6 +42,29 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(system_clock().tzinfo)
 
 
+class CleanText(TypeDecorator[str]):
+    """Text both backends accept: PostgreSQL refuses NUL bytes and lone surrogates that mail can carry."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+
+
+class CleanString(CleanText):
+    impl = String
+    cache_ok = True
+
+
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -59,13 +82,13 @@ class Ticket(Base):
 
     # the ticket number is its primary key: unique under any concurrency, never reused
     number: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    token: Mapped[str] = mapped_column(String(32), unique=True)
-    status: Mapped[str] = mapped_column(String(16))
-    status_before: Mapped[str | None] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(Text, default="")
-    customer: Mapped[str] = mapped_column(String(320))
-    customer_name: Mapped[str] = mapped_column(Text, default="")
-    mailbox: Mapped[str] = mapped_column(String(200), default="")
+    token: Mapped[str] = mapped_column(CleanString(32), unique=True)
+    status: Mapped[str] = mapped_column(CleanString(16))
+    status_before: Mapped[str | None] = mapped_column(CleanString(16))
+    subject: Mapped[str] = mapped_column(CleanText, default="")
+    customer: Mapped[str] = mapped_column(CleanString(320))
+    customer_name: Mapped[str] = mapped_column(CleanText, default="")
+    mailbox: Mapped[str] = mapped_column(CleanString(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # last message or status change: what idle rules measure from
@@ -74,7 +97,7 @@ class Ticket(Base):
     follow_up_of: Mapped[int | None] = mapped_column(
         ForeignKey("tickets.number", ondelete="SET NULL"), index=True
     )
-    thread_index: Mapped[str | None] = mapped_column(String(64), index=True)
+    thread_index: Mapped[str | None] = mapped_column(CleanString(64), index=True)
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", passive_deletes=True
@@ -89,8 +112,8 @@ class Participant(Base):
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     ticket_number: Mapped[int] = mapped_column(ForeignKey("tickets.number", ondelete="CASCADE"))
-    address: Mapped[str] = mapped_column(String(320), index=True)
-    role: Mapped[str] = mapped_column(String(16))  # customer | cc
+    address: Mapped[str] = mapped_column(CleanString(320), index=True)
+    role: Mapped[str] = mapped_column(CleanString(16))  # customer | cc
 
     ticket: Mapped[Ticket] = relationship(back_populates="participants")
 
@@ -102,23 +125,23 @@ class Message(Base):
     ticket_number: Mapped[int] = mapped_column(
         ForeignKey("tickets.number", ondelete="CASCADE"), index=True
     )
-    direction: Mapped[str] = mapped_column(String(8))  # inbound | outbound
-    author_kind: Mapped[str] = mapped_column(String(8))  # customer | agent | system
-    message_id: Mapped[str | None] = mapped_column(Text)
+    direction: Mapped[str] = mapped_column(CleanString(8))  # inbound | outbound
+    author_kind: Mapped[str] = mapped_column(CleanString(8))  # customer | agent | system
+    message_id: Mapped[str | None] = mapped_column(CleanText)
     # sha256 of Message-ID + content hash: the same mail twice is one message
-    dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
-    content_hash: Mapped[str] = mapped_column(String(64))
-    from_addr: Mapped[str] = mapped_column(String(320), default="")
-    from_name: Mapped[str] = mapped_column(Text, default="")
-    to_addrs: Mapped[str] = mapped_column(Text, default="")  # comma-separated
-    cc_addrs: Mapped[str] = mapped_column(Text, default="")
-    subject: Mapped[str] = mapped_column(Text, default="")
+    dedup_key: Mapped[str] = mapped_column(CleanString(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(CleanString(64))
+    from_addr: Mapped[str] = mapped_column(CleanString(320), default="")
+    from_name: Mapped[str] = mapped_column(CleanText, default="")
+    to_addrs: Mapped[str] = mapped_column(CleanText, default="")  # comma-separated
+    cc_addrs: Mapped[str] = mapped_column(CleanText, default="")
+    subject: Mapped[str] = mapped_column(CleanText, default="")
     date: Mapped[datetime | None] = mapped_column(UTCDateTime)
     stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    source: Mapped[str] = mapped_column(String(200), default="")
-    verdict: Mapped[str] = mapped_column(Text, default="")  # the rule that decided
+    source: Mapped[str] = mapped_column(CleanString(200), default="")
+    verdict: Mapped[str] = mapped_column(CleanText, default="")  # the rule that decided
     size: Mapped[int] = mapped_column(Integer)
-    body_text: Mapped[str] = deferred(mapped_column(Text, default=""))
+    body_text: Mapped[str] = deferred(mapped_column(CleanText, default=""))
     raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
 
     attachments: Mapped[list[Attachment]] = relationship(
@@ -133,8 +156,8 @@ class Attachment(Base):
     message_pk: Mapped[int] = mapped_column(
         ForeignKey("messages.id", ondelete="CASCADE"), index=True
     )
-    filename: Mapped[str] = mapped_column(Text)
-    content_type: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(CleanText)
+    content_type: Mapped[str] = mapped_column(CleanString(200))
     size: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -144,8 +167,8 @@ class ThreadKey(Base):
     __tablename__ = "thread_keys"
 
     # sha256 of the normalised Message-ID: fixed width, so any length indexes on any backend
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    message_id: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(CleanString(64), primary_key=True)
+    message_id: Mapped[str] = mapped_column(CleanText)
     ticket_number: Mapped[int] = mapped_column(
         ForeignKey("tickets.number", ondelete="CASCADE"), index=True
     )
@@ -159,12 +182,12 @@ class Event(Base):
         ForeignKey("tickets.number", ondelete="CASCADE"), index=True
     )
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    kind: Mapped[str] = mapped_column(String(32))
-    actor: Mapped[str] = mapped_column(String(320))
-    from_status: Mapped[str | None] = mapped_column(String(16))
-    to_status: Mapped[str | None] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(CleanString(32))
+    actor: Mapped[str] = mapped_column(CleanString(320))
+    from_status: Mapped[str | None] = mapped_column(CleanString(16))
+    to_status: Mapped[str | None] = mapped_column(CleanString(16))
     message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
-    detail: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(CleanText)
 
 
 class Quarantine(Base):
@@ -174,15 +197,15 @@ class Quarantine(Base):
     __table_args__ = (Index("ix_quarantine_state_created", "state", "created_at"),)
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(16))  # quarantined | ignored
-    state: Mapped[str] = mapped_column(String(16), default="held")  # held | released
-    reason: Mapped[str] = mapped_column(Text)
-    detail: Mapped[str] = mapped_column(Text, default="")
-    source: Mapped[str] = mapped_column(String(200), default="")
-    envelope: Mapped[str] = mapped_column(Text, default="{}")  # JSON
-    sender: Mapped[str] = mapped_column(String(320), default="", index=True)
-    message_id: Mapped[str | None] = mapped_column(Text)
-    dedup_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(CleanString(16))  # quarantined | ignored
+    state: Mapped[str] = mapped_column(CleanString(16), default="held")  # held | released
+    reason: Mapped[str] = mapped_column(CleanText)
+    detail: Mapped[str] = mapped_column(CleanText, default="")
+    source: Mapped[str] = mapped_column(CleanString(200), default="")
+    envelope: Mapped[str] = mapped_column(CleanText, default="{}")  # JSON
+    sender: Mapped[str] = mapped_column(CleanString(320), default="", index=True)
+    message_id: Mapped[str | None] = mapped_column(CleanText)
+    dedup_key: Mapped[str | None] = mapped_column(CleanString(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -194,8 +217,8 @@ class Tombstone(Base):
 
     __tablename__ = "tombstones"
 
-    dedup_key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    message_id: Mapped[str | None] = mapped_column(Text)
+    dedup_key: Mapped[str] = mapped_column(CleanString(64), primary_key=True)
+    message_id: Mapped[str | None] = mapped_column(CleanText)
     ticket_number: Mapped[int] = mapped_column(ID)
     purged_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -214,15 +237,15 @@ class Outbox(Base):
         ForeignKey("tickets.number", ondelete="SET NULL"), index=True
     )
     message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(String(16))  # ack | notify | relay | notice | rule
-    mail_from: Mapped[str] = mapped_column(String(320))
-    rcpt_tos: Mapped[str] = mapped_column(Text)  # comma-separated
-    rcpt_key: Mapped[str] = mapped_column(String(320))  # first recipient, lowercased (rate limits)
+    kind: Mapped[str] = mapped_column(CleanString(16))  # ack | notify | relay | notice | rule
+    mail_from: Mapped[str] = mapped_column(CleanString(320))
+    rcpt_tos: Mapped[str] = mapped_column(CleanText)  # comma-separated
+    rcpt_key: Mapped[str] = mapped_column(CleanString(320))  # first recipient, lowercased (rate limits)
     raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
-    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed
+    state: Mapped[str] = mapped_column(CleanString(16), default="queued")  # queued | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(CleanText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -232,8 +255,8 @@ class ImapFolder(Base):
 
     __tablename__ = "imap_folders"
 
-    account: Mapped[str] = mapped_column(String(200), primary_key=True)
-    folder: Mapped[str] = mapped_column(String(500), primary_key=True)
+    account: Mapped[str] = mapped_column(CleanString(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(CleanString(500), primary_key=True)
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger)
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -244,7 +267,7 @@ class Lease(Base):
 
     __tablename__ = "leases"
 
-    name: Mapped[str] = mapped_column(String(300), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(CleanString(300), primary_key=True)
+    owner: Mapped[str] = mapped_column(CleanString(200))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

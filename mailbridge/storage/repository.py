@@ -140,19 +140,29 @@ def add_ticket(session: Session, ticket: Ticket) -> Ticket:
 
 
 def count_new_tickets_from(session: Session, customer: str, since: datetime) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Ticket)
-        .where(Ticket.customer == customer, Ticket.created_at >= since)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Ticket)
+            .where(Ticket.customer == customer, Ticket.created_at >= since)
+        )
+        or 0
+    )
 
 
 def count_quarantined_from(session: Session, sender: str, reason: str, since: datetime) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Quarantine)
-        .where(Quarantine.sender == sender, Quarantine.reason == reason, Quarantine.created_at >= since)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Quarantine)
+            .where(
+                Quarantine.sender == sender,
+                Quarantine.reason == reason,
+                Quarantine.created_at >= since,
+            )
+        )
+        or 0
+    )
 
 
 def list_tickets(session: Session, status: str | None = None) -> list[tuple[Ticket, int]]:
@@ -174,18 +184,24 @@ def list_tickets(session: Session, status: str | None = None) -> list[tuple[Tick
 def ticket_messages(session: Session, number: int) -> list[Message]:
     return list(
         session.scalars(
-            select(Message).where(Message.ticket_number == number).order_by(Message.stored_at, Message.id)
+            select(Message)
+            .where(Message.ticket_number == number)
+            .order_by(Message.stored_at, Message.id)
         )
     )
 
 
 def ticket_events(session: Session, number: int) -> list[Event]:
     return list(
-        session.scalars(select(Event).where(Event.ticket_number == number).order_by(Event.at, Event.id))
+        session.scalars(
+            select(Event).where(Event.ticket_number == number).order_by(Event.at, Event.id)
+        )
     )
 
 
-def add_events(session: Session, number: int, records: Iterable[object], message_pk: int | None) -> None:
+def add_events(
+    session: Session, number: int, records: Iterable[object], message_pk: int | None
+) -> None:
     rows = [
         {
             "ticket_number": number,
@@ -211,11 +227,12 @@ def purge_ticket(session: Session, number: int, now: datetime) -> int:
     _insert_ignore(
         session,
         Tombstone,
-        [{"dedup_key": k, "message_id": m, "ticket_number": number, "purged_at": now} for k, m in rows],
+        [
+            {"dedup_key": k, "message_id": m, "ticket_number": number, "purged_at": now}
+            for k, m in rows
+        ],
     )
-    session.execute(
-        update(Ticket).where(Ticket.follow_up_of == number).values(follow_up_of=None)
-    )
+    session.execute(update(Ticket).where(Ticket.follow_up_of == number).values(follow_up_of=None))
     for model in (Event, ThreadKey, Participant):
         session.execute(delete(model).where(model.ticket_number == number))
     pks = select(Message.id).where(Message.ticket_number == number)
@@ -238,7 +255,9 @@ def due_postponed(session: Session, now: datetime, limit: int = 500) -> list[int
     )
 
 
-def idle_tickets(session: Session, status: str, idle_since: datetime, limit: int = 500) -> list[int]:
+def idle_tickets(
+    session: Session, status: str, idle_since: datetime, limit: int = 500
+) -> list[int]:
     return list(
         session.scalars(
             select(Ticket.number)
@@ -311,7 +330,9 @@ def add_quarantine(session: Session, entry: Quarantine) -> Quarantine:
     return entry
 
 
-def list_quarantine(session: Session, include_ignored: bool, include_released: bool) -> list[Quarantine]:
+def list_quarantine(
+    session: Session, include_ignored: bool, include_released: bool
+) -> list[Quarantine]:
     stmt = select(Quarantine).order_by(Quarantine.id)
     if not include_ignored:
         stmt = stmt.where(Quarantine.kind == "quarantined")
@@ -343,14 +364,19 @@ def add_outbox(session: Session, row: Outbox) -> Outbox:
 
 
 def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Outbox)
-        .where(Outbox.kind == kind, Outbox.rcpt_key == rcpt_key, Outbox.created_at >= since)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Outbox)
+            .where(Outbox.kind == kind, Outbox.rcpt_key == rcpt_key, Outbox.created_at >= since)
+        )
+        or 0
+    )
 
 
-def claim_outbox(session: Session, now: datetime, lease: timedelta, limit: int = 20) -> list[Outbox]:
+def claim_outbox(
+    session: Session, now: datetime, lease: timedelta, limit: int = 20
+) -> list[Outbox]:
     """Due rows, claimed by pushing their next attempt past the lease (SKIP LOCKED on PostgreSQL)."""
     stmt = (
         select(Outbox)
@@ -394,7 +420,15 @@ def save_imap_checkpoint(
 ) -> None:
     row = session.get(ImapFolder, (account, folder))
     if row is None:
-        session.add(ImapFolder(account=account, folder=folder, uidvalidity=uidvalidity, last_uid=last_uid, last_success_at=now))
+        session.add(
+            ImapFolder(
+                account=account,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                last_uid=last_uid,
+                last_success_at=now,
+            )
+        )
     else:
         if row.uidvalidity == uidvalidity:
             last_uid = max(last_uid, row.last_uid)  # never move backwards
@@ -404,7 +438,9 @@ def save_imap_checkpoint(
 def acquire_lease(session: Session, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
     """Take or renew a lease; True when `owner` holds it until now + ttl."""
     _insert_ignore(
-        session, Lease, [{"name": name, "owner": owner, "expires_at": now + ttl, "heartbeat_at": now}]
+        session,
+        Lease,
+        [{"name": name, "owner": owner, "expires_at": now + ttl, "heartbeat_at": now}],
     )
     result = session.execute(
         update(Lease)
