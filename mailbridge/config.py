@@ -36,6 +36,7 @@ from mailbridge.errors import ConfigError
 ENV_VAR = "MAILBRIDGE_CONFIG"
 DEFAULT_PATH = Path("config/mailbridge.toml")
 MB = 1024 * 1024
+Loc = tuple[str | int, ...]  # a key path as pydantic reports it: ("imap", 1, "port")
 
 
 class Secret:
@@ -90,7 +91,7 @@ def _size(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
-        size = int(m[1]) * 1024 ** "KMG".find(m[2].upper()) if m[2] else int(m[1])
+        size = int(m[1]) * 1024 ** " KMG".index(m[2].upper() or " ")
     else:
         raise ValueError(f"invalid size {value!r} (use e.g. 512KB, 25MB, 1GB)")
     if size <= 0:
@@ -105,14 +106,15 @@ def _address(value: str) -> str:
 
 
 def _domain(value: str) -> str:
-    if not _DOMAIN.fullmatch(value.lower()):
+    domain = value.lower().removeprefix("@")  # "@example.com" is a natural way to write it
+    if not _DOMAIN.fullmatch(domain):
         raise ValueError(f"not a domain name: {value!r}")
-    return value.lower()
+    return domain
 
 
 def _sender(value: str) -> str:
     # a blocked entry is a whole domain when written `@example.com`
-    return "@" + _domain(value[1:]) if value.startswith("@") else _address(value)
+    return "@" + _domain(value) if value.startswith("@") else _address(value)
 
 
 def split_listen(listen: str) -> tuple[str, int] | Path:
@@ -147,8 +149,12 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
     return path
 
 
+def _environ(info: ValidationInfo) -> Mapping[str, str]:
+    return (info.context or {}).get("env", os.environ)
+
+
 def _env_set(value: str, info: ValidationInfo) -> str:
-    if not (info.context or {}).get("env", os.environ).get(value):
+    if not _environ(info).get(value):
         raise ValueError(f"environment variable {value} is not set")
     return value
 
@@ -190,18 +196,16 @@ Status = Literal["new", "open", "answered", "resolved", "closed", "postponed", "
 # --- sections ----------------------------------------------------------------------------
 
 
-def _reject(title: str, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
-    """Raise cross-field problems together, each at its own key, so none hides another."""
+def _reject(title: str, problems: list[tuple[Loc, str]]) -> None:
+    """Raise cross-key problems together, each at its own key, so none hides another."""
     if problems:
-        raise ValidationError.from_exception_data(
-            title,
-            [
-                InitErrorDetails(
-                    type=PydanticCustomError("config", "{msg}", {"msg": msg}), loc=loc, input=None
-                )
-                for loc, msg in problems
-            ],
-        )
+        # the message goes in as data: a template would eat braces like "{number}"
+        errors = [PydanticCustomError("config", "{msg}", {"msg": msg}) for _, msg in problems]
+        details = [
+            InitErrorDetails(type=e, loc=loc, input=None)
+            for e, (loc, _) in zip(errors, problems, strict=True)
+        ]
+        raise ValidationError.from_exception_data(title, details)
 
 
 def _read_secret(file: Path | None, env_name: str | None, info: ValidationInfo) -> Secret | None:
@@ -210,9 +214,10 @@ def _read_secret(file: Path | None, env_name: str | None, info: ValidationInfo) 
         try:
             return Secret(file.read_text(encoding="utf-8").rstrip("\r\n"))
         except (OSError, UnicodeDecodeError) as exc:
-            _reject("secret", [(("password_file",), f"cannot read {file}: {exc}")])
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            _reject("secret", [(("password_file",), f"cannot read {file}: {reason}")])
     if env_name is not None:
-        return Secret((info.context or {}).get("env", os.environ).get(env_name, ""))
+        return Secret(_environ(info)[env_name])
     return None
 
 
@@ -247,15 +252,21 @@ class SmtpSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> SmtpSettings:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[tuple[Loc, str]] = []
         tls = self.tls_cert is not None and self.tls_key is not None
         if not tls and (self.tls_cert or self.tls_key):
-            problems.append((("tls_key" if self.tls_cert else "tls_cert",), "set both tls_cert and tls_key, or neither"))
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            problems.append(((missing,), "set both tls_cert and tls_key, or neither"))
         if self.require_tls and not tls:
             problems.append((("require_tls",), "needs tls_cert and tls_key"))
         if self.auth_users_file and self.auth_require_tls and not tls:
-            # aiosmtpd would then never offer AUTH: fail here rather than at the first agent login
-            problems.append((("auth_users_file",), "AUTH needs TLS: set tls_cert and tls_key, or auth_require_tls = false"))
+            # aiosmtpd would then never offer AUTH: fail here, not at the first agent's login
+            problems.append(
+                (
+                    ("auth_users_file",),
+                    "AUTH needs tls_cert and tls_key (or auth_require_tls = false)",
+                )
+            )
         if not self.addresses:
             problems.append((("addresses",), "list at least one support address"))
         _reject("smtp", problems)
@@ -304,7 +315,7 @@ class ImapAccount(_Section):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> ImapAccount:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[tuple[Loc, str]] = []
         sources = ("password_file", "password_env", "oauth2_token_command")
         given = [key for key in sources if getattr(self, key) is not None]
         if not given:
@@ -312,7 +323,7 @@ class ImapAccount(_Section):
         elif len(given) > 1:
             problems.append(((given[1],), f"set only one of {', '.join(given)}"))
         if self.tls == "none" and not _is_loopback(self.host):
-            problems.append((("tls",), "tls = none is allowed only for a loopback host (127.0.0.1, ::1, localhost)"))
+            problems.append((("tls",), "none is allowed only for 127.0.0.1, ::1 or localhost"))
         _reject("imap", problems)
         self._password = _read_secret(self.password_file, self.password_env, info)
         return self
@@ -363,7 +374,7 @@ class OutboundSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> OutboundSettings:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[tuple[Loc, str]] = []
         if self.password_file and self.password_env:
             problems.append((("password_env",), "set only one of password_file, password_env"))
         if self.username and not (self.password_file or self.password_env):
@@ -394,7 +405,8 @@ class Rule(_Section):
     def _check(self) -> Rule:
         allowed = _RULE_FROM[self.then]
         if self.when not in allowed:
-            _reject("rules", [(("then",), f"{self.then} is allowed only when = {', '.join(allowed)}")])
+            choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+            _reject("rules", [(("then",), f"{self.then} needs when = {choices}")])
         return self
 
 
@@ -418,7 +430,7 @@ class Settings(_Section):
     imap: tuple[ImapAccount, ...] = ()
     agents: AgentsSettings = AgentsSettings()
     tickets: TicketsSettings = TicketsSettings()
-    outbound: OutboundSettings = OutboundSettings(from_address="support@localhost", identity="support@localhost")
+    outbound: OutboundSettings = OutboundSettings()
     rules: tuple[Rule, ...] = ()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -435,27 +447,18 @@ class Settings(_Section):
     def _derive(cls, data: Any) -> Any:
         # outbound mail leaves from, and loop-detects on, the first support address by default;
         # derived only from a valid address so one typo is not reported twice
+        if not isinstance(data, dict):
+            return data
         smtp, outbound = data.get("smtp", {}), data.get("outbound", {})
         if not (isinstance(smtp, dict) and isinstance(outbound, dict)):
             return data
-        first = (smtp.get("addresses") or ["support@localhost"])[0]
+        addresses = smtp.get("addresses", ["support@localhost"])
+        first = addresses[0] if isinstance(addresses, list) and addresses else None
         sender = outbound.get("from_address", first)
         if not (isinstance(sender, str) and _ADDRESS.fullmatch(sender)):
             return data
         outbound = {"from_address": sender.lower(), "identity": sender.lower(), **outbound}
         return {**data, "outbound": outbound}
-
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
-        for section, items in (("imap", self.imap), ("rules", self.rules)):
-            seen: set[str] = set()
-            for index, item in enumerate(items):
-                if item.name in seen:
-                    problems.append(((section, index, "name"), f"duplicate name {item.name!r}"))
-                seen.add(item.name)
-        _reject("settings", problems)
-        return self
 
 
 # --- loading and error reporting ---------------------------------------------------------
@@ -501,14 +504,30 @@ def parse_settings(
         raise ConfigError([f"{filename}:{line}: (syntax): {message}"]) from exc
     base_dir = source_path.absolute().parent if source_path else Path.cwd()
     context = {"base_dir": base_dir, "env": os.environ if env is None else env}
+    problems = _duplicate_names(data)
     try:
         settings = Settings.model_validate(data, context=context)
     except ValidationError as exc:
+        problems += [(error["loc"], _message(error)) for error in exc.errors()]
+    if problems:
         lines = _locate(text)
-        found = sorted((_line(lines, e["loc"]), _key(e["loc"]), _message(e)) for e in exc.errors())
-        raise ConfigError([f"{filename}:{n}: {key}: {msg}" for n, key, msg in found]) from None
+        found = sorted((_line(lines, loc), _key(loc), msg) for loc, msg in problems)
+        raise ConfigError([f"{filename}:{n}: {key}: {msg}" for n, key, msg in found])
     settings._source_path = source_path
     return settings
+
+
+def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    # checked on the raw tables, so a duplicate is reported even beside other errors
+    problems: list[tuple[Loc, str]] = []
+    for section in ("imap", "rules"):
+        items, seen = data.get(section), set()
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name in seen:
+                problems.append(((section, index, "name"), f"duplicate name {name!r}"))
+            seen.add(name)
+    return problems
 
 
 _MESSAGES = {
@@ -531,6 +550,8 @@ def _message(error: Any) -> str:
     if kind == "extra_forbidden" and loc[-1] == "password":
         extra = ", oauth2_token_command" if loc[0] == "imap" else ""
         return f"secrets never sit in the file: use password_file, password_env{extra}"
+    if kind == "tuple_type" and isinstance(error.get("input"), dict):
+        return f"expected an array of tables: write [[{loc[-1]}]]"
     if kind == "literal_error":
         return "must be one of: " + ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
     if kind == "value_error":
@@ -540,14 +561,14 @@ def _message(error: Any) -> str:
     return _MESSAGES.get(kind, error["msg"])
 
 
-def _key(loc: tuple[str | int, ...]) -> str:
+def _key(loc: Loc) -> str:
     key = ""
     for part in loc:
         key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else part
     return key or "(file)"
 
 
-def _line(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int:
+def _line(lines: dict[Loc, int], loc: Loc) -> int:
     # a missing key has no line of its own: report its table's header instead
     for end in range(len(loc), 0, -1):
         if loc[:end] in lines:
@@ -559,24 +580,27 @@ _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 _KEY = rf"{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*"
 _HEADER = re.compile(rf"(\[\[?)[ \t]*({_KEY})[ \t]*\]\]?")
 _KEYVAL = re.compile(rf"({_KEY})[ \t]*=")
-_STRING = re.compile(r'"""[\s\S]*?"""(?!")|\'\'\'[\s\S]*?\'\'\'(?!\')|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+_STRING = re.compile(
+    r'"""[\s\S]*?"""(?!")|\'\'\'[\s\S]*?\'\'\'(?!\')|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\''
+)
 _SCALAR = re.compile(r"[^\s,\]}#]+")
+_SPACE = re.compile(r"\s*")
 
 
 def _parts(key: str) -> tuple[str, ...]:
     return tuple(p[1:-1] if p[0] in "\"'" else p for p in re.findall(_KEY_PART, key))
 
 
-def _locate(text: str) -> dict[tuple[str | int, ...], int]:
+def _locate(text: str) -> dict[Loc, int]:
     """Map key paths (`("imap", 1, "port")`) to 1-based lines; only run on text tomllib accepted."""
     starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
-    found: dict[tuple[str | int, ...], int] = {}
-    counts: dict[tuple[str | int, ...], int] = {}
-    table: tuple[str | int, ...] = ()
+    found: dict[Loc, int] = {}
+    counts: dict[Loc, int] = {}
+    table: Loc = ()
 
-    def expand(parts: tuple[str, ...]) -> tuple[str | int, ...]:
+    def expand(parts: tuple[str, ...]) -> Loc:
         # `[imap.x]` after `[[imap]]` belongs to the latest imap entry
-        path: tuple[str | int, ...] = ()
+        path: Loc = ()
         for part in parts:
             path += (part,)
             if path in counts:
@@ -584,12 +608,12 @@ def _locate(text: str) -> dict[tuple[str | int, ...], int]:
         return path
 
     pos = 0
-    while (pos := re.compile(r"\s*").match(text, pos).end()) < len(text):  # type: ignore[union-attr]
+    while (pos := _SPACE.match(text, pos).end()) < len(text):  # type: ignore[union-attr]
         line = bisect_right(starts, pos)
-        if (header := _HEADER.match(text, pos)) and text[pos] == "[":
+        if header := _HEADER.match(text, pos):
             parts = _parts(header[2])
             if header[1] == "[[":
-                array = expand(parts[:-1]) + (parts[-1],)
+                array = (*expand(parts[:-1]), parts[-1])
                 counts[array] = counts.get(array, 0) + 1
                 found.setdefault(array, line)
                 table = (*array, counts[array] - 1)
@@ -612,8 +636,8 @@ def _locate(text: str) -> dict[tuple[str | int, ...], int]:
 def _skip_value(
     text: str,
     pos: int,
-    path: tuple[str | int, ...],
-    found: dict[tuple[str | int, ...], int],
+    path: Loc,
+    found: dict[Loc, int],
     starts: list[int],
 ) -> int:
     """Step over one value (arrays may span lines), noting the line of each top-level array item."""

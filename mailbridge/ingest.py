@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import IntegrityError  # noqa: TID251 - the one storage error ingest must tell apart
+from sqlalchemy.exc import IntegrityError
 
 from mailbridge import agent_commands, classify, correlate, lifecycle
 from mailbridge.clock import Clock, system_clock
