@@ -64,5 +64,7 @@ def postpone_until(argument: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(arg)
     except ValueError:
-        raise ValueError(f"cannot read the time {arg!r} (use 3d, 2026-12-01 or 2026-12-01T09:00)") from None
+        raise ValueError(
+            f"cannot read the time {arg!r} (use 3d, 2026-12-01 or 2026-12-01T09:00)"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

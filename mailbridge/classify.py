@@ -62,7 +62,10 @@ class OwnLoop:
         for value in msg.headers.get("x-loop", ()):
             if value.strip().lower() == policy.identity.lower():
                 return f"own-loop: X-Loop {value.strip()}"
-        if msg.headers.get("x-mailbridge-ticket") and _first(msg, "auto-submitted").lower() not in ("", "no"):
+        if msg.headers.get("x-mailbridge-ticket") and _first(msg, "auto-submitted").lower() not in (
+            "",
+            "no",
+        ):
             return "own-loop: our Auto-Submitted mail came back"
         return None
 
@@ -71,14 +74,18 @@ class DeliveryStatusReport:
     name = BOUNCE
 
     def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
-        if msg.content_type == "multipart/report" and msg.report_type in ("delivery-status", "delivery-notification"):
+        if msg.content_type == "multipart/report" and msg.report_type in (
+            "delivery-status",
+            "delivery-notification",
+        ):
             return "bounce: multipart/report delivery-status"
         if env.mail_from == "":
             return "bounce: null envelope sender"
         sender = msg.from_.addr.lower() if msg.from_ else ""
         local = sender.split("@", 1)[0]
         if local in ("mailer-daemon", "postmaster") and (
-            msg.headers.get("x-failed-recipients") or msg.content_type.startswith("multipart/report")
+            msg.headers.get("x-failed-recipients")
+            or msg.content_type.startswith("multipart/report")
         ):
             return f"bounce: from {local}"
         return None
@@ -153,7 +160,9 @@ def _authentication_results(msg: ParsedMessage, policy: Policy, domain: str) -> 
     return None
 
 
-def agent_authority(msg: ParsedMessage, env: Envelope, source: Source, policy: Policy) -> tuple[str | None, str, bool]:
+def agent_authority(
+    msg: ParsedMessage, env: Envelope, source: Source, policy: Policy
+) -> tuple[str | None, str, bool]:
     """(agent address, how it was authenticated, whether From merely claims an agent)."""
     sender = msg.from_.addr.lower() if msg.from_ else ""
     if not sender or not is_agent_address(sender, policy):

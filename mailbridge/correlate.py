@@ -69,9 +69,13 @@ class Tokens:
         return address in self.support or self.token_of(address) is not None
 
 
-def thread_keys(msg: ParsedMessage, recipients: Iterable[str], tokens: Tokens, tagger: Tagger) -> ThreadKeys:
+def thread_keys(
+    msg: ParsedMessage, recipients: Iterable[str], tokens: Tokens, tagger: Tagger
+) -> ThreadKeys:
     ids = list(dict.fromkeys([*msg.in_reply_to, *reversed(msg.references)]))
     if msg.message_id in ids:
         ids.remove(msg.message_id)
     found = [t for t in (tokens.token_of(r) for r in recipients) if t]
-    return ThreadKeys(tuple(ids), msg.thread_index, tuple(dict.fromkeys(found)), tagger.find(msg.subject))
+    return ThreadKeys(
+        tuple(ids), msg.thread_index, tuple(dict.fromkeys(found)), tagger.find(msg.subject)
+    )

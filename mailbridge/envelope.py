@@ -32,4 +32,9 @@ class Outcome:
     source: str = ""
 
     def as_json(self) -> dict[str, object]:
-        return {"source": self.source, "outcome": self.outcome, "ticket": self.ticket, "reason": self.reason}
+        return {
+            "source": self.source,
+            "outcome": self.outcome,
+            "ticket": self.ticket,
+            "reason": self.reason,
+        }

@@ -51,4 +51,6 @@ def content_hash(raw: bytes) -> str:
 
 
 def dedup_key(message_id: str | None, content: str) -> str:
-    return hashlib.sha256(f"{message_id or ''}\0{content}".encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(
+        f"{message_id or ''}\0{content}".encode("utf-8", "surrogateescape")
+    ).hexdigest()

@@ -146,13 +146,17 @@ def apply(state: TicketState, event: Event, now: datetime) -> Transition:
     target = TRANSITIONS.get((state.status, event.kind))
     if target is None:
         why = _WHY.get(event.kind, "cannot {kind} a ticket that is {status}")
-        raise IllegalTransition(state.status, event.kind, why.format(status=state.status, kind=event.kind))
+        raise IllegalTransition(
+            state.status, event.kind, why.format(status=state.status, kind=event.kind)
+        )
     if target == NEW_TICKET:
         return Transition(state, (), new_ticket=True)
 
     if event.kind is Kind.POSTPONE:
         if event.until is None or event.until <= now:
-            raise IllegalTransition(state.status, event.kind, "the postponement time must be in the future")
+            raise IllegalTransition(
+                state.status, event.kind, "the postponement time must be in the future"
+            )
         # a second postponement keeps the status the ticket had before the first one
         before = state.status_before if state.status is S.POSTPONED else state.status
         new = TicketState(S.POSTPONED, before, event.until)
@@ -176,5 +180,3 @@ def apply(state: TicketState, event: Event, now: datetime) -> Transition:
         detail = detail or f"until {event.until.isoformat()}"
     record = Record(now, event.kind, event.actor, state.status, new.status, detail)
     return Transition(new, (record,))
-
-
