@@ -14,7 +14,7 @@ import logging
 import secrets
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,21 @@ class Prepared:
     parse_error: str | None
     dedup_key: str
     content_hash: str
+
+
+@dataclass(slots=True)
+class _Seen:
+    """Dedup keys already stored (key -> ticket, 0 when purged) or held in quarantine, for one batch:
+    fetched in one query per batch, then kept current as the batch goes."""
+
+    known: dict[str, int]
+    held: dict[str, int]
+
+    def note(self, key: str, outcome: Outcome) -> None:
+        if outcome.outcome in ("created", "appended") and outcome.ticket:
+            self.known[key] = outcome.ticket
+        elif outcome.quarantine and outcome.outcome != "duplicate":
+            self.held[key] = outcome.quarantine
 
 
 @dataclass(slots=True)
@@ -108,13 +123,18 @@ class Ingestor:
         prepared = [self.prepare(raw, env, src) for raw, env, src in items]
         started = self.clock()
         try:
-            with self.store.unit() as session:
-                outcomes = [self._one(session, p) for p in prepared]
-        except StorageUnavailable:
-            if len(prepared) == 1:
-                raise
-            # one bad apple must not cost the batch its commit: retry message by message
-            return [self.accept(p.raw, p.envelope, p.source) for p in prepared]
+            # fast path: the whole batch in one transaction without savepoints
+            outcomes = self._commit(prepared, careful=False)
+        except Exception:
+            try:
+                # something failed: redo the batch with a savepoint per message, so the failing
+                # one is quarantined and the rest still commit
+                outcomes = self._commit(prepared, careful=True)
+            except StorageUnavailable:
+                if len(prepared) == 1:
+                    raise
+                # the transaction itself cannot commit: give every message its own chance
+                return [self.accept(p.raw, p.envelope, p.source) for p in prepared]
         elapsed = (self.clock() - started).total_seconds() / max(len(prepared), 1)
         for outcome, p in zip(outcomes, prepared, strict=True):
             log.info(
@@ -128,13 +148,20 @@ class Ingestor:
                 self.on_outcome(outcome, p.source, elapsed)
         return outcomes
 
+    def _commit(self, prepared: list[Prepared], careful: bool) -> list[Outcome]:
+        with self.store.unit() as session:
+            seen = _Seen(*repo.known_dedup_keys(session, [p.dedup_key for p in prepared]))
+            return [self._one(session, p, seen, careful) for p in prepared]
+
     def explain(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
         """Decide like `accept` and say why, but write nothing (`ingest --dry-run`)."""
         p = self.prepare(raw, envelope, source)
         session = self.store.sessions()
         try:
             session.begin()
-            return self._one(session, p)
+            return self._one(
+                session, p, _Seen(*repo.known_dedup_keys(session, [p.dedup_key])), True
+            )
         finally:
             session.rollback()
             session.close()
@@ -161,11 +188,15 @@ class Ingestor:
 
     # --- one message --------------------------------------------------------------------
 
-    def _one(self, session: Session, p: Prepared) -> Outcome:
+    def _one(self, session: Session, p: Prepared, seen: _Seen, careful: bool) -> Outcome:
         label = p.source.name or p.source.kind
+        if not careful:
+            outcome = self._decide(session, p, seen)
+            seen.note(p.dedup_key, outcome)
+            return replace(outcome, source=label)
         savepoint = session.begin_nested()
         try:
-            outcome = self._decide(session, p)
+            outcome = self._decide(session, p, seen)
             savepoint.commit()
         except IntegrityError:
             # another node (or an earlier message of this batch) stored the same mail first
@@ -181,29 +212,19 @@ class Ingestor:
             outcome = self._quarantine(
                 session, p, f"error: {exc.__class__.__name__}: {exc}"[:500], traceback.format_exc()
             )
-        return Outcome(
-            outcome.outcome,
-            outcome.ticket,
-            outcome.reason,
-            outcome.message,
-            outcome.quarantine,
-            label,
-        )
+        return replace(outcome, source=label)
 
-    def _decide(self, session: Session, p: Prepared) -> Outcome:
-        seen = repo.seen_dedup_key(session, p.dedup_key)
-        if seen is not None:
-            where = f"on ticket #{seen}" if seen else "on a purged ticket"
+    def _decide(self, session: Session, p: Prepared, seen: _Seen) -> Outcome:
+        number = seen.known.get(p.dedup_key)
+        if number is not None:
+            where = f"on ticket #{number}" if number else "on a purged ticket"
             return Outcome(
-                "duplicate", seen or None, f"duplicate: same Message-ID and content {where}"
+                "duplicate", number or None, f"duplicate: same Message-ID and content {where}"
             )
-        held = repo.held_quarantine_for(session, p.dedup_key)
+        held = seen.held.get(p.dedup_key)
         if held is not None and p.source.kind != "retry":
             return Outcome(
-                "duplicate",
-                None,
-                f"duplicate: already held in quarantine #{held.id}",
-                quarantine=held.id,
+                "duplicate", None, f"duplicate: already held in quarantine #{held}", quarantine=held
             )
         if p.parsed is None:
             return self._quarantine(session, p, p.parse_error or "unparseable", "")

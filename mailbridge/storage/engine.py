@@ -60,7 +60,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.sessions = sessionmaker(engine, expire_on_commit=False, autoflush=True)
+        self.sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
     @property
     def dialect(self) -> str:

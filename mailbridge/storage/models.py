@@ -240,7 +240,9 @@ class Outbox(Base):
     kind: Mapped[str] = mapped_column(CleanString(16))  # ack | notify | relay | notice | rule
     mail_from: Mapped[str] = mapped_column(CleanString(320))
     rcpt_tos: Mapped[str] = mapped_column(CleanText)  # comma-separated
-    rcpt_key: Mapped[str] = mapped_column(CleanString(320))  # first recipient, lowercased (rate limits)
+    rcpt_key: Mapped[str] = mapped_column(
+        CleanString(320)
+    )  # first recipient, lowercased (rate limits)
     raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
     state: Mapped[str] = mapped_column(CleanString(16), default="queued")  # queued | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)

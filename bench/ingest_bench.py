@@ -1,0 +1,81 @@
+"""Offline ingest throughput: a generated 10,000-mail mix through the same pipeline as `mailbridge ingest`.
+
+    python bench/ingest_bench.py [--count 10000] [--database URL] [--batch 200] [--profile]
+
+Prints messages/s and peak RSS. Uses group commits like the CLI (`[database] batch_size`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mixgen import generate  # noqa: E402
+from mailbridge.app import App  # noqa: E402
+from mailbridge.config import parse_settings  # noqa: E402
+from mailbridge.envelope import Envelope, Source  # noqa: E402
+
+
+def build(url: str, batch: int) -> App:
+    text = f'[database]\nurl = "{url}"\nbatch_size = {batch}\n[smtp]\naddresses = ["support@example.com"]\n'
+    return App.build(parse_settings(text, "bench.toml"))
+
+
+def run(url: str, count: int, batch: int, profile: bool = False) -> dict[str, float]:
+    mails = list(generate(count))
+    app = build(url, batch)
+    source = Source("file", "bench", live=False)
+    env = Envelope()
+    outcomes: dict[str, int] = {}
+
+    def work() -> None:
+        for start in range(0, len(mails), batch):
+            for out in app.ingestor.accept_many(
+                [(raw, env, source) for raw in mails[start : start + batch]]
+            ):
+                outcomes[out.outcome] = outcomes.get(out.outcome, 0) + 1
+
+    started = time.perf_counter()
+    if profile:
+        import cProfile
+        import pstats
+
+        cProfile.runctx("work()", globals(), locals(), "/tmp/ingest.prof")
+        pstats.Stats("/tmp/ingest.prof").sort_stats("tottime").print_stats(30)
+    else:
+        work()
+    elapsed = time.perf_counter() - started
+    app.close()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "messages": count,
+        "seconds": elapsed,
+        "rate": count / elapsed,
+        "peak_rss_mb": rss_mb,
+        **outcomes,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=10_000)
+    ap.add_argument("--database", default="")
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database or f"sqlite:///{tmp}/bench.db"
+        result = run(url, args.count, args.batch, args.profile)
+    print(
+        " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
