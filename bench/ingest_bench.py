@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mixgen import generate  # noqa: E402
-from mailbridge.app import App  # noqa: E402
-from mailbridge.config import parse_settings  # noqa: E402
-from mailbridge.envelope import Envelope, Source  # noqa: E402
+from bench.mixgen import generate
+from mailbridge.app import App
+from mailbridge.config import parse_settings
+from mailbridge.envelope import Envelope, Source
 
 
 def build(url: str, batch: int) -> App:
