@@ -180,3 +180,34 @@ def apply(state: TicketState, event: Event, now: datetime) -> Transition:
         detail = detail or f"until {event.until.isoformat()}"
     record = Record(now, event.kind, event.actor, state.status, new.status, detail)
     return Transition(new, (record,))
+
+
+_ROWS = (
+    (Kind.CUSTOMER_MAIL, "customer mail (threaded)"),
+    (Kind.AGENT_REPLY, "agent reply"),
+    (Kind.RESOLVE, "agent `#resolve`"),
+    (Kind.POSTPONE, "postpone until T"),
+    (Kind.CLOSE, "`#close` / rule / CLI"),
+    (Kind.WAKE, "postponement due"),
+    (Kind.SPAM, "mark spam"),
+    (Kind.DELETE, "delete"),
+    (Kind.RESTORE, "restore"),
+)
+_SHOWN = {NEW_TICKET: "NEW ticket, linked", BEFORE: "status before", WOKEN: "open (new if it was new)"}
+
+
+def markdown_table() -> str:
+    """The transition table as Markdown, for the README (a test keeps the two identical)."""
+    statuses = list(Status)
+    lines = [
+        "| event \\ status | " + " | ".join(s.value for s in statuses) + " |",
+        "|---" * (len(statuses) + 1) + "|",
+    ]
+    for kind, label in _ROWS:
+        cells = [_SHOWN.get(t, t) if (t := TRANSITIONS.get((s, kind))) else "–" for s in statuses]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
