@@ -21,7 +21,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def _pg_admin_url() -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(PG_URL).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return (
+        make_url(PG_URL).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    )
 
 
 def create_pg_database() -> tuple[str, Callable[[], None]]:
@@ -114,7 +116,9 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
 
 
 @pytest.fixture
-def make_app(make_settings: Callable[..., object], clock: FixedClock) -> Iterator[Callable[..., object]]:
+def make_app(
+    make_settings: Callable[..., object], clock: FixedClock
+) -> Iterator[Callable[..., object]]:
     from mailbridge.app import App
 
     apps: list[App] = []

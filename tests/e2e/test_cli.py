@@ -30,14 +30,18 @@ def config(tmp_path: Path, db_url: str) -> Path:
 
 
 def run(config: Path, *args: str, input: bytes | None = None) -> Any:
-    result = CliRunner().invoke(cli, ["--config", str(config), *args], input=input, catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), *args], input=input, catch_exceptions=False
+    )
     return result
 
 
 def test_ingest_json_tickets_and_show(config: Path, tmp_path: Path) -> None:
     first = make_mail(subject="Printer on fire", attachments=[("log.txt", "text/plain", b"x" * 10)])
     (tmp_path / "a.eml").write_bytes(first)
-    (tmp_path / "b.eml").write_bytes(make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first)))
+    (tmp_path / "b.eml").write_bytes(
+        make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first))
+    )
     result = run(config, "ingest", "--json", str(tmp_path / "a.eml"), str(tmp_path / "b.eml"))
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -60,16 +64,52 @@ def test_ingest_json_tickets_and_show(config: Path, tmp_path: Path) -> None:
     assert json.loads(run(config, "tickets", "--status", "open", "--json").stdout) == []
 
     show = json.loads(run(config, "ticket", "show", "1", "--json").stdout)
-    assert set(show) == {"number", "status", "subject", "customer", "reply_to", "created_at", "updated_at", "postponed_until", "follow_up_of", "messages", "events"}
+    assert set(show) == {
+        "number",
+        "status",
+        "subject",
+        "customer",
+        "reply_to",
+        "created_at",
+        "updated_at",
+        "postponed_until",
+        "follow_up_of",
+        "messages",
+        "events",
+    }
     assert show["reply_to"].startswith("support+") and show["reply_to"].endswith("@example.com")
     m = show["messages"][0]
-    assert set(m) == {"id", "message_id", "direction", "author_kind", "from", "to", "subject", "date", "stored_at", "attachments"}
-    assert (m["direction"], m["author_kind"], m["from"], m["to"]) == ("inbound", "customer", "carol@customer.example", ["support@example.com"])
+    assert set(m) == {
+        "id",
+        "message_id",
+        "direction",
+        "author_kind",
+        "from",
+        "to",
+        "subject",
+        "date",
+        "stored_at",
+        "attachments",
+    }
+    assert (m["direction"], m["author_kind"], m["from"], m["to"]) == (
+        "inbound",
+        "customer",
+        "carol@customer.example",
+        ["support@example.com"],
+    )
     assert m["attachments"] == [{"filename": "log.txt", "content_type": "text/plain", "size": 10}]
     import re
 
     assert re.match(ISO_Z, m["stored_at"]) and re.match(ISO_Z, show["created_at"])
-    assert show["events"] == [{"at": show["events"][0]["at"], "kind": "created", "actor": "carol@customer.example", "from_status": None, "to_status": "new"}]
+    assert show["events"] == [
+        {
+            "at": show["events"][0]["at"],
+            "kind": "created",
+            "actor": "carol@customer.example",
+            "from_status": None,
+            "to_status": "new",
+        }
+    ]
 
     human = run(config, "ticket", "show", "1").stdout
     assert "Ticket #1  [new]  Printer on fire" in human and "attachment: log.txt" in human
@@ -98,9 +138,14 @@ def test_ticket_actions_and_refusals(config: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no ticket #99" in missing.stderr
     bad = run(config, "ticket", "postpone", "1", "--until", "someday")
     assert bad.exit_code == 2
-    kinds = [e["kind"] for e in json.loads(run(config, "ticket", "show", "1", "--json").stdout)["events"]]
+    kinds = [
+        e["kind"] for e in json.loads(run(config, "ticket", "show", "1", "--json").stdout)["events"]
+    ]
     assert kinds == ["created", "resolve", "postpone", "spam", "restore"]
-    assert all(e["actor"].startswith("cli:") for e in json.loads(run(config, "ticket", "show", "1", "--json").stdout)["events"][1:])
+    assert all(
+        e["actor"].startswith("cli:")
+        for e in json.loads(run(config, "ticket", "show", "1", "--json").stdout)["events"][1:]
+    )
 
 
 def test_ingest_mbox_maildir_directory_and_dry_run(config: Path, tmp_path: Path) -> None:
@@ -115,7 +160,14 @@ def test_ingest_mbox_maildir_directory_and_dry_run(config: Path, tmp_path: Path)
     dry = run(config, "ingest", "--dry-run", str(tmp_path / "in.mbox"))
     assert dry.exit_code == 0 and dry.stdout.count(": created") == 3
     assert json.loads(run(config, "tickets", "--json").stdout) == []
-    result = run(config, "ingest", "--json", str(tmp_path / "in.mbox"), str(tmp_path / "Maildir"), str(tmp_path / "dir"))
+    result = run(
+        config,
+        "ingest",
+        "--json",
+        str(tmp_path / "in.mbox"),
+        str(tmp_path / "Maildir"),
+        str(tmp_path / "dir"),
+    )
     assert [json.loads(x)["outcome"] for x in result.stdout.splitlines()] == ["created"] * 5
 
 
@@ -138,17 +190,32 @@ def test_quarantine_list_show_retry(config: Path, tmp_path: Path) -> None:
 
 def test_check_config_reports_file_line_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[smtp]\nlisten = "127.0.0.1:2525"\nmode = "carrier-pigeon"\n\n[tickets]\ncolour = "blue"\n')
+    bad.write_text(
+        '[smtp]\nlisten = "127.0.0.1:2525"\nmode = "carrier-pigeon"\n\n[tickets]\ncolour = "blue"\n'
+    )
     result = CliRunner().invoke(cli, ["--config", str(bad), "check-config"])
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("bad.toml:3: smtp.mode: ") or lines[0].startswith(f"{bad}:3: smtp.mode: ")
+    assert lines[0].startswith("bad.toml:3: smtp.mode: ") or lines[0].startswith(
+        f"{bad}:3: smtp.mode: "
+    )
     assert any(":6: tickets.colour: unknown key" in line for line in lines)
 
 
 def test_console_script_runs(tmp_path: Path) -> None:
     env = {**os.environ, "MAILBRIDGE_CONFIG": ""}
-    result = subprocess.run([sys.executable, "-m", "mailbridge", "check-config"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailbridge", "check-config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0 and "embedded default" in result.stdout
-    usage = subprocess.run([sys.executable, "-m", "mailbridge", "frobnicate"], cwd=tmp_path, capture_output=True, text=True)
+    usage = subprocess.run(
+        [sys.executable, "-m", "mailbridge", "frobnicate"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert usage.returncode == 2

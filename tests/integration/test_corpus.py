@@ -32,14 +32,19 @@ def corpus_files() -> list[Any]:
     return sorted(CORPUS.rglob("*.eml"))
 
 
-def test_whole_corpus_ingests_without_exception(make_app: Any, sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_whole_corpus_ingests_without_exception(
+    make_app: Any, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = make_app(sqlite_url)
     files = corpus_files()
     assert len(files) == 382
     outcomes: dict[str, Any] = {}
     for batch_start in range(0, len(files), 50):
         batch = files[batch_start : batch_start + 50]
-        items = [(p.read_bytes(), Envelope(), Source("file", str(p.relative_to(CORPUS)), live=False)) for p in batch]
+        items = [
+            (p.read_bytes(), Envelope(), Source("file", str(p.relative_to(CORPUS)), live=False))
+            for p in batch
+        ]
         for path, out in zip(batch, app.ingestor.accept_many(items), strict=True):
             outcomes[str(path.relative_to(CORPUS))] = out
     counts = Counter(o.outcome for o in outcomes.values())
@@ -57,9 +62,17 @@ def test_whole_corpus_ingests_without_exception(make_app: Any, sqlite_url: str, 
     assert duplicates == JUSTIFIED_DUPLICATES
     ignored = {n: o.reason for n, o in outcomes.items() if o.outcome == "ignored"}
     # every ignored one is a bounce or an automatic mail that threads to no ticket
-    assert all(r.startswith(("bounce", "auto-submitted", "x-auto", "precedence", "own-loop")) for r in ignored.values()), ignored
-    assert all(o.outcome in ("created", "appended", "duplicate", "ignored", "quarantined") for o in outcomes.values())
-    assert counts["created"] + counts["appended"] == len(files) - len(quarantined) - len(duplicates) - len(ignored)
+    assert all(
+        r.startswith(("bounce", "auto-submitted", "x-auto", "precedence", "own-loop"))
+        for r in ignored.values()
+    ), ignored
+    assert all(
+        o.outcome in ("created", "appended", "duplicate", "ignored", "quarantined")
+        for o in outcomes.values()
+    )
+    assert counts["created"] + counts["appended"] == len(files) - len(quarantined) - len(
+        duplicates
+    ) - len(ignored)
 
 
 def test_corpus_again_is_all_duplicates(make_app: Any, sqlite_url: str) -> None:
@@ -68,5 +81,7 @@ def test_corpus_again_is_all_duplicates(make_app: Any, sqlite_url: str) -> None:
     items = [(p.read_bytes(), Envelope(), Source("file", p.name, live=False)) for p in files]
     first = app.ingestor.accept_many(items)
     second = app.ingestor.accept_many(items)
-    assert all(o.outcome == "duplicate" for o in second), [o for o in second if o.outcome != "duplicate"]
+    assert all(o.outcome == "duplicate" for o in second), [
+        o for o in second if o.outcome != "duplicate"
+    ]
     assert sum(o.outcome in ("created", "appended") for o in first) > 50

@@ -28,14 +28,21 @@ def ticket(app: Any, number: int) -> Any:
 
 def events(app: Any, number: int) -> list[tuple[str, str | None, str | None, str]]:
     with app.store.unit() as s:
-        return [(e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)]
+        return [
+            (e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)
+        ]
 
 
 def test_new_mail_creates_a_new_ticket_with_an_event(app: Any) -> None:
     out = ingest(app, make_mail(subject="Printer on fire"))
     assert (out.outcome, out.ticket) == ("created", 1)
     t = ticket(app, 1)
-    assert (t.status, t.customer, t.customer_name, t.subject) == ("new", "carol@customer.example", "Carol Customer", "Printer on fire")
+    assert (t.status, t.customer, t.customer_name, t.subject) == (
+        "new",
+        "carol@customer.example",
+        "Carol Customer",
+        "Printer on fire",
+    )
     assert len(t.token) == 16
     assert events(app, 1) == [("created", None, "new", "carol@customer.example")]
 
@@ -79,7 +86,11 @@ def test_token_in_recipient_address_threads(app: Any) -> None:
 def test_token_from_envelope_recipient_threads(app: Any) -> None:
     ingest(app, make_mail())
     token = ticket(app, 1).token
-    out = ingest(app, make_mail(subject="x"), Envelope("carol@customer.example", (f"support+{token}@example.com",)))
+    out = ingest(
+        app,
+        make_mail(subject="x"),
+        Envelope("carol@customer.example", (f"support+{token}@example.com",)),
+    )
     assert out.ticket == 1
 
 
@@ -108,7 +119,14 @@ def test_agent_tag_needs_authentication(app: Any) -> None:
     ingest(app, make_mail())
     spoofed = ingest(app, make_mail(sender="alice@example.com", subject="[#1] hi"))
     assert spoofed.outcome == "created"
-    real = ingest(app, make_mail(sender="alice@example.com", subject="[#1] hi", headers={"Authentication-Results": AR_PASS}))
+    real = ingest(
+        app,
+        make_mail(
+            sender="alice@example.com",
+            subject="[#1] hi",
+            headers={"Authentication-Results": AR_PASS},
+        ),
+    )
     assert (real.outcome, real.ticket) == ("appended", 1)
     assert ticket(app, 1).status == "answered"
 
@@ -120,7 +138,11 @@ def test_customer_reply_reopens_answered(app: Any) -> None:
     ingest(app, make_mail(in_reply_to=message_id_of(first)))
     assert ticket(app, 1).status == "open"
     kinds = [(k, f, t) for k, f, t, _ in events(app, 1)]
-    assert kinds == [("created", None, "new"), ("resolve", "new", "resolved"), ("customer-mail", "resolved", "open")]
+    assert kinds == [
+        ("created", None, "new"),
+        ("resolve", "new", "resolved"),
+        ("customer-mail", "resolved", "open"),
+    ]
 
 
 @pytest.mark.parametrize("action", ["close", "delete"])
@@ -145,8 +167,16 @@ def test_customer_mail_on_spam_ticket_stays_spam(app: Any) -> None:
 def test_agent_reply_with_authentication_results_marks_answered(app: Any) -> None:
     first = make_mail()
     ingest(app, first)
-    out = ingest(app, make_mail(sender="Alice <alice@example.com>", to="carol@customer.example", cc="support@example.com",
-                                in_reply_to=message_id_of(first), headers={"Authentication-Results": AR_PASS}))
+    out = ingest(
+        app,
+        make_mail(
+            sender="Alice <alice@example.com>",
+            to="carol@customer.example",
+            cc="support@example.com",
+            in_reply_to=message_id_of(first),
+            headers={"Authentication-Results": AR_PASS},
+        ),
+    )
     assert out.outcome == "appended"
     assert ticket(app, 1).status == "answered"
     assert events(app, 1)[-1] == ("agent-reply", "new", "answered", "alice@example.com")
@@ -156,7 +186,14 @@ def test_authentication_results_from_untrusted_server_is_not_agent_authority(app
     first = make_mail()
     ingest(app, first)
     forged = "evil.example; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
-    ingest(app, make_mail(sender="alice@example.com", in_reply_to=message_id_of(first), headers={"Authentication-Results": forged}))
+    ingest(
+        app,
+        make_mail(
+            sender="alice@example.com",
+            in_reply_to=message_id_of(first),
+            headers={"Authentication-Results": forged},
+        ),
+    )
     assert ticket(app, 1).status == "new"
     assert events(app, 1)[-1][0] == "unauthenticated-agent"
 
@@ -164,17 +201,37 @@ def test_authentication_results_from_untrusted_server_is_not_agent_authority(app
 def test_smtp_auth_is_agent_authority(app: Any) -> None:
     first = make_mail()
     ingest(app, first)
-    ingest(app, make_mail(sender="bob@agents.example.com", in_reply_to=message_id_of(first)), Envelope("bob@agents.example.com", ("support@example.com",), auth_user="bob"))
+    ingest(
+        app,
+        make_mail(sender="bob@agents.example.com", in_reply_to=message_id_of(first)),
+        Envelope("bob@agents.example.com", ("support@example.com",), auth_user="bob"),
+    )
     assert ticket(app, 1).status == "answered"
 
 
 def test_agent_commands_change_status(app: Any, clock: Any) -> None:
     first = make_mail()
     ingest(app, first)
-    out = ingest(app, make_mail(sender="alice@example.com", body="#postpone 2d\n", in_reply_to=message_id_of(first)), Envelope(auth_user="alice"))
+    out = ingest(
+        app,
+        make_mail(
+            sender="alice@example.com", body="#postpone 2d\n", in_reply_to=message_id_of(first)
+        ),
+        Envelope(auth_user="alice"),
+    )
     t = ticket(app, 1)
-    assert t.status == "postponed" and t.postponed_until == clock.now + timedelta(days=2), out.reason
-    ingest(app, make_mail(sender="alice@example.com", body="#resolve\n\nAll fixed.", in_reply_to=message_id_of(first)), Envelope(auth_user="alice"))
+    assert t.status == "postponed" and t.postponed_until == clock.now + timedelta(days=2), (
+        out.reason
+    )
+    ingest(
+        app,
+        make_mail(
+            sender="alice@example.com",
+            body="#resolve\n\nAll fixed.",
+            in_reply_to=message_id_of(first),
+        ),
+        Envelope(auth_user="alice"),
+    )
     assert ticket(app, 1).status == "resolved"
 
 
@@ -182,7 +239,11 @@ def test_refused_agent_command_changes_nothing(app: Any) -> None:
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, "close", "cli:test")
-    out = ingest(app, make_mail(sender="alice@example.com", body="#close\n", in_reply_to=message_id_of(first)), Envelope(auth_user="alice"))
+    out = ingest(
+        app,
+        make_mail(sender="alice@example.com", body="#close\n", in_reply_to=message_id_of(first)),
+        Envelope(auth_user="alice"),
+    )
     assert "refused" in out.reason and ticket(app, 1).status == "closed"
 
 
@@ -212,7 +273,14 @@ def test_auto_reply_on_a_ticket_is_recorded_without_status_change(app: Any) -> N
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, "resolve", "cli:test")
-    out = ingest(app, make_mail(subject="Out of office", in_reply_to=message_id_of(first), headers={"Auto-Submitted": "auto-replied"}))
+    out = ingest(
+        app,
+        make_mail(
+            subject="Out of office",
+            in_reply_to=message_id_of(first),
+            headers={"Auto-Submitted": "auto-replied"},
+        ),
+    )
     assert (out.outcome, out.ticket) == ("appended", 1)
     assert ticket(app, 1).status == "resolved"
     assert events(app, 1)[-1][:3] == ("auto-reply", "resolved", "resolved")
@@ -223,7 +291,9 @@ def test_bounce_threads_to_the_ticket_of_the_original(app: Any) -> None:
     ingest(app, first)
     dsn = (
         b"From: MAILER-DAEMON@mx.example.com\r\nTo: support@example.com\r\nSubject: Undelivered Mail\r\n"
-        b"Message-ID: <dsn1@mx.example.com>\r\nIn-Reply-To: " + message_id_of(first).encode() + b"\r\n"
+        b"Message-ID: <dsn1@mx.example.com>\r\nIn-Reply-To: "
+        + message_id_of(first).encode()
+        + b"\r\n"
         b"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
         b"--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\n"
         b"Reporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; carol@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n"
@@ -234,7 +304,9 @@ def test_bounce_threads_to_the_ticket_of_the_original(app: Any) -> None:
 
 
 def test_null_sender_unthreaded_is_ignored(app: Any) -> None:
-    out = ingest(app, make_mail(sender="postmaster@x.example"), Envelope("", ("support@example.com",)))
+    out = ingest(
+        app, make_mail(sender="postmaster@x.example"), Envelope("", ("support@example.com",))
+    )
     assert out.outcome == "ignored" and out.reason == "bounce: null envelope sender"
 
 
@@ -252,7 +324,9 @@ def test_flood_guard_quarantines_live_mail_and_retry_releases(make_app: Any, db_
     outs = [ingest(app, make_mail(subject=f"s{i}"), source=LIVE) for i in range(5)]
     assert [o.outcome for o in outs] == ["created"] * 3 + ["quarantined"] * 2
     assert outs[3].reason == "flood"
-    assert ingest(app, make_mail(subject="backfill")).outcome == "created"  # `ingest` is not throttled
+    assert (
+        ingest(app, make_mail(subject="backfill")).outcome == "created"
+    )  # `ingest` is not throttled
     released = retry_quarantined(app.store, app.ingestor, outs[3].quarantine)
     assert released.outcome == "created"
     with app.store.unit() as s:
@@ -268,7 +342,9 @@ def test_same_mail_twice_is_one_message(app: Any) -> None:
     again = ingest(app, raw)
     assert (again.outcome, again.ticket) == ("duplicate", 1)
     # another hop's trace headers and CRLF line endings do not make it a different mail
-    relayed = b"Received: from mx2 by mx1; Mon, 2 Nov 2026 08:00:00 +0000\r\n" + raw.replace(b"\n", b"\r\n")
+    relayed = b"Received: from mx2 by mx1; Mon, 2 Nov 2026 08:00:00 +0000\r\n" + raw.replace(
+        b"\n", b"\r\n"
+    )
     assert ingest(app, relayed).outcome == "duplicate"
 
 
@@ -300,7 +376,9 @@ def test_unparseable_mail_is_quarantined_raw_and_retry_keeps_it(app: Any) -> Non
     assert ingest(app, raw).outcome == "duplicate"  # held already: not a second entry
 
 
-def test_storage_error_in_derivation_quarantines_and_leaves_no_half_rows(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_error_in_derivation_quarantines_and_leaves_no_half_rows(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mailbridge import ingest as ingest_module
 
     def broken(*args: Any, **kwargs: Any) -> None:
@@ -322,7 +400,15 @@ def test_group_commit_with_a_bad_message_in_the_batch(app: Any) -> None:
     items.insert(2, (b"", Envelope(), FILE))
     items.append((items[0][0], Envelope(), FILE))
     outs = app.ingestor.accept_many(items)
-    assert [o.outcome for o in outs] == ["created", "created", "quarantined", "created", "created", "created", "duplicate"]
+    assert [o.outcome for o in outs] == [
+        "created",
+        "created",
+        "quarantined",
+        "created",
+        "created",
+        "created",
+        "duplicate",
+    ]
 
 
 def test_purge_keeps_a_tombstone(app: Any) -> None:

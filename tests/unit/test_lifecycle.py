@@ -17,12 +17,66 @@ S = Status
 # The SPEC table, written out cell by cell (independently of lifecycle.TRANSITIONS).
 # None means "–": refused, nothing changes.
 SPEC: dict[Kind, dict[Status, str | None]] = {
-    Kind.CUSTOMER_MAIL: {S.NEW: "new", S.OPEN: "open", S.ANSWERED: "open", S.RESOLVED: "open", S.CLOSED: "NEW", S.POSTPONED: "open", S.SPAM: "spam", S.DELETED: "NEW"},
-    Kind.AGENT_REPLY: {S.NEW: "answered", S.OPEN: "answered", S.ANSWERED: "answered", S.RESOLVED: "answered", S.CLOSED: "answered", S.POSTPONED: "answered", S.SPAM: None, S.DELETED: None},
-    Kind.RESOLVE: {S.NEW: "resolved", S.OPEN: "resolved", S.ANSWERED: "resolved", S.RESOLVED: None, S.CLOSED: None, S.POSTPONED: "resolved", S.SPAM: None, S.DELETED: None},
-    Kind.POSTPONE: {S.NEW: "postponed", S.OPEN: "postponed", S.ANSWERED: "postponed", S.RESOLVED: "postponed", S.CLOSED: None, S.POSTPONED: "postponed", S.SPAM: None, S.DELETED: None},
-    Kind.CLOSE: {S.NEW: "closed", S.OPEN: "closed", S.ANSWERED: "closed", S.RESOLVED: "closed", S.CLOSED: None, S.POSTPONED: "closed", S.SPAM: None, S.DELETED: None},
-    Kind.WAKE: {S.NEW: None, S.OPEN: None, S.ANSWERED: None, S.RESOLVED: None, S.CLOSED: None, S.POSTPONED: "open", S.SPAM: None, S.DELETED: None},
+    Kind.CUSTOMER_MAIL: {
+        S.NEW: "new",
+        S.OPEN: "open",
+        S.ANSWERED: "open",
+        S.RESOLVED: "open",
+        S.CLOSED: "NEW",
+        S.POSTPONED: "open",
+        S.SPAM: "spam",
+        S.DELETED: "NEW",
+    },
+    Kind.AGENT_REPLY: {
+        S.NEW: "answered",
+        S.OPEN: "answered",
+        S.ANSWERED: "answered",
+        S.RESOLVED: "answered",
+        S.CLOSED: "answered",
+        S.POSTPONED: "answered",
+        S.SPAM: None,
+        S.DELETED: None,
+    },
+    Kind.RESOLVE: {
+        S.NEW: "resolved",
+        S.OPEN: "resolved",
+        S.ANSWERED: "resolved",
+        S.RESOLVED: None,
+        S.CLOSED: None,
+        S.POSTPONED: "resolved",
+        S.SPAM: None,
+        S.DELETED: None,
+    },
+    Kind.POSTPONE: {
+        S.NEW: "postponed",
+        S.OPEN: "postponed",
+        S.ANSWERED: "postponed",
+        S.RESOLVED: "postponed",
+        S.CLOSED: None,
+        S.POSTPONED: "postponed",
+        S.SPAM: None,
+        S.DELETED: None,
+    },
+    Kind.CLOSE: {
+        S.NEW: "closed",
+        S.OPEN: "closed",
+        S.ANSWERED: "closed",
+        S.RESOLVED: "closed",
+        S.CLOSED: None,
+        S.POSTPONED: "closed",
+        S.SPAM: None,
+        S.DELETED: None,
+    },
+    Kind.WAKE: {
+        S.NEW: None,
+        S.OPEN: None,
+        S.ANSWERED: None,
+        S.RESOLVED: None,
+        S.CLOSED: None,
+        S.POSTPONED: "open",
+        S.SPAM: None,
+        S.DELETED: None,
+    },
     Kind.SPAM: {**{s: "spam" for s in L.LIVE}, S.SPAM: None, S.DELETED: None},
     Kind.DELETE: {**{s: "deleted" for s in L.LIVE}, S.SPAM: None, S.DELETED: None},
     Kind.RESTORE: {**{s: None for s in L.LIVE}, S.SPAM: "open", S.DELETED: "open"},
@@ -53,7 +107,12 @@ def test_table_cell(kind: Kind, status: Status, want: str | None) -> None:
     assert result.state.status == want
     if want != status:
         (record,) = result.records
-        assert (record.from_status, record.to_status, record.at, record.actor) == (status, want, NOW, "someone")
+        assert (record.from_status, record.to_status, record.at, record.actor) == (
+            status,
+            want,
+            NOW,
+            "someone",
+        )
 
 
 def test_every_spec_cell_is_in_the_table_and_nothing_more() -> None:
@@ -96,7 +155,15 @@ def test_pure_modules_import_only_stdlib_and_each_other() -> None:
     import sys
     from pathlib import Path
 
-    pure = ["parse", "classify", "correlate", "lifecycle", "agent_commands", "fingerprint", "envelope"]
+    pure = [
+        "parse",
+        "classify",
+        "correlate",
+        "lifecycle",
+        "agent_commands",
+        "fingerprint",
+        "envelope",
+    ]
     root = Path(L.__file__).parent
     for name in pure:
         path = root / f"{name}.py"
@@ -109,7 +176,11 @@ def test_pure_modules_import_only_stdlib_and_each_other() -> None:
                 mods = [node.module]
             for mod in mods:
                 top = mod.split(".")[0]
-                ok = top in sys.stdlib_module_names or top == "__future__" or (
-                    top == "mailbridge" and mod.split(".")[1] in [*pure, "errors", "parse_html"]
+                ok = (
+                    top in sys.stdlib_module_names
+                    or top == "__future__"
+                    or (
+                        top == "mailbridge" and mod.split(".")[1] in [*pure, "errors", "parse_html"]
+                    )
                 )
                 assert ok, f"{name}.py imports {mod}"

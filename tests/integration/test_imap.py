@@ -1,0 +1,345 @@
+"""IMAP pollers against a real, private Dovecot: tickets, after-actions, crashes, IDLE, outages, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mailbridge.app import App
+from mailbridge.errors import ImapError
+from mailbridge.sources.imap import FolderPoller, ImapPollers, watches
+from mailbridge.storage import repository as repo
+from tests.mail import make_mail, message_id_of
+
+if TYPE_CHECKING:
+    from tests.fixtures.dovecot import DovecotServer
+
+# registered as a plugin, not imported here, so pytest can rewrite its asserts
+pytest_plugins = ("tests.fixtures.dovecot",)
+
+pytestmark = pytest.mark.dovecot
+MakeApp = Callable[..., App]
+
+
+def imap_toml(server: DovecotServer, **options: str | None) -> str:
+    """An [[imap]] account on `server` (an option set to None is left out), and [cluster]."""
+    settings = {
+        "name": '"support"',
+        "host": '"127.0.0.1"',
+        "port": str(server.port),
+        "tls": '"none"',
+        "username": '"support@example.com"',
+        "password_env": '"MB_TEST_IMAP_PASSWORD"',
+        "after": '"seen"',
+        "poll_interval": '"30s"',
+        **options,
+    }
+    cluster = settings.pop("cluster", None) or ""
+    lines = "\n".join(f"{key} = {value}" for key, value in settings.items() if value is not None)
+    return f"[[imap]]\n{lines}\n\n[cluster]\n{cluster}\n"
+
+
+@pytest.fixture(autouse=True)
+def imap_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures.dovecot import PASSWORD
+
+    monkeypatch.setenv("MB_TEST_IMAP_PASSWORD", PASSWORD)
+
+
+def poll_once(app: App, folder_index: int = 0) -> None:
+    watch = watches(app.settings.imap[0])[folder_index]
+    FolderPoller(app, watch, "node-test", app.settings.cluster.lease_ttl).poll_once()
+
+
+def tickets(app: App) -> list[tuple[int, str, int]]:
+    """(number, status, messages other than our own notifications) per ticket."""
+    with app.store.unit() as session:
+        found = [(t.number, t.status) for t, _ in repo.list_tickets(session)]
+    return [(number, status, len(messages_of(app, number))) for number, status in found]
+
+
+def messages_of(app: App, number: int) -> list[Any]:
+    with app.store.unit() as session:
+        found = repo.ticket_messages(session, number)
+    return [m for m in found if m.author_kind != "system"]
+
+
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within}s: {check}")
+        await asyncio.sleep(0.05)
+
+
+def running(pollers: ImapPollers, account: str = "support") -> bool:
+    return bool(pollers.status().get(account, {}).get("ok"))
+
+
+def with_pollers(app: App, scenario: Callable[[ImapPollers], Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5), **kw)
+        await pollers.start()
+        try:
+            await eventually(lambda: running(pollers))
+            await scenario(pollers)
+        finally:
+            await pollers.stop()
+
+    asyncio.run(main())
+
+
+# --- tickets and after-actions -----------------------------------------------------------
+
+
+def test_mail_becomes_a_ticket_and_a_reply_threads_onto_it(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot))
+    first = make_mail()
+    dovecot.append(first)
+    poll_once(app)
+    dovecot.append(make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first)))
+    poll_once(app)
+
+    assert [(number, count) for number, _, count in tickets(app)] == [(1, 2)]
+    assert all("\\Seen" in flags for flags in dovecot.messages().values())
+
+
+@pytest.mark.parametrize("after", ["move:Processed", "delete"])
+def test_move_and_delete_after_actions(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str, after: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot, after=f'"{after}"'))
+    for n in range(3):
+        dovecot.append(make_mail(sender=f"c{n}@customer.example"))
+    poll_once(app)
+
+    assert len(tickets(app)) == 3
+    assert dovecot.messages("INBOX") == {}
+    assert len(dovecot.messages("Processed")) == (3 if after.startswith("move") else 0)
+
+
+def test_crash_between_commit_and_after_action_ends_as_a_duplicate(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot))
+    uid = dovecot.append(make_mail())
+
+    def crash(self: FolderPoller, session: Any, uids: list[int]) -> None:
+        raise ImapError("simulated crash after the commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FolderPoller, "_after", crash)
+        with pytest.raises(ImapError):
+            poll_once(app)
+    assert len(tickets(app)) == 1
+    assert "\\Seen" not in dovecot.messages()[uid]
+
+    poll_once(app)  # the restart: the same mail again
+
+    assert [(n, count) for n, _, count in tickets(app)] == [(1, 1)]
+    assert "\\Seen" in dovecot.messages()[uid]
+
+
+def test_uidvalidity_change_rescans_without_duplicates(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    with dovecot.client() as client:
+        client.create_folder("Support")
+    app = make_app(sqlite_url, imap_toml(dovecot, folder='"Support"'))
+    mails = [make_mail(sender=f"c{n}@customer.example") for n in range(2)]
+    for raw in mails:
+        dovecot.append(raw, "Support")
+    poll_once(app)
+    before = dovecot.uidvalidity("Support")
+
+    dovecot.recreate_folder("Support")
+    for raw in [*mails, make_mail(sender="new@customer.example")]:
+        dovecot.append(raw, "Support")
+    poll_once(app)
+
+    assert dovecot.uidvalidity("Support") != before
+    assert len(tickets(app)) == 3
+    assert all("\\Seen" in flags for flags in dovecot.messages("Support").values())
+
+
+def test_poison_message_is_quarantined_and_the_next_one_ingested(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot))
+    dovecot.append(b"this is not a mail at all\r\n")
+    dovecot.append(make_mail())
+    poll_once(app)
+
+    with app.store.unit() as session:
+        held = repo.list_quarantine(session, include_ignored=False, include_released=False)
+        assert [q.reason.split(":")[0] for q in held] == ["unparseable"]
+    assert len(tickets(app)) == 1
+    assert all("\\Seen" in flags for flags in dovecot.messages().values())
+
+
+# --- the running component ---------------------------------------------------------------
+
+
+def test_idle_delivers_new_mail_within_two_seconds(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot, idle="true", poll_interval='"10m"'))
+
+    async def scenario(pollers: ImapPollers) -> None:
+        await asyncio.sleep(0.3)  # let the poller settle into IDLE
+        started = time.monotonic()
+        await asyncio.to_thread(dovecot.append, make_mail())
+        await eventually(lambda: tickets(app), within=2.0)
+        assert time.monotonic() - started < 2.0
+
+    with_pollers(app, scenario)
+
+
+def test_server_outage_is_survived_without_a_restart(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot))
+
+    async def scenario(pollers: ImapPollers) -> None:
+        await asyncio.to_thread(dovecot.stop)
+        await eventually(lambda: not running(pollers))
+        assert "support" in (pollers.status()["support"]["last_error"] or "")
+
+        await asyncio.to_thread(dovecot.start)
+        await asyncio.to_thread(dovecot.append, make_mail())
+        await eventually(lambda: tickets(app), within=10.0)
+        await eventually(lambda: running(pollers))
+
+    with_pollers(app, scenario)
+
+
+def test_sent_folder_mail_from_an_agent_marks_the_ticket_answered(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot, sent_folder='"Sent"'))
+    question = make_mail()
+    answer = make_mail(
+        sender="Alice Agent <alice@example.com>",
+        to="carol@customer.example",
+        subject="Re: Printer on fire",
+        body="Unplug it.\n",
+        in_reply_to=message_id_of(question),
+    )
+
+    async def scenario(pollers: ImapPollers) -> None:
+        assert pollers.status()["support"]["folders"] == {"INBOX": "active", "Sent": "active"}
+        await asyncio.to_thread(dovecot.append, question)
+        await eventually(lambda: tickets(app))
+        await asyncio.to_thread(dovecot.append, answer, "Sent")
+        await eventually(lambda: tickets(app)[0][1] == "answered")
+
+    with_pollers(app, scenario)
+
+    reply = messages_of(app, 1)[-1]
+    assert (reply.direction, reply.author_kind) == ("outbound", "agent")
+    assert [flags - {"\\Recent"} for flags in dovecot.messages("Sent").values()] == [set()]
+
+
+def test_two_nodes_share_a_mailbox_through_the_lease(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str, clock: Any
+) -> None:
+    cluster = 'lease_ttl = "2s"'
+    app_a = make_app(sqlite_url, imap_toml(dovecot, cluster=f'node_id = "a"\n{cluster}'))
+    app_b = make_app(sqlite_url, imap_toml(dovecot, cluster=f'node_id = "b"\n{cluster}'))
+    lease = "imap:support:INBOX"
+
+    def owner() -> str | None:
+        with app_a.store.unit() as session:
+            found = repo.lease_owner(session, lease)
+        return found and found[0]
+
+    async def main() -> None:
+        node_a = ImapPollers(app_a, app_a.settings, backoff=(0.1, 0.5))
+        node_b = ImapPollers(app_b, app_b.settings, backoff=(0.1, 0.5))
+        await node_a.start()
+        await eventually(lambda: node_a.status()["support"]["folders"]["INBOX"] == "active")
+        await node_b.start()
+        try:
+            await eventually(lambda: node_b.status()["support"]["folders"]["INBOX"] == "standby")
+            for n in range(5):
+                await asyncio.to_thread(dovecot.append, make_mail(sender=f"c{n}@customer.example"))
+            await eventually(lambda: len(tickets(app_a)) == 5)
+            assert owner() == "a"
+
+            # node a dies: it stops heartbeating without releasing the lease
+            for poller in node_a.pollers():
+                poller._release = lambda: None  # type: ignore[method-assign]
+            await node_a.stop()
+            await asyncio.sleep(1.0)
+            assert owner() == "a"  # b waits for the lease to expire
+            clock.advance(seconds=3)
+            await eventually(lambda: owner() == "b")
+            await asyncio.to_thread(dovecot.append, make_mail(sender="late@customer.example"))
+            await eventually(lambda: len(tickets(app_a)) == 6)
+        finally:
+            await node_a.stop()
+            await node_b.stop()
+
+    asyncio.run(main())
+    assert [count for _, _, count in tickets(app_a)] == [1] * 6
+    assert owner() is None  # b released it on its clean stop
+
+
+# --- connecting: TLS and XOAUTH2 ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+def test_tls_verifies_the_server_certificate(
+    dovecot_factory: Callable[..., DovecotServer],
+    make_app: MakeApp,
+    sqlite_url: str,
+    tls: str,
+) -> None:
+    server = dovecot_factory(tls=True)
+    port = server.tls_port if tls == "implicit" else server.port
+    server.append(make_mail())
+    trusting = imap_toml(server, tls=f'"{tls}"', port=str(port), ca_file=f'"{server.ca_file}"')
+    poll_once(make_app(sqlite_url, trusting))
+    assert all("\\Seen" in flags for flags in server.messages().values())
+
+    untrusting = make_app(sqlite_url, imap_toml(server, tls=f'"{tls}"', port=str(port)))
+    with pytest.raises(ImapError, match="certificate verify failed"):
+        poll_once(untrusting)
+
+
+def test_xoauth2_token_command_is_rerun_after_a_failed_login(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("expired-token\n")
+    command = f'"cat {token}"'
+    app = make_app(sqlite_url, imap_toml(dovecot, password_env=None, oauth2_token_command=command))
+
+    async def scenario(pollers: ImapPollers) -> None:
+        await asyncio.to_thread(dovecot.append, make_mail())
+        await eventually(lambda: tickets(app))
+
+    async def main() -> None:
+        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5))
+        await pollers.start()
+        try:
+            await eventually(lambda: "login" in (pollers.status()["support"]["last_error"] or ""))
+            token.write_text(
+                dovecot.users["support@example.com"]
+            )  # Dovecot's passdb takes the bearer token as password
+            await eventually(lambda: running(pollers))
+            await scenario(pollers)
+        finally:
+            await pollers.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,474 @@
+"""The SMTP/LMTP listener against a real in-process daemon, spoken to with smtplib (SPEC 3, 4).
+
+Each test starts `serve()` on a free 127.0.0.1 port (or a Unix socket) with a temp config.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import re
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailbridge.auth_users import hash_password
+from mailbridge.storage import repository as repo
+from tests.helpers_daemon import (
+    InProcessDaemon,
+    free_port,
+    make_cert,
+    settings_from,
+    write_config,
+)
+from tests.mail import make_mail as make_lf_mail
+from tests.mail import message_id_of
+
+CUSTOMER = "carol@customer.example"
+SUPPORT = "support@example.com"
+
+Start = Callable[..., InProcessDaemon]
+
+
+def make_mail(**kwargs: Any) -> bytes:
+    """A test message with CRLF line ends, as every MTA sends it (bare LFs are refused)."""
+    return make_lf_mail(**kwargs).replace(b"\n", b"\r\n")
+
+
+@pytest.fixture
+def start(tmp_path: Path, sqlite_url: str) -> Iterator[Start]:
+    """start(smtp="...", extra="...", url=..., listen=...) -> a running in-process daemon."""
+    running: list[InProcessDaemon] = []
+
+    def make(smtp: str = "", extra: str = "", url: str | None = None, listen: str | None = None) -> InProcessDaemon:
+        listen = listen or f"127.0.0.1:{free_port()}"
+        path = write_config(tmp_path / "mailbridge.toml", url or sqlite_url, listen, smtp, extra)
+        daemon = InProcessDaemon(settings_from(path)).__enter__()
+        running.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in running:
+        daemon.stop()
+
+
+def port_of(d: InProcessDaemon) -> int:
+    return int(d.settings.smtp.listen.rsplit(":", 1)[1])
+
+
+def client(d: InProcessDaemon, **kwargs: Any) -> smtplib.SMTP:
+    smtp = smtplib.SMTP("127.0.0.1", port_of(d), timeout=10, **kwargs)
+    smtp.ehlo("client.example")
+    return smtp
+
+
+def deliver(d: InProcessDaemon, raw: bytes, rcpts: tuple[str, ...] = (SUPPORT,), sender: str = CUSTOMER) -> tuple[int, str]:
+    """One transaction; the reply to DATA as (code, text)."""
+    with client(d) as smtp:
+        smtp.mail(sender)
+        for rcpt in rcpts:
+            code, text = smtp.rcpt(rcpt)
+            assert code == 250, (rcpt, code, text)
+        code, reply = smtp.data(raw)
+        return code, reply.decode()
+
+
+def ticket_of(reply: str) -> int:
+    match = re.search(r"queued as #(\d+)", reply)
+    assert match, reply
+    return int(match.group(1))
+
+
+def counts(d: InProcessDaemon) -> dict[str, int]:
+    with d.daemon.app.store.unit() as session:
+        tickets = repo.all_tickets(session)
+        messages = sum(len(received(session, t.number)) for t in tickets)
+        quarantined = len(repo.list_quarantine(session, True, True))
+        events = len(repo.all_events(session))
+    return {"tickets": len(tickets), "messages": messages, "quarantine": quarantined, "events": events}
+
+
+def received(session: Any, number: int) -> list[Any]:
+    """The ticket's messages that came in by mail (not our own notifications)."""
+    return [m for m in repo.ticket_messages(session, number) if m.author_kind != "system"]
+
+
+def status(d: InProcessDaemon, number: int) -> str:
+    with d.daemon.app.store.unit() as session:
+        ticket = repo.get_ticket(session, number)
+        assert ticket is not None
+        return ticket.status
+
+
+# --- the basic contract, on SQLite and PostgreSQL ------------------------------------------
+
+
+def test_new_mail_makes_a_ticket_and_a_reply_reopens_it(start: Start, db_url: str) -> None:
+    d = start(url=db_url)
+    first = make_mail(subject="Printer on fire")
+    code, reply = deliver(d, first)
+    assert code == 250 and reply.startswith("2.0.0 queued as #")
+    number = ticket_of(reply)
+    assert status(d, number) == "new"
+
+    d.daemon.app.actions.act(number, "resolve", "cli:test")
+    answer = make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first))
+    code, reply = deliver(d, answer)
+    assert (code, ticket_of(reply)) == (250, number)
+    assert status(d, number) == "open"
+    assert counts(d)["tickets"] == 1
+
+
+def test_the_same_mail_twice_is_acknowledged_and_stored_once(start: Start) -> None:
+    d = start()
+    raw = make_mail()
+    assert deliver(d, raw)[0] == 250
+    code, reply = deliver(d, raw)  # the sender did not see our 250 and retried
+    assert (code, reply) == (250, "2.0.0 already received")
+    assert counts(d)["messages"] == 1
+
+
+# --- recipients --------------------------------------------------------------------------
+
+
+def test_unknown_recipient_is_refused_at_rcpt_never_relayed(start: Start) -> None:
+    d = start()
+    with client(d) as smtp:
+        smtp.mail(CUSTOMER)
+        for rcpt in ("sales@example.com", "victim@elsewhere.example", "support@example.com.evil"):
+            code, text = smtp.rcpt(rcpt)
+            assert code == 550 and text.startswith(b"5.1.1"), (rcpt, code, text)
+        code, _ = smtp.rcpt("Support@Example.com")  # addresses compare case-insensitively
+        assert code == 250
+    assert counts(d)["messages"] == 0
+
+
+def test_plus_token_address_of_a_ticket_is_accepted_and_threads(start: Start) -> None:
+    d = start()
+    number = ticket_of(deliver(d, make_mail(subject="first"))[1])
+    with d.daemon.app.store.unit() as session:
+        token = repo.get_ticket(session, number).token  # type: ignore[union-attr]
+    plus = f"support+{token}@example.com"
+    code, reply = deliver(d, make_mail(subject="no headers to thread by", to=plus), rcpts=(plus,))
+    assert (code, ticket_of(reply)) == (250, number)
+
+
+def test_too_many_recipients_get_452(start: Start) -> None:
+    d = start(smtp="max_recipients = 2")
+    with client(d) as smtp:
+        smtp.mail(CUSTOMER)
+        assert smtp.rcpt(SUPPORT)[0] == 250
+        assert smtp.rcpt("support+aaaaaaaaaaaaaaaa@example.com")[0] == 250
+        code, text = smtp.rcpt(SUPPORT)
+        assert (code, text[:5]) == (452, b"4.5.3")
+
+
+def test_null_sender_is_accepted(start: Start) -> None:
+    d = start()
+    with client(d) as smtp:
+        assert smtp.mail("<>")[0] == 250
+        assert smtp.rcpt(SUPPORT)[0] == 250
+        code, _ = smtp.data(make_mail(sender="MAILER-DAEMON@mx.example", subject="Undelivered"))
+    assert code == 250
+    assert counts(d)["tickets"] == 0  # a bounce is not a ticket (SPEC 3), but it is kept
+
+
+# --- limits ------------------------------------------------------------------------------
+
+
+def test_size_is_advertised_and_enforced(start: Start) -> None:
+    d = start(smtp='max_message_size = "4KB"')
+    with client(d) as smtp:
+        assert smtp.esmtp_features["size"] == "4096"
+        code, text = smtp.mail(CUSTOMER, ["SIZE=100000"])  # declared too big: refused up front
+        assert (code, text[:5]) == (552, b"5.3.4")
+        smtp.rset()
+        smtp.mail(CUSTOMER)
+        smtp.rcpt(SUPPORT)
+        code, text = smtp.data(make_mail(body="x" * 70 + "\n" * 100))  # small enough
+        assert code == 250
+        smtp.mail(CUSTOMER)
+        smtp.rcpt(SUPPORT)
+        code, text = smtp.data(make_mail(body=("y" * 70 + "\n") * 100))  # undeclared and too big
+        assert (code, text[:5]) == (552, b"5.3.4")
+        assert smtp.noop()[0] == 250  # the session goes on
+    assert counts(d)["messages"] == 1
+
+
+def test_too_many_header_fields_and_long_lines_are_refused(start: Start) -> None:
+    d = start()
+    headers = {f"X-Filler-{i}": "x" for i in range(1001)}
+    code, reply = deliver_raw(d, make_mail(headers=headers))
+    assert (code, reply[:5]) == (552, "5.3.4")
+    hops = {"Received": "from a by b"}
+    raw = b"".join(b"Received: from hop%d by hop%d\r\n" % (i, i + 1) for i in range(101)) + make_mail(headers=hops)
+    code, reply = deliver_raw(d, raw)
+    assert (code, reply[:5]) == (554, "5.4.6")
+    code, reply = deliver_raw(d, make_mail().replace(b"Hello,", b"Hello," + b"z" * 9000))
+    assert (code, reply[:5]) == (500, "5.6.0")
+    assert counts(d)["messages"] == 0
+
+
+def deliver_raw(d: InProcessDaemon, raw: bytes) -> tuple[int, str]:
+    with client(d) as smtp:
+        smtp.mail(CUSTOMER)
+        smtp.rcpt(SUPPORT)
+        code, text = smtp.data(raw)
+        return code, text.decode()
+
+
+def test_connections_per_client_are_limited(start: Start) -> None:
+    d = start(smtp="max_connections_per_client = 2")
+    first, second = client(d), client(d)
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", port_of(d), timeout=10)
+    assert refused.value.smtp_code == 421 and refused.value.smtp_error.startswith(b"4.7.0")
+    first.quit()
+    third = _retry_connect(d)  # the slot is free again once the first one has gone
+    assert third.noop()[0] == 250
+    for smtp in (second, third):
+        smtp.quit()
+
+
+def _retry_connect(d: InProcessDaemon) -> smtplib.SMTP:
+    for _ in range(50):
+        try:
+            return client(d)
+        except smtplib.SMTPConnectError:
+            import time
+
+            time.sleep(0.02)
+    raise AssertionError("connection slot was never released")
+
+
+# --- storage trouble ---------------------------------------------------------------------
+
+
+def test_storage_failure_answers_451_and_leaves_no_rows(start: Start) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    d = start()
+    sessions = d.daemon.app.store.sessions
+
+    def disk_full(session: Any) -> None:
+        raise OperationalError("COMMIT", {}, Exception("database or disk is full"))
+
+    event.listen(sessions, "before_commit", disk_full)
+    raw = make_mail()
+    try:
+        code, reply = deliver(d, raw)
+    finally:
+        event.remove(sessions, "before_commit", disk_full)
+    assert (code, reply[:5]) == (451, "4.3.0")
+    assert counts(d) == {"tickets": 0, "messages": 0, "quarantine": 0, "events": 0}
+    code, reply = deliver(d, raw)  # the sending MTA retries later, and then it works
+    assert code == 250 and counts(d)["tickets"] == 1
+
+
+# --- TLS and AUTH ------------------------------------------------------------------------
+
+
+def tls_client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the test's self-signed certificate
+    return context
+
+
+def test_starttls_with_a_test_certificate_and_require_tls(start: Start, tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    d = start(smtp=f'tls_cert = "{cert}"\ntls_key = "{key}"\nrequire_tls = true')
+    with client(d) as smtp:
+        assert smtp.has_extn("starttls")
+        code, text = smtp.mail(CUSTOMER)
+        assert (code, text[:5]) == (530, b"5.7.0")
+        smtp.starttls(context=tls_client_context())
+        smtp.ehlo("client.example")
+        assert not smtp.has_extn("starttls")
+        assert isinstance(smtp.sock, ssl.SSLSocket)
+        smtp.mail(CUSTOMER)
+        smtp.rcpt(SUPPORT)
+        code, reply = smtp.data(make_mail())
+    assert code == 250 and b"queued as #1" in reply
+
+
+@pytest.fixture
+def fast_auth_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mailbridge.sources.smtp.AUTH_FAILURE_DELAY", 0.0)
+
+
+def users_file(tmp_path: Path) -> Path:
+    path = tmp_path / "smtp-users"
+    path.write_text(f"# agents\nalice@example.com:{hash_password('wonderland')}\n")
+    return path
+
+
+def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(start: Start, tmp_path: Path, fast_auth_failures: None) -> None:
+    cert, key = make_cert(tmp_path)
+    users = users_file(tmp_path)
+    d = start(smtp=f'tls_cert = "{cert}"\ntls_key = "{key}"\nauth_users_file = "{users}"')
+    customer_mail = make_mail(subject="Help")
+    number = ticket_of(deliver(d, customer_mail)[1])
+    agent_reply = make_mail(
+        sender="Alice <alice@example.com>",
+        to=CUSTOMER,
+        cc=SUPPORT,
+        subject="Re: Help",
+        in_reply_to=message_id_of(customer_mail),
+        body="Turn it off and on again.\n",
+    )
+    with client(d) as smtp:
+        assert not smtp.has_extn("auth")  # not offered in cleartext
+        code, text = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice@example.com\0wonderland").decode())
+        assert (code, text[:6]) == (538, b"5.7.11")
+        smtp.starttls(context=tls_client_context())
+        smtp.ehlo("client.example")
+        assert "PLAIN" in smtp.esmtp_features["auth"] and "LOGIN" in smtp.esmtp_features["auth"]
+        with pytest.raises(smtplib.SMTPAuthenticationError) as wrong:
+            smtp.login("alice@example.com", "looking-glass")
+        assert wrong.value.smtp_code == 535
+        assert smtp.login("alice@example.com", "wonderland")[0] == 235
+        smtp.mail("alice@example.com")
+        smtp.rcpt(SUPPORT)
+        code, reply = smtp.data(agent_reply)
+    assert (code, ticket_of(reply.decode())) == (250, number)
+    assert status(d, number) == "answered"
+    with d.daemon.app.store.unit() as session:
+        kinds = [m.author_kind for m in received(session, number)]
+    assert kinds == ["customer", "agent"]
+
+
+def test_agent_from_without_auth_is_customer_mail(start: Start) -> None:
+    d = start()
+    first = make_mail(subject="Help")
+    number = ticket_of(deliver(d, first)[1])
+    forged = make_mail(sender="alice@example.com", subject="Re: Help", in_reply_to=message_id_of(first), body="#close\n")
+    assert deliver(d, forged, sender="alice@example.com")[0] == 250
+    assert status(d, number) != "closed"
+
+
+def test_login_mechanism_and_cleartext_auth_on_loopback_when_allowed(start: Start, tmp_path: Path, fast_auth_failures: None) -> None:
+    users = users_file(tmp_path)
+    d = start(smtp=f'auth_users_file = "{users}"\nauth_require_tls = false')
+    with client(d) as smtp:
+        assert smtp.has_extn("auth")  # 127.0.0.1 is loopback: cleartext AUTH allowed here
+        smtp.user, smtp.password = "ALICE@example.com", "wonderland"
+        code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
+        assert code == 235
+
+
+def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
+    from mailbridge.sources.smtp import _describe_peer
+
+    assert _describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
+    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::1", True)
+    assert _describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
+    assert _describe_peer("") == ("unix", None, True)
+
+
+# --- LMTP and Unix sockets ---------------------------------------------------------------
+
+
+def lmtp_deliver(smtp: smtplib.LMTP, raw: bytes, rcpts: list[str]) -> list[tuple[int, bytes]]:
+    """LMTP answers DATA once per recipient; smtplib reads only the first reply."""
+    smtp.mail(CUSTOMER)
+    for rcpt in rcpts:
+        assert smtp.rcpt(rcpt)[0] == 250
+    replies = [smtp.data(raw)]
+    replies += [smtp.getreply() for _ in rcpts[1:]]
+    return replies
+
+
+def test_lmtp_answers_per_recipient(start: Start) -> None:
+    d = start(smtp='mode = "lmtp"\nmax_message_size = "4KB"')
+    with smtplib.LMTP("127.0.0.1", port_of(d), timeout=10) as smtp:
+        assert smtp.ehlo("mx.example")[0] == 250  # smtplib.LMTP sends LHLO
+        assert smtp.docmd("EHLO", "mx.example")[0] == 500
+        rcpts = [SUPPORT, "support+aaaaaaaaaaaaaaaa@example.com"]
+        replies = lmtp_deliver(smtp, make_mail(), rcpts)
+        assert [code for code, _ in replies] == [250, 250]
+        assert all(b"queued as #1" in text for _, text in replies)
+        assert replies[1][1].endswith(b"<support+aaaaaaaaaaaaaaaa@example.com>")
+        replies = lmtp_deliver(smtp, make_mail(body=("y" * 70 + "\n") * 100), rcpts)
+        assert [(code, text[:5]) for code, text in replies] == [(552, b"5.3.4")] * 2
+        assert smtp.noop()[0] == 250  # nothing left unread: the session is in step
+    assert counts(d)["messages"] == 1
+
+
+def test_lmtp_on_a_unix_socket(start: Start, tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "lmtp.sock"
+    d = start(smtp='mode = "lmtp"', listen=f"unix:{sock}")
+    assert sock.is_socket()
+    with smtplib.LMTP(str(sock), timeout=10) as smtp:
+        smtp.ehlo("mx.example")
+        [(code, text)] = lmtp_deliver(smtp, make_mail(), [SUPPORT])
+    assert code == 250 and b"queued as #1" in text
+    d.stop()
+    assert not sock.exists()  # removed on a clean stop
+
+
+# --- load, reload, stop ------------------------------------------------------------------
+
+
+def test_500_messages_over_20_connections_are_all_stored_once(start: Start) -> None:
+    d = start()
+    mails = [make_mail(sender=f"c{i}@customer.example", subject=f"load {i}") for i in range(500)]
+
+    def connection(batch: list[bytes]) -> list[int]:
+        codes = []
+        with client(d) as smtp:
+            for raw in batch:
+                smtp.mail(CUSTOMER)
+                smtp.rcpt(SUPPORT)
+                codes.append(smtp.data(raw)[0])
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(connection, [mails[i::20] for i in range(20)]))
+    assert sorted(code for codes in results for code in codes) == [250] * 500
+    with d.daemon.app.store.unit() as session:
+        tickets = repo.all_tickets(session)
+        ids = [m.message_id for t in tickets for m in received(session, t.number)]
+    assert len(tickets) == 500
+    assert len(ids) == 500 and len(set(ids)) == 500
+    assert {f"<{i}>" for i in ids} == {message_id_of(raw) for raw in mails}
+
+
+def test_reload_takes_new_addresses_without_dropping_sessions(start: Start, tmp_path: Path) -> None:
+    d = start()
+    with client(d) as smtp:
+        smtp.mail(CUSTOMER)
+        assert smtp.rcpt("help@example.com")[0] == 550
+        path = tmp_path / "mailbridge.toml"
+        path.write_text(path.read_text().replace('addresses = ["support@example.com"]', 'addresses = ["support@example.com", "help@example.com"]'))
+        assert d.call(d.daemon.reload, settings_from(path)) is True
+        assert smtp.rcpt("help@example.com")[0] == 250  # the same session, the new address
+        assert smtp.data(make_mail(to="help@example.com"))[0] == 250
+
+
+def test_reload_with_a_broken_users_file_keeps_the_running_config(start: Start, tmp_path: Path) -> None:
+    users = users_file(tmp_path)
+    d = start(smtp=f'auth_users_file = "{users}"\nauth_require_tls = false')
+    path = tmp_path / "mailbridge.toml"
+    path.write_text(path.read_text().replace('addresses = ["support@example.com"]', 'addresses = ["help@example.com"]'))
+    users.write_text("alice@example.com:plaintext-password\n")
+    assert d.call(d.daemon.reload, settings_from(path)) is False
+    assert deliver(d, make_mail())[0] == 250  # support@ still accepted: nothing was applied
+
+
+def test_stop_closes_idle_sessions_with_421(start: Start) -> None:
+    d = start()
+    idle = client(d)
+    d.stop()
+    code, text = idle.noop()  # the 421 was sent unprompted; it is the next reply smtplib reads
+    assert (code, text[:5]) == (421, b"4.3.2")
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        idle.noop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port_of(d)), timeout=2).close()
