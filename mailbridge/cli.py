@@ -415,6 +415,52 @@ def message_raw(ctx: Ctx, pk: int) -> None:
     sys.stdout.buffer.flush()
 
 
+@cli.group()
+def rules() -> None:
+    """Time rules: postponements and the [[rules]] of the config."""
+
+
+@rules.command("run")
+@click.option(
+    "--at", "at", metavar="TIME", help="as of TIME (2026-12-01T09:00, 2026-12-01, 3d); default now"
+)
+@click.option("--dry-run", is_flag=True, help="show what would change, change nothing")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array of the changes")
+@pass_ctx
+@handled
+def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
+    """Run the scheduler's rules once (for cron or a systemd timer, and for tests)."""
+    from mailbridge.sweeps import Sweeps
+
+    app = ctx.app
+    when = parse_when(at, app.clock()) if at else app.clock()
+    sweeps = Sweeps(app.store, app.settings, app.clock, app.outbound)
+    changes = sweeps.run(when, dry_run=dry_run)
+    if as_json:
+        emit_json([c.as_json() for c in changes])
+        return
+    for change in changes:
+        click.echo(change.describe())
+    verb = "would change" if dry_run else "changed"
+    click.echo(f"{verb} {len(changes)} tickets as of {when.isoformat()}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handled
+def report(ctx: Ctx, as_json: bool) -> None:
+    """Lifecycle analytics: tickets per status, response and resolution times, reopen rate."""
+    from mailbridge.report import build_report, render
+
+    app = ctx.app
+    data = build_report(app.store, app.clock())
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render(data), nl=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="mailbridge", standalone_mode=True)

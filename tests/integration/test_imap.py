@@ -26,8 +26,8 @@ pytestmark = pytest.mark.dovecot
 MakeApp = Callable[..., App]
 
 
-def imap_toml(server: DovecotServer, **options: str | None) -> str:
-    """An [[imap]] account on `server` (an option set to None is left out), and [cluster]."""
+def account_toml(server: DovecotServer, **options: str | None) -> str:
+    """An [[imap]] account on `server`; options are TOML values, None leaves a key out."""
     settings = {
         "name": '"support"',
         "host": '"127.0.0.1"',
@@ -39,9 +39,12 @@ def imap_toml(server: DovecotServer, **options: str | None) -> str:
         "poll_interval": '"30s"',
         **options,
     }
-    cluster = settings.pop("cluster", None) or ""
     lines = "\n".join(f"{key} = {value}" for key, value in settings.items() if value is not None)
-    return f"[[imap]]\n{lines}\n\n[cluster]\n{cluster}\n"
+    return f"[[imap]]\n{lines}\n"
+
+
+def imap_toml(server: DovecotServer, cluster: str = "", **options: str | None) -> str:
+    return f"{account_toml(server, **options)}\n[cluster]\n{cluster}\n"
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +54,8 @@ def imap_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MB_TEST_IMAP_PASSWORD", PASSWORD)
 
 
-def poll_once(app: App, folder_index: int = 0) -> None:
-    watch = watches(app.settings.imap[0])[folder_index]
+def poll_once(app: App) -> None:
+    watch = watches(app.settings.imap[0])[0]
     FolderPoller(app, watch, "node-test", app.settings.cluster.lease_ttl).poll_once()
 
 
@@ -61,6 +64,11 @@ def tickets(app: App) -> list[tuple[int, str, int]]:
     with app.store.unit() as session:
         found = [(t.number, t.status) for t, _ in repo.list_tickets(session)]
     return [(number, status, len(messages_of(app, number))) for number, status in found]
+
+
+def customers(app: App) -> list[str]:
+    with app.store.unit() as session:
+        return [t.customer for t, _ in repo.list_tickets(session)]
 
 
 def messages_of(app: App, number: int) -> list[Any]:
@@ -202,6 +210,10 @@ def test_idle_delivers_new_mail_within_two_seconds(
         await eventually(lambda: tickets(app), within=2.0)
         assert time.monotonic() - started < 2.0
 
+        started = time.monotonic()
+        await pollers.stop()  # interrupts the IDLE promptly, without cutting the socket
+        assert time.monotonic() - started < 1.5
+
     with_pollers(app, scenario)
 
 
@@ -325,21 +337,64 @@ def test_xoauth2_token_command_is_rerun_after_a_failed_login(
     command = f'"cat {token}"'
     app = make_app(sqlite_url, imap_toml(dovecot, password_env=None, oauth2_token_command=command))
 
-    async def scenario(pollers: ImapPollers) -> None:
-        await asyncio.to_thread(dovecot.append, make_mail())
-        await eventually(lambda: tickets(app))
-
     async def main() -> None:
         pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5))
         await pollers.start()
         try:
             await eventually(lambda: "login" in (pollers.status()["support"]["last_error"] or ""))
-            token.write_text(
-                dovecot.users["support@example.com"]
-            )  # Dovecot's passdb takes the bearer token as password
+            # Dovecot's passdb checks the bearer token as if it were the password
+            token.write_text(dovecot.users["support@example.com"])
             await eventually(lambda: running(pollers))
-            await scenario(pollers)
+            await asyncio.to_thread(dovecot.append, make_mail())
+            await eventually(lambda: tickets(app))
         finally:
             await pollers.stop()
 
     asyncio.run(main())
+
+
+# --- several accounts, reload, limits ----------------------------------------------------
+
+
+def test_a_failing_account_leaves_the_others_alone_and_reload_restarts_only_it(
+    dovecot: DovecotServer, make_app: MakeApp, make_settings: Callable[..., Any], sqlite_url: str
+) -> None:
+    good = account_toml(dovecot, name='"good"')
+    other = {"name": '"other"', "folder": '"Processed"'}
+    app = make_app(sqlite_url, good + account_toml(dovecot, **other, port="1"))  # nothing there
+    fixed = make_settings(sqlite_url, good + account_toml(dovecot, **other))
+
+    async def main() -> None:
+        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5))
+        await pollers.start()
+        try:
+            await eventually(lambda: running(pollers, "good"))
+            await eventually(lambda: pollers.status()["other"]["last_error"])
+            assert not pollers.status()["other"]["ok"]
+            await asyncio.to_thread(dovecot.append, make_mail())
+            await eventually(lambda: tickets(app))
+
+            kept = [p for p in pollers.pollers() if p.account.name == "good"]
+            pollers.reload(fixed)
+            await eventually(lambda: running(pollers, "other"))
+            assert [p for p in pollers.pollers() if p.account.name == "good"] == kept
+            await asyncio.to_thread(
+                dovecot.append, make_mail(sender="x@customer.example"), "Processed"
+            )
+            await eventually(lambda: len(tickets(app)) == 2)
+        finally:
+            await pollers.stop()
+
+    asyncio.run(main())
+
+
+def test_an_oversize_message_does_not_block_the_mailbox(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot, max_message_size='"2KB"'))
+    big = dovecot.append(make_mail(body="x" * 5000 + "\n"))
+    dovecot.append(make_mail(sender="small@customer.example"))
+    poll_once(app)
+
+    assert customers(app) == ["small@customer.example"]
+    assert "\\Seen" not in dovecot.messages()[big]  # left for a human until it can be quarantined

@@ -21,6 +21,7 @@ from mailbridge.app import App
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.outbound import FOOTER_MARK
+from mailbridge.parse import parse
 from mailbridge.sender import OutboxSender
 from mailbridge.storage import repository as repo
 from tests.fixtures.smtp_sink import Received, SmtpSink, tls_pair
@@ -61,7 +62,9 @@ class Desk:
         self.sender = OutboxSender(app.store, app.settings, clock, **sender)
         self._seen = 0
 
-    def accept(self, raw: bytes, sender: str = CUSTOMER, rcpts: tuple[str, ...] = (SUPPORT,), **env: Any) -> Outcome:
+    def accept(
+        self, raw: bytes, sender: str = CUSTOMER, rcpts: tuple[str, ...] = (SUPPORT,), **env: Any
+    ) -> Outcome:
         return self.app.ingestor.accept(raw, Envelope(sender, rcpts, **env), LIVE)
 
     def customer(self, **mail: Any) -> tuple[Outcome, bytes]:
@@ -131,7 +134,7 @@ def only(received: list[Received], rcpt: str) -> Received:
 def text_of(msg: EmailMessage) -> str:
     body = msg.get_body(("plain",))
     assert body is not None
-    return str(body.get_content())
+    return str(body.get_content()).replace("\r\n", "\n")
 
 
 # --- a customer writes ---------------------------------------------------------------------
@@ -164,7 +167,8 @@ def test_new_ticket_gets_an_acknowledgement_and_agents_a_notification(
     assert msg["Reply-To"].addresses[0].addr_spec == token_address
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["X-Loop"] == SUPPORT and msg["X-Mailbridge-Ticket"] == str(number)
-    assert msg["Thread-Index"] and ticket.thread_index
+    # Outlook threads by the Thread-Index conversation id; we keep it on the ticket too
+    assert parse(ack.content).thread_index == ticket.thread_index is not None
     assert f"[#{number}]" in text_of(msg)
 
     notification = note.message
@@ -172,12 +176,16 @@ def test_new_ticket_gets_an_acknowledgement_and_agents_a_notification(
     assert notification["Subject"] == f"Printer on fire [#{number}]"
     assert notification["Auto-Submitted"] == "auto-generated"
     assert "Carol Customer" in str(notification["From"])
-    assert "the printer is on fire" in text_of(notification) and FOOTER_MARK in text_of(notification)
+    assert "the printer is on fire" in text_of(notification) and FOOTER_MARK in text_of(
+        notification
+    )
     files = [(p.get_filename(), p.get_content()) for p in notification.iter_attachments()]
     assert files == [("photo.png", b"\x89PNG fire")]
 
 
-def test_outbound_mail_is_stored_on_the_ticket_and_replies_to_it_thread(make_desk: MakeDesk, sink: SmtpSink) -> None:
+def test_outbound_mail_is_stored_on_the_ticket_and_replies_to_it_thread(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
     desk = make_desk(sink)
     number = desk.customer()[0].ticket
     ack = only(desk.deliver(), CUSTOMER).message
@@ -194,23 +202,32 @@ def test_outbound_mail_is_stored_on_the_ticket_and_replies_to_it_thread(make_des
     assert reply.reason.startswith("in-reply-to")
 
 
-def test_a_relay_that_rewrites_message_ids_cannot_break_the_thread(make_desk: MakeDesk, sink: SmtpSink) -> None:
+def test_a_relay_that_rewrites_message_ids_cannot_break_the_thread(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
     desk = make_desk(sink)
     number = desk.customer()[0].ticket
     ack = only(desk.deliver(), CUSTOMER).message
     # the customer's provider gave our mail a new Message-ID; their client still quotes our
     # References, which end with the id we chose
-    reply = desk.customer(subject="Re: ?", references=ack["References"], in_reply_to="<rewritten@provider.example>")[0]
+    reply = desk.customer(
+        subject="Re: ?", references=ack["References"], in_reply_to="<rewritten@provider.example>"
+    )[0]
     assert (reply.outcome, reply.ticket) == ("appended", number)
 
 
-def test_a_customer_reply_notifies_agents_but_not_the_customer(make_desk: MakeDesk, sink: SmtpSink) -> None:
+def test_a_customer_reply_notifies_agents_but_not_the_customer(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
     desk = make_desk(sink)
     first, raw = desk.customer()
     desk.deliver()
     reply_id = "<reply-1@customer.example>"
     reply = desk.customer(
-        subject="Re: Printer on fire", in_reply_to=message_id_of(raw), body="Still burning.\n", message_id=reply_id
+        subject="Re: Printer on fire",
+        in_reply_to=message_id_of(raw),
+        body="Still burning.\n",
+        message_id=reply_id,
     )[0]
     assert reply.ticket == first.ticket
     arrived = desk.deliver()
@@ -220,7 +237,9 @@ def test_a_customer_reply_notifies_agents_but_not_the_customer(make_desk: MakeDe
     assert arrived[0].message["In-Reply-To"] == reply_id
 
 
-def test_subject_with_line_breaks_cannot_inject_headers(make_desk: MakeDesk, sink: SmtpSink) -> None:
+def test_subject_with_line_breaks_cannot_inject_headers(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
     desk = make_desk(sink)
     # encoded-words that decode to CR LF: a naive writer would start Bcc/Cc headers with them
     raw = (
@@ -247,7 +266,9 @@ def test_subject_with_line_breaks_cannot_inject_headers(make_desk: MakeDesk, sin
 # --- who gets no acknowledgement -----------------------------------------------------------
 
 
-def test_acknowledgements_are_rate_limited_per_sender_per_hour(make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock) -> None:
+def test_acknowledgements_are_rate_limited_per_sender_per_hour(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
+) -> None:
     desk = make_desk(sink)
     for n in range(5):
         desk.customer(subject=f"Problem {n}")
@@ -291,7 +312,9 @@ def test_acknowledgement_off_still_notifies(make_desk: MakeDesk, sink: SmtpSink)
     assert [r.rcpt_tos for r in desk.deliver()] == [(TEAM,)]
 
 
-def test_custom_acknowledgement_template(make_desk: MakeDesk, sink: SmtpSink, tmp_path: Path) -> None:
+def test_custom_acknowledgement_template(
+    make_desk: MakeDesk, sink: SmtpSink, tmp_path: Path
+) -> None:
     template = tmp_path / "ack.txt"
     template.write_text("Subject: We got it: $subject\nDear $name, ticket $tag is open.\n")
     desk = make_desk(sink, tickets=ACK + f'ack_template = "{template}"')
@@ -307,11 +330,27 @@ def test_backfill_sends_nothing(make_desk: MakeDesk, sink: SmtpSink) -> None:
     assert desk.deliver() == [] and desk.outbox() == []
 
 
+def test_rule_notice_tells_the_customer(make_desk: MakeDesk, sink: SmtpSink) -> None:
+    desk = make_desk(sink, tickets="acknowledge = false")
+    number = desk.customer(message_id="<rule@customer.example>")[0].ticket
+    desk.deliver()
+    with desk.app.store.unit() as session:
+        ticket = repo.get_ticket(session, number)
+        desk.app.outbound.rule_notice(session, ticket, "auto-resolve", desk.clock())
+    notice = only(desk.deliver(), CUSTOMER).message
+    assert notice["Auto-Submitted"] == "auto-generated"
+    assert notice["In-Reply-To"] == "<rule@customer.example>"
+    assert f"[#{number}]" in text_of(notice)
+
+
 # --- delivery ------------------------------------------------------------------------------
 
 
-def test_421_then_250_is_delivered_once(make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock) -> None:
-    desk = make_desk(sink, tickets="acknowledge = false")
+def test_421_then_250_is_delivered_once(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
+) -> None:
+    results: list[str] = []  # what the metrics callback hears
+    desk = make_desk(sink, tickets="acknowledge = false", on_delivery=results.append)
     sink.script("421 4.3.2 Try again later")
     desk.customer()
     assert desk.deliver() == []
@@ -326,15 +365,22 @@ def test_421_then_250_is_delivered_once(make_desk: MakeDesk, sink: SmtpSink, clo
     clock.advance(hours=5)
     assert desk.deliver() == []
     assert [a.reply[:3] for a in sink.attempts] == ["421", "250"]
+    assert results == ["retry", "sent"]
 
 
-def test_550_fails_with_the_servers_reason(make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock) -> None:
+def test_550_fails_with_the_servers_reason(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
+) -> None:
     desk = make_desk(sink, tickets="acknowledge = false")
     sink.script("550 5.7.1 Message rejected as spam")
     number = desk.customer()[0].ticket
     desk.deliver()
     row = desk.outbox()[0]
-    assert (row.state, row.attempts, row.last_error) == ("failed", 1, "550 5.7.1 Message rejected as spam")
+    assert (row.state, row.attempts, row.last_error) == (
+        "failed",
+        1,
+        "550 5.7.1 Message rejected as spam",
+    )
     failed = [e for e in desk.events(number) if e.kind == "delivery-failed"]
     assert len(failed) == 1 and "550 5.7.1" in (failed[0].detail or "")
     clock.advance(days=1)
@@ -342,7 +388,9 @@ def test_550_fails_with_the_servers_reason(make_desk: MakeDesk, sink: SmtpSink, 
     assert len(sink.attempts) == 1
 
 
-def test_refused_recipient_fails_and_others_are_still_delivered(make_desk: MakeDesk, sink: SmtpSink) -> None:
+def test_refused_recipient_fails_and_others_are_still_delivered(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
     desk = make_desk(sink)
     sink.refuse_rcpt(CUSTOMER, "550 5.1.1 No such user")
     desk.customer()
@@ -353,7 +401,9 @@ def test_refused_recipient_fails_and_others_are_still_delivered(make_desk: MakeD
     assert states["notify"] == ("sent", None)
 
 
-def test_unreachable_smarthost_backs_off_then_fails(make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock) -> None:
+def test_unreachable_smarthost_backs_off_then_fails(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
+) -> None:
     from tests.fixtures.smtp_sink import free_port
 
     outbound = f'[outbound]\nsmarthost = "127.0.0.1"\nport = {free_port()}\ntimeout = "2s"\nmax_attempts = 4'
@@ -384,9 +434,15 @@ def test_starttls_and_auth_at_the_smarthost(
 ) -> None:
     server, client = tls_pair(tmp_path)
     monkeypatch.setenv("MB_TEST_SMTP_PASSWORD", "s3cret")
-    with SmtpSink.running(tls_context=server, require_starttls=True, users={"mb": "s3cret"}) as tls_sink:
-        outbound = tls_sink.outbound_toml(starttls=True, username="mb", password_env="MB_TEST_SMTP_PASSWORD")
-        desk = make_desk(tls_sink, tickets="acknowledge = false", outbound=outbound, tls_context=client)
+    with SmtpSink.running(
+        tls_context=server, require_starttls=True, users={"mb": "s3cret"}
+    ) as tls_sink:
+        outbound = tls_sink.outbound_toml(
+            starttls=True, username="mb", password_env="MB_TEST_SMTP_PASSWORD"
+        )
+        desk = make_desk(
+            tls_sink, tickets="acknowledge = false", outbound=outbound, tls_context=client
+        )
         desk.customer()
         arrived = desk.deliver()
     assert [(r.tls, r.auth_user) for r in arrived] == [(True, "mb")]
@@ -398,8 +454,12 @@ def test_wrong_smarthost_password_is_retried_not_failed(
     server, client = tls_pair(tmp_path)
     monkeypatch.setenv("MB_TEST_SMTP_PASSWORD", "wrong")
     with SmtpSink.running(tls_context=server, users={"mb": "s3cret"}) as tls_sink:
-        outbound = tls_sink.outbound_toml(starttls=True, username="mb", password_env="MB_TEST_SMTP_PASSWORD")
-        desk = make_desk(tls_sink, tickets="acknowledge = false", outbound=outbound, tls_context=client)
+        outbound = tls_sink.outbound_toml(
+            starttls=True, username="mb", password_env="MB_TEST_SMTP_PASSWORD"
+        )
+        desk = make_desk(
+            tls_sink, tickets="acknowledge = false", outbound=outbound, tls_context=client
+        )
         desk.customer()
         assert desk.deliver() == []
     row = desk.outbox()[0]
@@ -407,16 +467,19 @@ def test_wrong_smarthost_password_is_retried_not_failed(
     assert row.state == "queued" and (row.last_error or "").startswith("smarthost: 535")
 
 
-def test_two_senders_deliver_each_message_exactly_once(make_desk: MakeDesk, sink: SmtpSink, db_url: str) -> None:
+def test_two_senders_deliver_each_message_exactly_once(
+    make_desk: MakeDesk, sink: SmtpSink, db_url: str
+) -> None:
     desk = make_desk(sink, db_url, tickets="acknowledge = false", batch_size=5)
     for n in range(40):
         desk.customer(subject=f"Problem {n}", sender=f"c{n}@customer.example")
     other = OutboxSender(desk.app.store, desk.app.settings, desk.clock, batch_size=5)
     barrier = threading.Barrier(2)
+    counts: list[int] = []
 
     def run(sender: OutboxSender) -> None:
         barrier.wait()
-        sender.deliver_due()
+        counts.append(sender.deliver_due())
 
     threads = [threading.Thread(target=run, args=(s,)) for s in (desk.sender, other)]
     for t in threads:
@@ -425,10 +488,13 @@ def test_two_senders_deliver_each_message_exactly_once(make_desk: MakeDesk, sink
         t.join(60)
     ids = [r.message["Message-ID"] for r in sink.received]
     assert len(ids) == 40 and len(set(ids)) == 40
+    assert sum(counts) == 40
     assert {r.state for r in desk.outbox()} == {"sent"}
 
 
-def test_the_running_component_delivers_promptly_and_stops(make_desk: MakeDesk, sink: SmtpSink) -> None:
+def test_the_running_component_delivers_promptly_and_stops(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
     desk = make_desk(sink, tickets="acknowledge = false", poll_interval=30.0)
 
     async def scenario() -> None:

@@ -91,7 +91,12 @@ def new_ticket(app: Any, subject: str = "Printer on fire") -> tuple[int, bytes]:
 
 def answered_ticket(app: Any, subject: str = "Printer on fire") -> int:
     number, raw = new_ticket(app, subject)
-    reply = make_mail(sender="alice@example.com", subject=f"Re: {subject}", body="On it.\n", in_reply_to=message_id_of(raw))
+    reply = make_mail(
+        sender="alice@example.com",
+        subject=f"Re: {subject}",
+        body="On it.\n",
+        in_reply_to=message_id_of(raw),
+    )
     app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
     assert status(app, number) == "answered"
     return number
@@ -103,7 +108,11 @@ def ticket_in(app: Any, state: str) -> int:
         return answered_ticket(app)
     number, _ = new_ticket(app)
     if state != "new":
-        app.actions.act(number, {"resolved": "resolve", "spam": "spam", "deleted": "delete", "closed": "close"}[state], "cli:test")
+        app.actions.act(
+            number,
+            {"resolved": "resolve", "spam": "spam", "deleted": "delete", "closed": "close"}[state],
+            "cli:test",
+        )
     assert status(app, number) == state
     return number
 
@@ -116,7 +125,9 @@ def status(app: Any, number: int) -> str | None:
 
 def events(app: Any, number: int) -> list[tuple[str, str | None, str | None, str]]:
     with app.store.unit() as s:
-        return [(e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)]
+        return [
+            (e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)
+        ]
 
 
 def notices(app: Any) -> list[int | None]:
@@ -128,7 +139,9 @@ def notices(app: Any) -> list[int | None]:
 
 
 @pytest.mark.parametrize("before", ["new", "answered"])
-def test_postponed_ticket_wakes_at_its_time(make_app: Any, db_url: str, clock: Any, before: str) -> None:
+def test_postponed_ticket_wakes_at_its_time(
+    make_app: Any, db_url: str, clock: Any, before: str
+) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, before)
     until = clock.now + timedelta(days=2)
@@ -177,7 +190,14 @@ def test_a_moved_postponement_is_not_woken_early(make_app: Any, db_url: str, clo
     ],
 )
 def test_rule_boundary(
-    make_app: Any, db_url: str, clock: Any, rule: str, when: str, idle: timedelta, then: str, kind: str | None
+    make_app: Any,
+    db_url: str,
+    clock: Any,
+    rule: str,
+    when: str,
+    idle: timedelta,
+    then: str,
+    kind: str | None,
 ) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, when)
@@ -196,11 +216,15 @@ def test_rule_boundary(
 
 
 def test_idle_counts_from_the_last_message(make_app: Any, db_url: str, clock: Any) -> None:
-    app = make_app(db_url, '[[rules]]\nname = "stale"\nwhen = "new"\nidle_for = "2d"\nthen = "closed"\n')
+    app = make_app(
+        db_url, '[[rules]]\nname = "stale"\nwhen = "new"\nidle_for = "2d"\nthen = "closed"\n'
+    )
     number, raw = new_ticket(app)
     clock.advance(days=1)
     # a customer's follow-up keeps the ticket new, but it is no longer idle since creation
-    app.ingestor.accept(make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(raw)), Envelope(), FILE)
+    app.ingestor.accept(
+        make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(raw)), Envelope(), FILE
+    )
     assert sweeps(app).run(clock.now + timedelta(days=1, hours=23)) == []
     assert [c.rule for c in sweeps(app).run(clock.now + timedelta(days=2))] == ["stale"]
     assert status(app, number) == "closed"
@@ -224,7 +248,9 @@ def test_outbound_without_rule_notices_is_skipped(make_app: Any, db_url: str, cl
     assert notices(app) == []
 
 
-def test_the_real_outbound_queues_one_notice_to_the_customer(make_app: Any, db_url: str, clock: Any) -> None:
+def test_the_real_outbound_queues_one_notice_to_the_customer(
+    make_app: Any, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     if not hasattr(app.outbound, "rule_notice"):
         pytest.skip("Outbound.rule_notice is not built yet")
@@ -247,7 +273,9 @@ def test_running_twice_changes_once(make_app: Any, db_url: str, clock: Any) -> N
     assert len(sweeps(app).run(at)) == 1
     assert sweeps(app).run(at) == []
     assert sweeps(app).run(at + SECOND) == []
-    assert [e for e in events(app, number) if e[0] == "resolve"] == [("resolve", "answered", "resolved", "rule:auto-resolve")]
+    assert [e for e in events(app, number) if e[0] == "resolve"] == [
+        ("resolve", "answered", "resolved", "rule:auto-resolve")
+    ]
     assert notices(app) == [number]
 
 
@@ -271,7 +299,9 @@ def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, c
         except BaseException as exc:  # surfaced below: a thread's failure must fail the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=sweep, args=(n, node)) for n, node in (("a", node_a), ("b", node_b))]
+    threads = [
+        threading.Thread(target=sweep, args=(n, node)) for n, node in (("a", node_a), ("b", node_b))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -281,7 +311,9 @@ def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, c
     changed = sorted(c.number for r in results.values() for c in r)
     assert changed == sorted([*numbers, postponed])
     for number in numbers:
-        assert [e for e in events(node_a, number) if e[3] == "rule:auto-resolve"] == [("resolve", "answered", "resolved", "rule:auto-resolve")]
+        assert [e for e in events(node_a, number) if e[3] == "rule:auto-resolve"] == [
+            ("resolve", "answered", "resolved", "rule:auto-resolve")
+        ]
     assert sum(1 for e in events(node_a, postponed) if e[0] == "wake") == 1
     assert sorted(notices(node_a)) == sorted(numbers)
 
@@ -299,7 +331,9 @@ def test_catch_up_after_a_week_of_downtime(make_app: Any, db_url: str, clock: An
     changes = sweeps(app, batch_size=2).run(clock.now)
 
     assert sorted((c.number, c.to_status) for c in changes) == sorted(
-        [(n, "resolved") for n in answered] + [(n, "closed") for n in resolved] + [(n, "new") for n in postponed]
+        [(n, "resolved") for n in answered]
+        + [(n, "closed") for n in resolved]
+        + [(n, "new") for n in postponed]
     )
     assert status(app, fresh_spam) == "spam"
     # a ticket resolved by this run is idle again only from now: it is not closed in the same run
@@ -329,7 +363,9 @@ def test_scheduler_catches_up_at_start(make_app: Any, db_url: str, clock: Any) -
     assert [status(app, n) for n in numbers] == ["resolved"] * 3
 
 
-def test_scheduler_reload_swaps_the_rules(make_app: Any, make_settings: Any, db_url: str, clock: Any) -> None:
+def test_scheduler_reload_swaps_the_rules(
+    make_app: Any, make_settings: Any, db_url: str, clock: Any
+) -> None:
     app = make_app(db_url)  # no rules at first
     number = answered_ticket(app)
     scheduler = Scheduler(sweeps(app), clock)
@@ -343,7 +379,9 @@ def test_scheduler_reload_swaps_the_rules(make_app: Any, make_settings: Any, db_
 # --- purge ----------------------------------------------------------------------------------
 
 
-def test_purge_leaves_tombstones_so_the_same_mail_is_a_duplicate(make_app: Any, db_url: str, clock: Any) -> None:
+def test_purge_leaves_tombstones_so_the_same_mail_is_a_duplicate(
+    make_app: Any, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number, raw = new_ticket(app)
     app.actions.act(number, "spam", "cli:test")
@@ -364,10 +402,15 @@ def test_dry_run_changes_nothing(make_app: Any, db_url: str, clock: Any) -> None
     spam = ticket_in(app, "spam")
     clock.advance(days=31)
     would = sweeps(app, batch_size=1).run(clock.now, dry_run=True)
-    assert sorted((c.number, c.to_status) for c in would) == [(answered, "resolved"), (spam, "purged")]
+    assert sorted((c.number, c.to_status) for c in would) == [
+        (answered, "resolved"),
+        (spam, "purged"),
+    ]
     assert (status(app, answered), status(app, spam)) == ("answered", "spam")
     assert notices(app) == []
-    assert sorted((c.number, c.to_status) for c in sweeps(app).run(clock.now)) == sorted((c.number, c.to_status) for c in would)
+    assert sorted((c.number, c.to_status) for c in sweeps(app).run(clock.now)) == sorted(
+        (c.number, c.to_status) for c in would
+    )
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -376,7 +419,9 @@ def test_dry_run_changes_nothing(make_app: Any, db_url: str, clock: Any) -> None
 @pytest.fixture
 def config(tmp_path: Path, db_url: str) -> Path:
     path = tmp_path / "cli.toml"
-    path.write_text(f'[database]\nurl = "{db_url}"\n\n[smtp]\naddresses = ["support@example.com"]\n\n' + RULES)
+    path.write_text(
+        f'[database]\nurl = "{db_url}"\n\n[smtp]\naddresses = ["support@example.com"]\n\n' + RULES
+    )
     return path
 
 
@@ -400,7 +445,9 @@ def test_rules_run_cli_dry_run_then_for_real(config: Path, tmp_path: Path) -> No
     assert json.loads(mb(config, "tickets", "--json").stdout)[0]["status"] == "resolved"
 
     real = mb(config, "rules", "run", "--json", "--at", later)
-    assert json.loads(real.stdout) == [{"ticket": 1, "from_status": "resolved", "to_status": "closed", "rule": "auto-close"}]
+    assert json.loads(real.stdout) == [
+        {"ticket": 1, "from_status": "resolved", "to_status": "closed", "rule": "auto-close"}
+    ]
     assert json.loads(mb(config, "tickets", "--json").stdout)[0]["status"] == "closed"
     assert json.loads(mb(config, "rules", "run", "--json", "--at", later).stdout) == []
 

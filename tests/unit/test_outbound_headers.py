@@ -74,7 +74,9 @@ def make_draft(**kw: object) -> Draft:
 
 def built(ticket: Ticket | None = None, **kw: object) -> bytes:
     ticket = ticket or make_ticket()
-    msg = make_outbound().build(ticket, make_draft(**kw), "own@example.com", ["first@customer.example"], NOW)
+    msg = make_outbound().build(
+        ticket, make_draft(**kw), "own@example.com", ["first@customer.example"], NOW
+    )
     return msg.as_bytes(policy=policy.SMTP)
 
 
@@ -100,7 +102,16 @@ def test_injected_subject_and_name_stay_inside_their_headers() -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["carol@customer.example>, evil@example.net", "no-at-sign", "jörg@example.de", "a b@example.com"]
+    "address",
+    [
+        "carol@customer.example>, evil@example.net",
+        "no-at-sign",
+        "jörg@example.de",
+        "a b@example.com",
+        "carol(comment)@customer.example",
+        "a@b@c.example",
+        "a@",
+    ],
 )
 def test_unsafe_addresses_are_refused(address: str) -> None:
     assert mailbox("x", address) is None
@@ -171,6 +182,21 @@ def test_references_keep_the_first_and_the_latest() -> None:
     assert kept[0] == "0@x" and kept[-1] == "49@x"
 
 
+def test_an_attachment_that_cannot_be_written_costs_only_the_attachments() -> None:
+    # the email package cannot write this part (a stand-in for a MIME structure it chokes on)
+    draft = make_draft(attachments=[outbound.Part(object(), "text/plain", "x.txt")])  # type: ignore[arg-type]
+    built = make_outbound()._render(make_ticket(), draft, "own@example.com", [], NOW)
+    assert built is not None
+    msg, _ = built
+    assert not list(msg.iter_attachments())
+    assert "attachments could not be copied" in msg.get_content()
+
+
+def test_undecodable_text_is_replaced_not_fatal() -> None:
+    raw = built(body="broken \udcff byte\n")
+    assert b"broken" in raw
+
+
 # --- footer --------------------------------------------------------------------------------
 
 
@@ -213,6 +239,15 @@ def test_outlook_header_block_without_separator() -> None:
     assert strip_footer(reply) == "Will do."
 
 
+def test_unprefixed_quote_of_an_html_reply_goes_from_its_attribution() -> None:
+    reply = (
+        "On Monday we replace the toner. Steps:\n1. open it\n\n"
+        "On Mon, 2 Nov 2026 at 09:00, Carol via Support <support@example.com>\nwrote:\n\n"
+        f"the printer is on fire\n\n{FOOTER}\n"
+    )
+    assert strip_footer(reply) == "On Monday we replace the toner. Steps:\n1. open it"
+
+
 def test_commands_only_reply_leaves_nothing() -> None:
     quote = quoted("fire!\n\n" + FOOTER)
     assert strip_footer(f"On Monday Carol wrote:\n{quote}") == ""
@@ -233,15 +268,28 @@ def test_inline_reply_keeps_the_agents_answers() -> None:
 
 
 def test_render_takes_an_optional_subject_line() -> None:
-    assert outbound.render("Subject: About $tag\nHi $name", {"tag": "[#1]", "name": "C"}) == ("About [#1]", "Hi C")
+    assert outbound.render("Subject: About $tag\nHi $name", {"tag": "[#1]", "name": "C"}) == (
+        "About [#1]",
+        "Hi C",
+    )
     assert outbound.render("Hi $name, $unknown", {"name": "C"}) == (None, "Hi C, $unknown")
 
 
 def test_default_templates_use_known_fields() -> None:
     values = {
-        "number": 1, "tag": "[#1]", "subject": "s", "status": "new", "customer": "c@x", "name": "C",
-        "reply_to": "r@x", "from_name": "Support", "reasons": "- r", "rule": "auto", "recipients": "c@x", "error": "550",
-    }  # fmt: skip
+        "number": 1,
+        "tag": "[#1]",
+        "subject": "s",
+        "status": "new",
+        "customer": "c@x",
+        "name": "C",
+        "reply_to": "r@x",
+        "from_name": "Support",
+        "reasons": "- r",
+        "rule": "auto",
+        "recipients": "c@x",
+        "error": "550",
+    }
     for name in ("ack", "refused", "rule", "failed"):
         _, body = outbound.render(outbound._template(name), values)
         assert "$" not in body, name

@@ -1,0 +1,282 @@
+"""`mailbridge report`: lifecycle analytics computed from tickets and their events.
+
+JSON keys (durations are seconds, floats rounded to milliseconds; times ISO 8601 UTC with `Z`):
+
+- `generated_at`: the `now` the report was computed for.
+- `tickets`: `{total, by_status: {status: n}}`, every status listed.
+- `first_response`, `resolution`: `{count, pending, mean, p50, p90, p99}`. First response is
+  created -> first `agent-reply` event; resolution is created -> first `resolve` or `close`
+  event. `count` tickets have one; `pending` live tickets (not spam, deleted) have none yet.
+  Percentiles interpolate linearly between ranks; all are null when `count` is 0.
+- `reopen`: `{resolved, reopened, rate}`. `resolved` tickets ever reached resolved or closed;
+  `reopened` of them came back: a transition from resolved or closed to open, or a follow-up
+  ticket (customer mail on a closed ticket) links to them. `rate` = reopened / resolved, or null.
+- `time_in_status`: `{status: {tickets, total_seconds, mean_seconds}}`, every status listed:
+  time between consecutive status changes, the current status counting until `now`;
+  `mean_seconds` is per ticket that spent time in the status (null if none did).
+- `mailboxes`: `{mailbox: {tickets, by_status}}` by the source that created the ticket.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mailbridge.lifecycle import Kind, Status
+from mailbridge.storage import repository as repo
+from mailbridge.views import iso
+
+if TYPE_CHECKING:
+    from mailbridge.storage import Store
+
+STATUSES = tuple(s.value for s in Status)
+ENDED = frozenset({Status.RESOLVED.value, Status.CLOSED.value})
+NOT_WAITING = frozenset({Status.SPAM.value, Status.DELETED.value})
+PERCENTILES = (50, 90, 99)
+
+
+class TicketRow(Protocol):
+    number: int
+    status: str
+    mailbox: str
+    created_at: datetime
+    follow_up_of: int | None
+
+
+class EventRow(Protocol):
+    ticket_number: int
+    at: datetime
+    kind: str
+    from_status: str | None
+    to_status: str | None
+
+
+def build_report(store: Store, now: datetime) -> dict[str, Any]:
+    with store.unit() as session:
+        tickets = repo.all_tickets(session)
+        events = repo.all_events(session)
+    return summarize(tickets, events, now)
+
+
+def summarize(
+    tickets: Sequence[TicketRow], events: Iterable[EventRow], now: datetime
+) -> dict[str, Any]:
+    """The report from plain rows (events in time order per ticket); pure."""
+    by_ticket: dict[int, list[EventRow]] = defaultdict(list)
+    for event in events:
+        by_ticket[event.ticket_number].append(event)
+    for history in by_ticket.values():
+        history.sort(key=lambda e: e.at)
+    live = [t for t in tickets if t.status not in NOT_WAITING]
+    return {
+        "generated_at": iso(now),
+        "tickets": {"total": len(tickets), "by_status": _by_status(tickets)},
+        "first_response": _delays(tickets, live, by_ticket, {Kind.AGENT_REPLY.value}),
+        "resolution": _delays(tickets, live, by_ticket, {Kind.RESOLVE.value, Kind.CLOSE.value}),
+        "reopen": _reopen(tickets, by_ticket),
+        "time_in_status": _time_in_status(tickets, by_ticket, now),
+        "mailboxes": _mailboxes(tickets),
+    }
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _by_status(tickets: Iterable[TicketRow]) -> dict[str, int]:
+    counts = Counter(t.status for t in tickets)
+    return {s: counts.get(s, 0) for s in [*STATUSES, *sorted(set(counts) - set(STATUSES))]}
+
+
+def _delays(
+    tickets: Sequence[TicketRow],
+    live: Sequence[TicketRow],
+    by_ticket: dict[int, list[EventRow]],
+    kinds: set[str],
+) -> dict[str, Any]:
+    """Seconds from creation to the first event of one of `kinds`, as a distribution."""
+    delays: dict[int, float] = {}
+    for t in tickets:
+        first = next((e for e in by_ticket.get(t.number, ()) if e.kind in kinds), None)
+        if first is not None:
+            delays[t.number] = (first.at - t.created_at).total_seconds()
+    pending = sum(1 for t in live if t.number not in delays)
+    return {"count": len(delays), "pending": pending, **distribution(list(delays.values()))}
+
+
+def _reopen(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
+    followed_up = {t.follow_up_of for t in tickets if t.follow_up_of is not None}
+    resolved = reopened = 0
+    for t in tickets:
+        history = by_ticket.get(t.number, [])
+        if not any(e.to_status in ENDED for e in history):
+            continue
+        resolved += 1
+        came_back = any(
+            e.from_status in ENDED and e.to_status == Status.OPEN.value for e in history
+        )
+        reopened += came_back or t.number in followed_up
+    rate = round(reopened / resolved, 4) if resolved else None
+    return {"resolved": resolved, "reopened": reopened, "rate": rate}
+
+
+def _time_in_status(
+    tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]], now: datetime
+) -> dict[str, Any]:
+    totals: dict[str, float] = defaultdict(float)
+    visitors: dict[str, set[int]] = defaultdict(set)
+    for t in tickets:
+        for status, seconds in _spans(t, by_ticket.get(t.number, []), now):
+            totals[status] += seconds
+            visitors[status].add(t.number)
+    out: dict[str, Any] = {}
+    for status in [*STATUSES, *sorted(set(totals) - set(STATUSES))]:
+        n = len(visitors.get(status, ()))
+        total = totals.get(status, 0.0)
+        out[status] = {
+            "tickets": n,
+            "total_seconds": _seconds(total),
+            "mean_seconds": _seconds(total / n) if n else None,
+        }
+    return out
+
+
+def _spans(ticket: TicketRow, history: list[EventRow], now: datetime) -> list[tuple[str, float]]:
+    """(status, seconds) for each stretch of the ticket's life; the last one lasts until now."""
+    changes = [(e.at, e.to_status) for e in history if e.to_status]
+    if not changes:  # a ticket without events: all its life in its current status
+        changes = [(ticket.created_at, ticket.status)]
+    ends = [at for at, _ in changes[1:]] + [now]
+    return [
+        (status, max((end - start).total_seconds(), 0.0))
+        for (start, status), end in zip(changes, ends, strict=True)
+    ]
+
+
+def _mailboxes(tickets: Iterable[TicketRow]) -> dict[str, Any]:
+    groups: dict[str, list[TicketRow]] = defaultdict(list)
+    for t in tickets:
+        groups[t.mailbox or "(unknown)"].append(t)
+    return {
+        name: {"tickets": len(group), "by_status": _by_status(group)}
+        for name, group in sorted(groups.items())
+    }
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) of sorted values."""
+    position = (len(ordered) - 1) * p / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def distribution(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    ordered = sorted(values)
+    stats = {"mean": _seconds(sum(ordered) / len(ordered))}
+    return stats | {f"p{p}": _seconds(percentile(ordered, p)) for p in PERCENTILES}
+
+
+def _seconds(value: float) -> float:
+    return round(value, 3)
+
+
+# --- human rendering -----------------------------------------------------------------------
+
+
+def human_duration(seconds: float | None) -> str:
+    """`45s`, `12m 30s`, `2h 05m`, `3d 04h`: two units are enough to compare at a glance."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    days, rest = divmod(s, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def render(report: dict[str, Any], width: int = 100) -> str:
+    """The report as readable tables (rich), for a terminal or a mail to the team."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
+    for table in (
+        _status_table(report),
+        _delay_table(report),
+        _time_table(report),
+        _mailbox_table(report),
+    ):
+        console.print(table)
+        console.print()
+    reopen = report["reopen"]
+    rate = "-" if reopen["rate"] is None else f"{reopen['rate']:.1%}"
+    console.print(
+        f"Reopen rate: {rate} ({reopen['reopened']} of {reopen['resolved']} resolved tickets came back)"
+    )
+    console.print(f"As of {report['generated_at']}")
+    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+
+
+def _table(title: str, *columns: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    return table
+
+
+def _status_table(report: dict[str, Any]) -> Any:
+    table = _table(f"Tickets ({report['tickets']['total']})", "status", "tickets")
+    for status, n in report["tickets"]["by_status"].items():
+        table.add_row(status, str(n))
+    return table
+
+
+def _delay_table(report: dict[str, Any]) -> Any:
+    table = _table("Response times", "", "tickets", "pending", "p50", "p90", "p99", "mean")
+    for label, key in (("first response", "first_response"), ("resolution", "resolution")):
+        d = report[key]
+        table.add_row(
+            label,
+            str(d["count"]),
+            str(d["pending"]),
+            *(human_duration(d[k]) for k in ("p50", "p90", "p99", "mean")),
+        )
+    return table
+
+
+def _time_table(report: dict[str, Any]) -> Any:
+    table = _table("Time in each status", "status", "tickets", "total", "mean per ticket")
+    for status, d in report["time_in_status"].items():
+        if d["tickets"]:
+            table.add_row(
+                status,
+                str(d["tickets"]),
+                human_duration(d["total_seconds"]),
+                human_duration(d["mean_seconds"]),
+            )
+    return table
+
+
+def _mailbox_table(report: dict[str, Any]) -> Any:
+    mailboxes = report["mailboxes"]
+    used = [s for s in report["tickets"]["by_status"] if report["tickets"]["by_status"][s]]
+    table = _table("Per mailbox", "mailbox", "tickets", *used)
+    for name, d in mailboxes.items():
+        table.add_row(name, str(d["tickets"]), *(str(d["by_status"].get(s, 0)) for s in used))
+    return table

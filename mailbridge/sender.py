@@ -1,0 +1,362 @@
+"""Outbox delivery: claim due rows, hand them to the smarthost, record what happened.
+
+Exactly once, also with several senders on one PostgreSQL database: a row is claimed in its own
+transaction (`claim_outbox` pushes `next_attempt_at` past a lease, SKIP LOCKED), which commits
+before any SMTP traffic; the result is recorded in a second transaction per row. Only a crash
+between the smarthost's 250 and that second commit can send a row twice, after the lease.
+
+4xx replies and connection trouble are retried with capped exponential backoff (plus jitter) up
+to `max_attempts`; 5xx replies fail the row at once, keeping the server's reply as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from mailbridge import lifecycle
+from mailbridge.clock import Clock, system_clock
+from mailbridge.errors import DeliveryError, StorageUnavailable
+from mailbridge.outbound import Outbound
+from mailbridge.storage import repository as repo
+
+if TYPE_CHECKING:
+    from mailbridge.app import App
+    from mailbridge.storage import Store
+
+log = logging.getLogger("mailbridge.sender")
+
+BACKOFF_BASE = timedelta(minutes=1)
+BACKOFF_CAP = timedelta(hours=2)
+JITTER = 0.1  # up to +10%, so rows that failed together do not retry in lockstep
+BATCH_SIZE = 20
+POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody kicks us
+SMTP_STEPS = 8  # connect, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed row, detached from its session: what one delivery needs."""
+
+    id: int
+    kind: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    sent: bool
+    error: str | None = None
+    permanent: bool = False
+    refused: tuple[str, ...] = ()  # recipients refused while others accepted
+
+
+def backoff(attempts: int, rng: Callable[[], float] = random.random) -> timedelta:
+    """Delay before attempt `attempts + 1`: 1, 2, 4, ... minutes, capped at 2 hours, + jitter."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(attempts - 1, 0))
+    return delay * (1 + JITTER * rng())
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    message = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return f"{code} {' '.join(message.split())}"[:1000]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def log_delivery(
+    pk: int, kind: str, attempts: int, outcome: str, result: Result, retry_at: datetime
+) -> None:
+    if outcome == "sent" and result.refused:
+        log.warning("outbox #%s: sent, but refused for %s", pk, "; ".join(result.refused))
+    elif outcome == "sent":
+        log.info("outbox #%s (%s): sent", pk, kind)
+    elif outcome == "retry":
+        log.warning(
+            "outbox #%s: attempt %d failed, retry at %s: %s", pk, attempts, retry_at, result.error
+        )
+    else:
+        log.error(
+            "outbox #%s (%s) failed after %d attempt(s): %s", pk, kind, attempts, result.error
+        )
+
+
+class OutboxSender:
+    """The outbox component of `mailbridge run`; `deliver_due` is the same work, synchronously."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        store: Store | App,
+        settings: Any,
+        clock: Clock | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        batch_size: int = BATCH_SIZE,
+        rng: Callable[[], float] = random.random,
+        on_delivery: Callable[[str], None] | None = None,
+    ) -> None:
+        # the daemon hands over its App; tests and one-shot commands a bare Store
+        self.store: Store = getattr(store, "store", store)
+        self.clock: Clock = clock or getattr(store, "clock", system_clock)
+        self.tls_context = tls_context  # tests pass one that trusts their own certificate
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.rng = rng
+        self.on_delivery = on_delivery  # metrics: "sent", "retry" or "failed" per attempt
+        self._stopping = threading.Event()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.reload(settings)
+
+    def reload(self, settings: Any) -> None:
+        self.settings = settings
+        self.outbound = Outbound(settings, self.clock)
+        timeout = settings.outbound.timeout.total_seconds()
+        # one delivery is a handful of SMTP round trips, each bounded by the timeout; a batch
+        # starts no delivery that could outlast its lease (else another sender could claim it)
+        self.worst_delivery = SMTP_STEPS * timeout
+        self.lease = timedelta(seconds=max(600.0, 2 * self.worst_delivery))
+        out = settings.outbound
+        if (
+            out.username
+            and not out.starttls
+            and out.port != 465
+            and not _is_loopback(out.smarthost or "")
+        ):
+            log.warning("outbound AUTH without TLS: the password would cross the network in clear")
+
+    # --- the component -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="outbox-sender")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.kick()
+        if self._task is None:
+            return
+        # an SMTP exchange in progress is bounded by the timeout; the rest of its batch is released
+        grace = self.settings.outbound.timeout.total_seconds() * 4 + 5
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    def kick(self) -> None:
+        """Look at the outbox now (something was queued); safe from any thread."""
+        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self.deliver_due)
+            except StorageUnavailable as exc:
+                log.warning("outbox: database unavailable: %s", exc)
+            except Exception:
+                log.exception("outbox: delivery round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+
+    # --- one round ---------------------------------------------------------------------
+
+    def deliver_due(self, now: datetime | None = None) -> int:
+        """Deliver every row due at `now` (default: the clock); returns how many were sent."""
+        if not self.settings.outbound.smarthost:
+            return 0  # outbound is off: mail waits in the outbox until a smarthost is configured
+        sent = 0
+        while not self._stopping.is_set():
+            at = now or self.clock()
+            with self.store.unit() as session:
+                rows = repo.claim_outbox(session, at, self.lease, self.batch_size)
+                jobs = [
+                    Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw)
+                    for r in rows
+                ]
+            if not jobs:
+                break
+            sent += self._deliver_batch(jobs, now)
+            if len(jobs) < self.batch_size:
+                break
+        return sent
+
+    def _deliver_batch(self, jobs: list[Job], now: datetime | None) -> int:
+        """One connection for the batch; reconnect after any error, since its state is unknown."""
+        sent = 0
+        started = time.monotonic()
+        conn: smtplib.SMTP | None = None
+        connect_error: Result | None = None
+        try:
+            for index, job in enumerate(jobs):
+                elapsed = time.monotonic() - started
+                out_of_time = elapsed + self.worst_delivery > self.lease.total_seconds()
+                if index and (out_of_time or self._stopping.is_set()):
+                    self._release(jobs[index:], now)
+                    break
+                if connect_error is not None:
+                    result = connect_error  # the smarthost is unreachable: do not hammer it
+                else:
+                    try:
+                        conn = conn or self._connect()
+                        result = self._send(conn, job)
+                    except DeliveryError as exc:
+                        result = Result(False, str(exc), exc.permanent)
+                        if conn is None:
+                            connect_error = result
+                    if not result.sent:
+                        conn = self._close(conn)
+                self._record(job, result, now)
+                sent += result.sent
+        finally:
+            self._close(conn, polite=True)
+        return sent
+
+    # --- SMTP --------------------------------------------------------------------------
+
+    def _connect(self) -> smtplib.SMTP:
+        """Connect, EHLO, STARTTLS and AUTH as configured; any failure is temporary for the mail."""
+        out = self.settings.outbound
+        timeout = out.timeout.total_seconds()
+        context = self.tls_context or ssl.create_default_context()
+        try:
+            if out.port == 465 and not out.starttls:  # submissions: TLS from the first byte
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    out.smarthost, out.port, timeout=timeout, context=context
+                )
+            else:
+                conn = smtplib.SMTP(out.smarthost, out.port, timeout=timeout)
+            conn.ehlo()
+            if out.starttls:
+                conn.starttls(context=context)
+                conn.ehlo()
+            if out.username:
+                conn.login(out.username, out.password.get() if out.password else "")
+            return conn
+        except smtplib.SMTPResponseException as exc:
+            # a refusal before any message (421 busy, 535 bad password) says nothing about the mail
+            raise DeliveryError(
+                f"smarthost: {_reply(exc.smtp_code, exc.smtp_error)}", permanent=False
+            ) from exc
+        except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise DeliveryError(
+                f"smarthost {out.smarthost}:{out.port}: {exc.__class__.__name__}: {exc}",
+                permanent=False,
+            ) from exc
+
+    def _send(self, conn: smtplib.SMTP, job: Job) -> Result:
+        # 8-bit content (a forwarded message/rfc822, say) needs BODY=8BITMIME where offered
+        options = ["BODY=8BITMIME"] if not job.raw.isascii() and conn.has_extn("8bitmime") else []
+        try:
+            refused = conn.sendmail(
+                job.mail_from, list(job.rcpt_tos), job.raw, mail_options=options
+            )
+        except smtplib.SMTPRecipientsRefused as exc:
+            replies = [_reply(code, text) for code, text in exc.recipients.values()]
+            permanent = all(code >= 500 for code, _ in exc.recipients.values())
+            return Result(
+                False,
+                "; ".join(f"{r}: {m}" for r, m in zip(exc.recipients, replies, strict=True)),
+                permanent,
+            )
+        except smtplib.SMTPResponseException as exc:
+            return Result(False, _reply(exc.smtp_code, exc.smtp_error), exc.smtp_code >= 500)
+        except (smtplib.SMTPException, OSError) as exc:
+            return Result(False, f"{exc.__class__.__name__}: {exc}")
+        notes = tuple(f"{r}: {_reply(code, text)}" for r, (code, text) in refused.items())
+        return Result(True, refused=notes)
+
+    @staticmethod
+    def _close(conn: smtplib.SMTP | None, polite: bool = False) -> None:
+        if conn is None:
+            return None
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            if polite:
+                conn.quit()
+            else:
+                conn.close()
+        return None
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    def _record(self, job: Job, result: Result, now: datetime | None) -> None:
+        at = now or self.clock()
+        with self.store.unit() as session:
+            row = repo.get_outbox(session, job.id)
+            if row is None:  # purged with its ticket meanwhile
+                return
+            outcome = self._apply(session, row, result, at)
+        log_delivery(row.id, row.kind, row.attempts, outcome, result, row.next_attempt_at)
+        if self.on_delivery:
+            self.on_delivery(outcome)
+
+    def _apply(self, session: Any, row: Any, result: Result, at: datetime) -> str:
+        """Write one attempt's result onto its row: "sent", "retry" or "failed"."""
+        row.attempts += 1
+        if result.sent:
+            row.state, row.sent_at = "sent", at
+            partly = "partly refused: " + "; ".join(result.refused)
+            row.last_error = partly[:2000] if result.refused else None
+            return "sent"
+        row.last_error = result.error
+        if result.permanent or row.attempts >= self.settings.outbound.max_attempts:
+            row.state = "failed"
+            self._failed(session, row, result.error or "", at)
+            return "failed"
+        row.next_attempt_at = at + backoff(row.attempts, self.rng)
+        return "retry"
+
+    def _failed(self, session: Any, row: Any, error: str, at: datetime) -> None:
+        """Leave the failure on the ticket, where `ticket show` explains it, and tell the agents."""
+        if row.ticket_number is None:
+            return
+        record = lifecycle.Record(
+            at,
+            "delivery-failed",
+            "outbox",
+            None,
+            None,
+            f"{row.kind} to {row.rcpt_tos}: {error}"[:2000],
+        )
+        repo.add_events(session, row.ticket_number, [record], row.message_pk)
+        ticket = repo.get_ticket(session, row.ticket_number)
+        if ticket is not None:
+            self.outbound.delivery_failed(session, ticket, row, error, at)
+
+    def _release(self, jobs: list[Job], now: datetime | None) -> None:
+        """Hand unsent rows of a batch back at once instead of leaving them to the lease."""
+        at = now or self.clock()
+        with self.store.unit() as session:
+            for job in jobs:
+                row = repo.get_outbox(session, job.id)
+                if row is not None and row.state == "queued":
+                    row.next_attempt_at = at

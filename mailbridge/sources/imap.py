@@ -1,0 +1,506 @@
+"""IMAP pollers: one per watched folder of each `[[imap]]` account (SPEC sections 3, 4, 6).
+
+A poller is a thin adapter onto `Ingestor.accept_many`: fetch new UIDs in batches with
+`BODY.PEEK[]`, hand a batch to ingest (one commit), and only after that commit do the `after`
+action on the server and advance the UIDVALIDITY+UID checkpoint. A crash in between re-fetches the
+batch, which ingest recognises as duplicates (and they get their after-action then).
+
+Each poller runs on its own thread (imapclient blocks) and holds the DB lease
+`imap:<account>:<folder>` while it works, so in a cluster exactly one node polls a folder and
+another takes over when that node stops heartbeating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from mailbridge.envelope import Envelope, Source
+from mailbridge.errors import ImapError, StorageUnavailable
+from mailbridge.sources.imap_session import ImapSession
+from mailbridge.storage import repository as repo
+
+if TYPE_CHECKING:
+    from mailbridge.app import App
+    from mailbridge.clock import Clock
+    from mailbridge.config import ImapAccount, Settings
+
+log = logging.getLogger("mailbridge.imap")
+
+REIDLE = timedelta(minutes=25)  # servers may drop an IDLE after 30 minutes (RFC 2177)
+STOP_GRACE = 2.0  # seconds a poller gets to notice the stop flag before its socket is shut
+RESCAN_MARGIN = timedelta(days=1)  # SEARCH SINCE has day granularity and server-local dates
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so many nodes do not retry in lockstep."""
+
+    def __init__(self, initial: float = 1.0, cap: float = 300.0) -> None:
+        self.initial, self.cap, self.failures = initial, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.initial * 2**self.failures)
+        self.failures += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class FolderStatus:
+    state: str = "starting"  # starting | active | standby | failing | stopped
+    ok: bool = False
+    last_success: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    uidvalidity: int
+    last_uid: int
+    saved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One folder of one account: the support folder, or the agents' Sent folder."""
+
+    account: ImapAccount
+    folder: str
+    sent: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.account.name}/{self.folder}"
+
+    @property
+    def lease(self) -> str:
+        return f"imap:{self.account.name}:{self.folder}"
+
+    @property
+    def source(self) -> Source:
+        # Sent-folder mail was sent by an agent's own client: that is agent authority (SPEC 3)
+        kind = "imap-sent" if self.sent else "imap"
+        return Source(kind, self.account.name, live=True, agent_authority=self.sent)
+
+
+def watches(account: ImapAccount) -> list[Watch]:
+    found = [Watch(account, account.folder)]
+    if account.sent_folder and account.sent_folder != account.folder:
+        found.append(Watch(account, account.sent_folder, sent=True))
+    return found
+
+
+def default_node_id(settings: Settings) -> str:
+    return settings.cluster.node_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class FolderPoller:
+    """Polls one folder until stopped: lease, connect, drain, wait (IDLE/poll), repeat."""
+
+    def __init__(
+        self,
+        app: App,
+        watch: Watch,
+        node_id: str,
+        lease_ttl: timedelta,
+        clock: Clock | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.app, self.watch, self.node_id = app, watch, node_id
+        self.account = watch.account
+        self.lease_ttl = lease_ttl
+        self.clock = clock or app.clock
+        self.backoff = backoff or Backoff()
+        self.status = FolderStatus()
+        self.stopping = threading.Event()
+        self.envelope = Envelope(peer=f"{self.account.host}:{self.account.port}")
+        self._session: ImapSession | None = None
+        self._holding = False
+        self._next_renewal = 0.0
+        self._failures = 0
+        self._standby_logged: str | None = None
+
+    # --- thread body --------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                if not self.keep_lease(force=True):
+                    self._standby()
+                    self.stopping.wait(self._renew_every)
+                    continue
+                try:
+                    self._serve()
+                    continue  # stopped, or the lease was lost: the loop decides
+                except (ImapError, StorageUnavailable) as exc:
+                    self._failed(str(exc))
+                except Exception as exc:  # a bug must not silently end polling of a mailbox
+                    log.exception("imap %s: unexpected error", self.watch.label)
+                    self._failed(f"{exc.__class__.__name__}: {exc}")
+                self.stopping.wait(self.backoff.next())
+        finally:
+            self._release()
+            self.status.state = "stopped"
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def abort(self) -> None:
+        """Break blocking socket I/O so a stop does not wait for a read timeout."""
+        session = self._session
+        if session is not None:
+            session.abort()
+
+    def poll_once(self) -> bool:
+        """One pass without waiting: lease, connect, fetch all new mail, disconnect, release.
+
+        False when another node holds the lease.
+        """
+        if not self.keep_lease(force=True):
+            return False
+        try:
+            with self._connection() as session:
+                self.drain(session)
+            self._succeeded()
+        finally:
+            self._release()
+        return True
+
+    # --- one connection -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        with self._connection() as session:
+            if self._failures == 0:
+                mode = "IDLE" if session.idle_supported and self.account.idle else "polling"
+                self._say(logging.INFO, "connected to %s (%s)", self.envelope.peer, mode)
+            wait = min(self.account.poll_interval, REIDLE).total_seconds()
+            while not self.stopping.is_set():
+                if not self.drain(session):
+                    return
+                self._succeeded()
+                if session.wait(wait, self.stopping, self.keep_lease) in ("stop", "lease"):
+                    return
+
+    @contextmanager
+    def _connection(self) -> Iterator[ImapSession]:
+        session = ImapSession(self.account, self.watch.folder, readonly=self.watch.sent)
+        self._session = session
+        try:
+            session.open()
+            if self.account.after_action == "move" and not self.watch.sent:
+                session.ensure_folder(self.account.after_folder or "")
+            self.status.state = "active"
+            yield session
+        except BaseException:
+            session.close(graceful=False)  # LOGOUT on a broken link could hang a read timeout
+            raise
+        else:
+            session.close(graceful=True)
+        finally:
+            self._session = None
+
+    def drain(self, session: ImapSession) -> bool:
+        """Ingest everything new in the folder; False when the lease was lost on the way."""
+        selected = session.select()
+        checkpoint = self._checkpoint()
+        last = checkpoint.last_uid if checkpoint else 0
+        incremental = checkpoint is not None and checkpoint.uidvalidity == selected.uidvalidity
+        uids = session.uids_after(last) if incremental else self._rescan(session, checkpoint)
+        size = self.account.batch_size
+        for batch in (uids[i : i + size] for i in range(0, len(uids), size)):
+            if self.stopping.is_set():
+                return True
+            if not self.keep_lease():
+                return False
+            self._batch(session, batch)
+            if incremental:
+                self._save_checkpoint(selected.uidvalidity, batch[-1])
+        # a finished pass has seen (or deliberately skipped) every UID below UIDNEXT; a rescan
+        # saves only now, so one cut short is redone rather than continued past skipped history
+        covered = max([(selected.uidnext or 1) - 1, *uids[-1:]])
+        if not incremental or covered > last:
+            self._save_checkpoint(selected.uidvalidity, covered)
+        return True
+
+    def _rescan(self, session: ImapSession, checkpoint: Checkpoint | None) -> list[int]:
+        """What to fetch with no usable checkpoint: first pass, or the UIDVALIDITY changed."""
+        if checkpoint:
+            self._say(logging.WARNING, "UIDVALIDITY changed: rescanning (dedup skips known mail)")
+        if self.watch.sent:
+            # an agent's Sent folder holds years of unrelated mail: start from now, and after a
+            # UIDVALIDITY change look back only to the last pass
+            if checkpoint is None or checkpoint.saved_at is None:
+                self._say(logging.INFO, "first pass: only mail sent from now on")
+                return []
+            return session.uids_since((checkpoint.saved_at - RESCAN_MARGIN).date())
+        if self.account.after_action == "seen":
+            # mail stays in the folder: what was already read before us is history, not tickets
+            return session.search(["UNSEEN"])
+        return session.search(["ALL"])  # move/delete: everything still here is unprocessed
+
+    def _batch(self, session: ImapSession, uids: Sequence[int]) -> None:
+        sizes = session.sizes(uids)
+        limit = self.account.max_message_size
+        fits = [uid for uid in uids if uid in sizes and sizes[uid] <= limit]
+        raws = session.bodies(fits)
+        fetched = [uid for uid in fits if uid in raws]
+        source = self.watch.source
+        outcomes = self.app.ingestor.accept_many(
+            [(raws[u], self.envelope, source) for u in fetched]
+        )
+        for uid, outcome in zip(fetched, outcomes, strict=True):
+            if outcome.outcome == "quarantined":
+                self._say(logging.WARNING, "UID %d quarantined: %s", uid, outcome.reason)
+        oversize = [uid for uid in uids if sizes.get(uid, 0) > limit]
+        done = fetched + self._oversize(session, oversize)
+        # only now, after the commit that holds them, may the server forget these messages
+        if done:
+            self._after(session, done)
+
+    def _oversize(self, session: ImapSession, uids: list[int]) -> list[int]:
+        limit = self.account.max_message_size
+        # Ingestor.quarantine_raw is requested from the core (SPEC 4: oversize is quarantined);
+        # until it exists an oversize message is left on the server untouched for a human
+        quarantine = getattr(self.app.ingestor, "quarantine_raw", None)
+        if quarantine is None:
+            for uid in uids:
+                self._say(logging.WARNING, "UID %d is over max_message_size: left there", uid)
+            return []
+        raws = session.bodies(uids)
+        for raw in raws.values():
+            quarantine(
+                raw, self.envelope, self.watch.source, f"oversize: {len(raw)} > {limit} bytes"
+            )
+        return list(raws)
+
+    def _after(self, session: ImapSession, uids: list[int]) -> None:
+        if self.watch.sent:
+            return  # never touch an agent's Sent mail: the checkpoint alone remembers it
+        action = self.account.after_action
+        if action == "seen":
+            session.mark_seen(uids)
+        elif action == "move":
+            session.move(uids, self.account.after_folder or "")
+        else:
+            session.delete(uids)
+
+    # --- database: checkpoint and lease -------------------------------------------------
+
+    def _checkpoint(self) -> Checkpoint | None:
+        with self.app.store.unit() as session:
+            row = repo.imap_checkpoint(session, self.account.name, self.watch.folder)
+            return row and Checkpoint(row.uidvalidity, row.last_uid, row.last_success_at)
+
+    def _save_checkpoint(self, uidvalidity: int, last_uid: int) -> None:
+        with self.app.store.unit() as session:
+            repo.save_imap_checkpoint(
+                session, self.account.name, self.watch.folder, uidvalidity, last_uid, self.clock()
+            )
+
+    @property
+    def _renew_every(self) -> float:
+        return max(self.lease_ttl.total_seconds() / 3, 0.1)
+
+    def keep_lease(self, force: bool = False) -> bool:
+        """Take or renew the folder's lease (every ttl/3); False when this node must not poll."""
+        if self._holding and not force and time.monotonic() < self._next_renewal:
+            return True
+        try:
+            with self.app.store.unit() as session:
+                held = repo.acquire_lease(
+                    session, self.watch.lease, self.node_id, self.clock(), self.lease_ttl
+                )
+        except StorageUnavailable as exc:
+            self._say(logging.WARNING, "cannot renew lease: %s", exc)
+            held = False
+        if held:
+            self._next_renewal = time.monotonic() + self._renew_every
+        elif self._holding:
+            self._say(logging.WARNING, "lease lost: stopping polling on this node")
+        self._holding = held
+        return held
+
+    def _release(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        try:
+            with self.app.store.unit() as session:
+                repo.release_lease(session, self.watch.lease, self.node_id)
+        except StorageUnavailable as exc:  # it expires by itself; another node waits a ttl
+            self._say(logging.WARNING, "cannot release lease: %s", exc)
+
+    # --- state changes, logged once each ------------------------------------------------
+
+    def _standby(self) -> None:
+        self.status.state, self.status.ok = "standby", True
+        try:
+            with self.app.store.unit() as session:
+                holder = repo.lease_owner(session, self.watch.lease)
+        except StorageUnavailable:
+            holder = None
+        owner = holder[0] if holder else "nobody (database unavailable)"
+        if owner != self._standby_logged:
+            self._say(logging.INFO, "standby: lease held by %s", owner)
+            self._standby_logged = owner
+
+    def _succeeded(self) -> None:
+        if self._failures:
+            self._say(logging.INFO, "recovered after %d failed attempts", self._failures)
+        self._failures = 0
+        self._standby_logged = None
+        self.backoff.reset()
+        self.status.state, self.status.ok = "active", True
+        self.status.last_success, self.status.last_error = self.clock(), None
+
+    def _failed(self, reason: str) -> None:
+        if self._failures == 0 or reason != self.status.last_error:
+            self._say(logging.WARNING, "failing: %s (retrying with backoff)", reason)
+        self._failures += 1
+        self.status.state, self.status.ok, self.status.last_error = "failing", False, reason
+
+    def _say(self, level: int, message: str, *args: object) -> None:
+        log.log(level, "imap %s: " + message, self.watch.label, *args)
+
+
+@dataclass
+class _Running:
+    poller: FolderPoller
+    done: asyncio.Future[None]
+
+
+class ImapPollers:
+    """The daemon component: one polling thread per watched folder of every `[[imap]]` account."""
+
+    name = "imap"
+
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        node_id: str | None = None,
+        backoff: tuple[float, float] = (1.0, 300.0),
+    ) -> None:
+        self.app, self.settings = app, settings
+        self.clock = clock
+        self._node_id = node_id  # an explicit id survives reloads
+        self.node_id = node_id or default_node_id(settings)
+        self.backoff = backoff
+        self._running: dict[str, list[_Running]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for account in self.settings.imap:
+            self._launch(account)
+
+    async def stop(self) -> None:
+        self._closing = True
+        runs = [run for group in self._running.values() for run in group]
+        self._running = {}
+        await self._join(runs)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def reload(self, settings: Any) -> None:
+        """Restart only the accounts whose settings changed; the others keep polling."""
+        old_cluster = self.settings.cluster
+        self.settings = settings
+        if self._loop is None or self._closing:
+            return
+        wanted = {account.name: account for account in settings.imap}
+        restart_all = settings.cluster != old_cluster
+        if restart_all:
+            self.node_id = self._node_id or default_node_id(settings)
+        replacing: set[str] = set()
+        for name, group in list(self._running.items()):
+            if restart_all or wanted.get(name) != group[0].poller.account:
+                del self._running[name]
+                replacing.add(name)
+                task = self._loop.create_task(self._replace(group, wanted.get(name)))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        for name, account in wanted.items():
+            if name not in self._running and name not in replacing:
+                self._launch(account)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per account: {"ok", "last_success", "last_error", "folders": {folder: state}}."""
+        found: dict[str, dict[str, Any]] = {}
+        for name, group in self._running.items():
+            states = [run.poller.status for run in group]
+            successes = [s.last_success for s in states]
+            found[name] = {
+                "ok": all(s.ok for s in states),
+                # the account is as fresh as its stalest folder
+                "last_success": None if None in successes else min(successes),  # type: ignore[type-var]
+                "last_error": next((s.last_error for s in states if s.last_error), None),
+                "folders": {run.poller.watch.folder: run.poller.status.state for run in group},
+            }
+        return found
+
+    def pollers(self) -> list[FolderPoller]:
+        return [run.poller for group in self._running.values() for run in group]
+
+    # --- threads ------------------------------------------------------------------------
+
+    def _launch(self, account: ImapAccount) -> None:
+        assert self._loop is not None
+        group = self._running.setdefault(account.name, [])
+        for watch in watches(account):
+            poller = FolderPoller(
+                self.app,
+                watch,
+                self.node_id,
+                self.settings.cluster.lease_ttl,
+                self.clock,
+                Backoff(*self.backoff),
+            )
+            done: asyncio.Future[None] = self._loop.create_future()
+            thread = threading.Thread(
+                target=self._body, args=(poller, done), name=f"imap:{watch.label}", daemon=True
+            )
+            group.append(_Running(poller, done))
+            thread.start()
+
+    def _body(self, poller: FolderPoller, done: asyncio.Future[None]) -> None:
+        try:
+            poller.run()
+        finally:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    async def _join(self, runs: list[_Running]) -> None:
+        for run in runs:
+            run.poller.stop()
+        if not runs:
+            return
+        _, pending = await asyncio.wait([run.done for run in runs], timeout=STOP_GRACE)
+        stuck = [run for run in runs if run.done in pending]
+        for run in stuck:  # blocked in a socket read: cut it short
+            run.poller.abort()
+        if stuck:
+            await asyncio.wait([run.done for run in stuck], timeout=STOP_GRACE)
+
+    async def _replace(self, group: list[_Running], account: ImapAccount | None) -> None:
+        # the old threads must be gone (and their lease released) before new ones start
+        await self._join(group)
+        if account is not None and not self._closing and account.name not in self._running:
+            self._launch(account)

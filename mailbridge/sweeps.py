@@ -1,0 +1,232 @@
+"""Time rules: wake due postponements, then run each `[[rules]]` rule (idle -> resolved/closed/purge).
+
+Each swept ticket is its own unit of work: claim it (`lock_ticket_if`: the row is locked, and only
+taken if it still has the status the sweep expects), re-check the time condition inside the
+transaction, apply the lifecycle, queue any notice, commit. A second run, a late run or another
+node running at the same moment finds the condition no longer true (or the row locked) and does
+nothing, so every transition and every notice happens exactly once. Nothing is scheduled per
+ticket: due times live in ticket columns, so a run after downtime simply finds more work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from mailbridge import lifecycle
+from mailbridge.clock import Clock, system_clock
+from mailbridge.errors import IllegalTransition
+from mailbridge.ingest import apply_state, ticket_state
+from mailbridge.lifecycle import Kind, Status
+from mailbridge.storage import repository as repo
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from mailbridge.config import Rule, Settings
+    from mailbridge.storage import Store
+    from mailbridge.storage.models import Ticket
+
+log = logging.getLogger("mailbridge.sweeps")
+
+WAKE = "wake"  # the built-in rule that ends postponements
+PURGED = "purged"  # `to_status` of a Change that removed the ticket
+_KINDS = {"resolved": Kind.RESOLVE, "closed": Kind.CLOSE}
+
+# (rule name, changes made) after each rule's pass; metrics count rule runs with it
+RuleObserver = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One ticket a sweep changed (or, in a dry run, would change)."""
+
+    number: int
+    from_status: str
+    to_status: str
+    rule: str
+
+    def describe(self) -> str:
+        return f"#{self.number} {self.from_status} -> {self.to_status} (rule {self.rule})"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ticket": self.number,
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+            "rule": self.rule,
+        }
+
+
+class Sweeps:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock = system_clock,
+        outbound: Any = None,
+        on_rule: RuleObserver | None = None,
+        batch_size: int = 200,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.outbound = outbound
+        self.on_rule = on_rule
+        self.batch_size = batch_size
+
+    def reload(self, settings: Settings) -> None:
+        # one attribute swap: a run in progress keeps the rules it started with
+        self.settings = settings
+
+    def run(
+        self, at: datetime, dry_run: bool = False, halt: threading.Event | None = None
+    ) -> list[Change]:
+        """Everything due as of `at`: postponements first, then the rules in config order.
+
+        `halt` (set by the scheduler on shutdown) stops between tickets; the rest waits for
+        the next run, which is safe because every ticket is committed on its own.
+        """
+        rules = self.settings.rules
+        changes = self._pass(
+            WAKE,
+            dry_run,
+            halt,
+            lambda s, limit: repo.due_postponed(s, at, limit),
+            lambda number: self._wake(number, at, dry_run),
+        )
+        for rule in rules:
+            changes += self._pass(
+                rule.name,
+                dry_run,
+                halt,
+                lambda s, limit, r=rule: repo.idle_tickets(s, r.when, at - r.idle_for, limit),
+                lambda number, r=rule: self._apply_rule(r, number, at, dry_run),
+            )
+        return changes
+
+    # --- one pass: candidates in batches, each ticket claimed on its own ------------------
+
+    def _pass(
+        self,
+        rule: str,
+        dry_run: bool,
+        halt: threading.Event | None,
+        candidates: Callable[[Session, int], list[int]],
+        one: Callable[[int], Change | None],
+    ) -> list[Change]:
+        changes = [
+            change
+            for number in self._candidates(candidates, halt)
+            if (change := one(number)) is not None
+        ]
+        if not dry_run and self.on_rule is not None:
+            self.on_rule(rule, len(changes))
+        return changes
+
+    def _candidates(
+        self, query: Callable[[Session, int], list[int]], halt: threading.Event | None
+    ) -> Iterator[int]:
+        """Every due ticket number once, fetched in batches between which tickets are processed.
+
+        Processed tickets leave the due set; the ones that stay (locked by another node, or a
+        dry run) are remembered, and the next fetch asks for that many more rows, so a batch
+        of leftovers cannot hide the tickets behind it and the loop ends when nothing is new.
+        """
+        seen: set[int] = set()
+        while not (halt and halt.is_set()):
+            with self.store.unit() as session:
+                numbers = query(session, len(seen) + self.batch_size)
+            fresh = [n for n in numbers if n not in seen]
+            if not fresh:
+                return
+            for number in fresh:
+                if halt and halt.is_set():
+                    return
+                seen.add(number)
+                yield number
+
+    # --- postponements ---------------------------------------------------------------------
+
+    def _wake(self, number: int, at: datetime, dry_run: bool) -> Change | None:
+        with self.store.unit() as session:
+            ticket = repo.lock_ticket_if(session, number, Status.POSTPONED)
+            if ticket is None or ticket.postponed_until is None or ticket.postponed_until > at:
+                return None  # another run woke it, or the agent moved the date meanwhile
+            event = lifecycle.Event(Kind.WAKE, f"rule:{WAKE}")
+            return self._transition(session, ticket, event, WAKE, at, dry_run)
+
+    # --- configured rules ------------------------------------------------------------------
+
+    def _apply_rule(self, rule: Rule, number: int, at: datetime, dry_run: bool) -> Change | None:
+        with self.store.unit() as session:
+            ticket = repo.lock_ticket_if(session, number, rule.when)
+            # re-checked under the lock: a mail may have arrived since the candidates were read
+            if ticket is None or ticket.last_activity_at > at - rule.idle_for:
+                return None
+            if rule.then == "purge":
+                return self._purge(session, ticket, rule, at, dry_run)
+            event = lifecycle.Event(
+                _KINDS[rule.then], f"rule:{rule.name}", detail=f"idle for {_span(rule.idle_for)}"
+            )
+            change = self._transition(session, ticket, event, rule.name, at, dry_run)
+            if change is not None and rule.notify and not dry_run:
+                self._notify(session, ticket, rule.name, at)
+            return change
+
+    def _purge(
+        self, session: Session, ticket: Ticket, rule: Rule, at: datetime, dry_run: bool
+    ) -> Change:
+        change = Change(ticket.number, ticket.status, PURGED, rule.name)
+        if not dry_run:
+            removed = repo.purge_ticket(session, ticket.number, at)
+            log.info("%s; %d messages removed, tombstones kept", change.describe(), removed)
+        return change
+
+    # --- building blocks -------------------------------------------------------------------
+
+    def _transition(
+        self,
+        session: Session,
+        ticket: Ticket,
+        event: lifecycle.Event,
+        rule: str,
+        at: datetime,
+        dry_run: bool,
+    ) -> Change | None:
+        try:
+            transition = lifecycle.apply(ticket_state(ticket), event, at)
+        except IllegalTransition as exc:
+            # config validation keeps rules to legal transitions; a row changed by hand might not
+            log.warning("ticket #%d: rule %s skipped: %s", ticket.number, rule, exc)
+            return None
+        if not transition.changed:
+            return None
+        change = Change(ticket.number, ticket.status, transition.state.status.value, rule)
+        if not dry_run:
+            apply_state(ticket, transition.state, at)
+            repo.add_events(session, ticket.number, transition.records, None)
+            log.info("%s", change.describe())
+        return change
+
+    def _notify(self, session: Session, ticket: Ticket, rule: str, at: datetime) -> None:
+        """Queue the rule's notice in the transition's own transaction: exactly once with it."""
+        notice = getattr(self.outbound, "rule_notice", None)
+        if notice is None:
+            # TODO(lead): Outbound.rule_notice(session, ticket, rule_name, now) is not built yet
+            log.debug("rule %s: notify is set but outbound cannot send rule notices", rule)
+            return
+        notice(session, ticket, rule, at)
+
+
+def _span(delta: timedelta) -> str:
+    """`7d`, `36h`, `90m`, `45s`: how config writes durations."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
