@@ -526,6 +526,9 @@ def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
             name = item.get("name") if isinstance(item, dict) else None
             if isinstance(name, str) and name in seen:
                 problems.append(((section, index, "name"), f"duplicate name {name!r}"))
+            elif section == "rules" and name == "wake":
+                # the postponement sweep acts as `rule:wake`; a rule of that name would be confused with it
+                problems.append(((section, index, "name"), "'wake' is reserved for postponements"))
             seen.add(name)
     return problems
 

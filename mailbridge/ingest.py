@@ -148,6 +148,28 @@ class Ingestor:
                 self.on_outcome(outcome, p.source, elapsed)
         return outcomes
 
+    def quarantine_raw(
+        self, raw: bytes, envelope: Envelope, source: Source, reason: str
+    ) -> Outcome:
+        """Park mail that must not go through the pipeline (e.g. oversize from IMAP), raw, with the reason."""
+        chash = content_hash(raw)
+        p = Prepared(raw, envelope, source, None, reason, dedup_key(None, chash), chash)
+        with self.store.unit() as session:
+            _, held = repo.known_dedup_keys(session, [p.dedup_key])
+            if p.dedup_key in held:
+                return Outcome(
+                    "duplicate",
+                    None,
+                    f"duplicate: already held in quarantine #{held[p.dedup_key]}",
+                    quarantine=held[p.dedup_key],
+                    source=source.name,
+                )
+            outcome = self._quarantine(session, p, reason, "")
+        log.info("%s quarantined reason=%s", source.kind, reason)
+        if self.on_outcome:
+            self.on_outcome(outcome, source, 0.0)
+        return replace(outcome, source=source.name)
+
     def _commit(self, prepared: list[Prepared], careful: bool) -> list[Outcome]:
         with self.store.unit() as session:
             seen = _Seen(*repo.known_dedup_keys(session, [p.dedup_key for p in prepared]))
@@ -229,6 +251,14 @@ class Ingestor:
         if p.parsed is None:
             return self._quarantine(session, p, p.parse_error or "unparseable", "")
         msg = p.parsed
+        if p.source.agent_authority and msg.message_id:
+            # the agent's reply may already have reached us by SMTP: same mail, other bytes
+            known = repo.tickets_for_message_ids(session, [msg.message_id])
+            if known:
+                number = known[msg.message_id]
+                return Outcome(
+                    "duplicate", number, f"duplicate: Message-ID already on ticket #{number}"
+                )
         now = self.clock()
         verdict = classify.classify(msg, p.envelope, p.source, self.policy)
         recipients = [*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc))]
@@ -432,7 +462,7 @@ class Ingestor:
             session, p, ticket, direction, "agent", f"{found.rule}; {verdict.rule}", now
         )
         actor = agent
-        refusals: list[str] = []
+        refusals: list[str] = [f"unknown command {u}" for u in parsed_cmds.unknown]
         if has_text and not is_note:
             self._apply_or_refuse(
                 session, ticket, lifecycle.Event(Kind.AGENT_REPLY, actor), now, message.id, refusals
@@ -523,7 +553,7 @@ class Ingestor:
                 subject=self.tagger.strip(msg.subject)[:1000],
                 customer=customer[:320] or "unknown",
                 customer_name=name[:200],
-                mailbox=p.source.name[:200],
+                mailbox=self._mailbox(p)[:200],
                 created_at=now,
                 updated_at=now,
                 last_activity_at=now,
@@ -688,6 +718,21 @@ class Ingestor:
     def _state(ticket: Ticket) -> TicketState:
         before = Status(ticket.status_before) if ticket.status_before else None
         return TicketState(Status(ticket.status), before, ticket.postponed_until)
+
+    def _mailbox(self, p: Prepared) -> str:
+        """Where the ticket came in, for the report: the IMAP account, else the support address."""
+        if p.source.kind in ("imap", "imap-sent"):
+            return p.source.name
+        msg = p.parsed
+        addresses = [*p.envelope.rcpt_tos, *((a.addr for a in (*msg.to, *msg.cc)) if msg else ())]
+        for address in addresses:
+            if self.tokens.is_ours(address):
+                base = address.lower()
+                token = self.tokens.token_of(base)
+                if token:
+                    base = base.replace(f"{self.tokens.separator}{token}", "")
+                return base
+        return p.source.kind
 
     @staticmethod
     def _sender(p: Prepared) -> str:

@@ -271,13 +271,7 @@ class FolderPoller:
 
     def _oversize(self, session: ImapSession, uids: list[int]) -> list[int]:
         limit = self.account.max_message_size
-        # Ingestor.quarantine_raw is requested from the core (SPEC 4: oversize is quarantined);
-        # until it exists an oversize message is left on the server untouched for a human
-        quarantine = getattr(self.app.ingestor, "quarantine_raw", None)
-        if quarantine is None:
-            for uid in uids:
-                self._say(logging.WARNING, "UID %d is over max_message_size: left there", uid)
-            return []
+        quarantine = self.app.ingestor.quarantine_raw
         raws = session.bodies(uids)
         for raw in raws.values():
             quarantine(

@@ -27,7 +27,14 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         return _sqlite_engine(url)
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # a database that drops packets must fail /healthz and commits quickly, not hang for minutes
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
+    )
 
 
 def _sqlite_engine(url: str) -> Engine:

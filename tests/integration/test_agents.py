@@ -238,11 +238,6 @@ def test_a_refused_command_is_answered_with_a_notice(desk: Desk) -> None:
     assert f"[#{number}]" in notice["Subject"] and "#resolve" in text_of(notice)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs ingest change: Ingestor._agent_mail drops agent_commands.Parsed.unknown silently; "
-    "it should add them to `refusals` so the agent gets a notice",
-)
 def test_a_mistyped_command_is_answered_with_a_notice(desk: Desk) -> None:
     _, note = open_ticket(desk)
     agent_answer(desk, note, "#resolve\n#clsoe\n\nThanks for your patience.")

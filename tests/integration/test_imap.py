@@ -397,4 +397,7 @@ def test_an_oversize_message_does_not_block_the_mailbox(
     poll_once(app)
 
     assert customers(app) == ["small@customer.example"]
-    assert "\\Seen" not in dovecot.messages()[big]  # left for a human until it can be quarantined
+    assert "\\Seen" in dovecot.messages()[big]  # handled: the after-action ran
+    with app.store.unit() as session:
+        (entry,) = repo.list_quarantine(session, include_ignored=False, include_released=False)
+        assert entry.reason.startswith("oversize:") and entry.size > 5000
