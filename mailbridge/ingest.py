@@ -9,6 +9,7 @@ StorageUnavailable (the SMTP source turns it into 451).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -38,12 +39,11 @@ if TYPE_CHECKING:
     from mailbridge.storage import Store
 
 log = logging.getLogger("mailbridge.ingest")
-_TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 
 
 def new_token() -> str:
     """80 random bits in lowercase base32: unguessable, and safe in a case-folding local part."""
-    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(16))
+    return base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
 
 
 @dataclass(slots=True)

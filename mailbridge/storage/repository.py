@@ -36,8 +36,14 @@ def _insert_ignore(session: Session, model: type, rows: list[dict[str, object]])
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
-    session.execute(stmt.on_conflict_do_nothing(), rows)
+    stmt = _IGNORING.get((dialect, model))
+    if stmt is None:
+        make = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = _IGNORING[(dialect, model)] = make(model).on_conflict_do_nothing()
+    session.execute(stmt, rows)
+
+
+_IGNORING: dict[tuple[str, type], Any] = {}
 
 
 # --- dedup -------------------------------------------------------------------------------
