@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import os
 import signal
 import socket
@@ -78,8 +79,6 @@ def make_cert(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
-    import ipaddress
-
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -120,7 +119,9 @@ class InProcessDaemon:
         self.error: BaseException | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="mailbridge-test-daemon", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="mailbridge-test-daemon", daemon=True
+        )
 
     def _run(self) -> None:
         from mailbridge.daemon import serve

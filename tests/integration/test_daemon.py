@@ -206,3 +206,67 @@ def test_embedded_default_without_any_config(tmp_path: Path) -> None:
         assert send(2525, "support@localhost")[0] == 250
     finally:
         assert proc.terminate() == 0
+
+
+def test_a_busy_port_exits_1(tmp_path: Path, config: Path) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port_of(config)))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "address already in use" in result.stderr.lower()
+
+
+def test_sd_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailbridge.daemon import sd_notify, watchdog_interval
+
+    name = f"mailbridge-test-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sd_notify("READY=1", "STATUS=ok")
+        assert sock.recv(100) == b"READY=1\nSTATUS=ok"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not sd_notify("READY=1")  # not under systemd: a no-op
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert watchdog_interval() is None
+    monkeypatch.delenv("WATCHDOG_PID")
+    assert watchdog_interval() == 2.0
+
+
+def test_json_log_lines() -> None:
+    import io
+    import json
+    import logging
+
+    from mailbridge import logging_setup
+    from mailbridge.config import LogSettings
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logging_setup.configure(LogSettings(level="info", format="json"), stream)
+        logging.getLogger("mailbridge.smtp").info("accepted %s", "x", extra={"ticket": 7})
+        logging.getLogger("mailbridge.smtp").debug("not shown")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    [line] = stream.getvalue().splitlines()
+    data = json.loads(line)
+    assert (data["level"], data["logger"], data["msg"], data["ticket"]) == (
+        "info",
+        "mailbridge.smtp",
+        "accepted x",
+        7,
+    )
+    assert data["ts"].endswith("Z")

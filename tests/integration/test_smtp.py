@@ -45,7 +45,9 @@ def start(tmp_path: Path, sqlite_url: str) -> Iterator[Start]:
     """start(smtp="...", extra="...", url=..., listen=...) -> a running in-process daemon."""
     running: list[InProcessDaemon] = []
 
-    def make(smtp: str = "", extra: str = "", url: str | None = None, listen: str | None = None) -> InProcessDaemon:
+    def make(
+        smtp: str = "", extra: str = "", url: str | None = None, listen: str | None = None
+    ) -> InProcessDaemon:
         listen = listen or f"127.0.0.1:{free_port()}"
         path = write_config(tmp_path / "mailbridge.toml", url or sqlite_url, listen, smtp, extra)
         daemon = InProcessDaemon(settings_from(path)).__enter__()
@@ -67,7 +69,9 @@ def client(d: InProcessDaemon, **kwargs: Any) -> smtplib.SMTP:
     return smtp
 
 
-def deliver(d: InProcessDaemon, raw: bytes, rcpts: tuple[str, ...] = (SUPPORT,), sender: str = CUSTOMER) -> tuple[int, str]:
+def deliver(
+    d: InProcessDaemon, raw: bytes, rcpts: tuple[str, ...] = (SUPPORT,), sender: str = CUSTOMER
+) -> tuple[int, str]:
     """One transaction; the reply to DATA as (code, text)."""
     with client(d) as smtp:
         smtp.mail(sender)
@@ -90,7 +94,12 @@ def counts(d: InProcessDaemon) -> dict[str, int]:
         messages = sum(len(received(session, t.number)) for t in tickets)
         quarantined = len(repo.list_quarantine(session, True, True))
         events = len(repo.all_events(session))
-    return {"tickets": len(tickets), "messages": messages, "quarantine": quarantined, "events": events}
+    return {
+        "tickets": len(tickets),
+        "messages": messages,
+        "quarantine": quarantined,
+        "events": events,
+    }
 
 
 def received(session: Any, number: int) -> list[Any]:
@@ -206,7 +215,9 @@ def test_too_many_header_fields_and_long_lines_are_refused(start: Start) -> None
     code, reply = deliver_raw(d, make_mail(headers=headers))
     assert (code, reply[:5]) == (552, "5.3.4")
     hops = {"Received": "from a by b"}
-    raw = b"".join(b"Received: from hop%d by hop%d\r\n" % (i, i + 1) for i in range(101)) + make_mail(headers=hops)
+    raw = b"".join(
+        b"Received: from hop%d by hop%d\r\n" % (i, i + 1) for i in range(101)
+    ) + make_mail(headers=hops)
     code, reply = deliver_raw(d, raw)
     assert (code, reply[:5]) == (554, "5.4.6")
     code, reply = deliver_raw(d, make_mail().replace(b"Hello,", b"Hello," + b"z" * 9000))
@@ -309,7 +320,9 @@ def users_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(start: Start, tmp_path: Path, fast_auth_failures: None) -> None:
+def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
+    start: Start, tmp_path: Path, fast_auth_failures: None
+) -> None:
     cert, key = make_cert(tmp_path)
     users = users_file(tmp_path)
     d = start(smtp=f'tls_cert = "{cert}"\ntls_key = "{key}"\nauth_users_file = "{users}"')
@@ -325,7 +338,9 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(start: Start, t
     )
     with client(d) as smtp:
         assert not smtp.has_extn("auth")  # not offered in cleartext
-        code, text = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice@example.com\0wonderland").decode())
+        code, text = smtp.docmd(
+            "AUTH", "PLAIN " + base64.b64encode(b"\0alice@example.com\0wonderland").decode()
+        )
         assert (code, text[:6]) == (538, b"5.7.11")
         smtp.starttls(context=tls_client_context())
         smtp.ehlo("client.example")
@@ -348,12 +363,19 @@ def test_agent_from_without_auth_is_customer_mail(start: Start) -> None:
     d = start()
     first = make_mail(subject="Help")
     number = ticket_of(deliver(d, first)[1])
-    forged = make_mail(sender="alice@example.com", subject="Re: Help", in_reply_to=message_id_of(first), body="#close\n")
+    forged = make_mail(
+        sender="alice@example.com",
+        subject="Re: Help",
+        in_reply_to=message_id_of(first),
+        body="#close\n",
+    )
     assert deliver(d, forged, sender="alice@example.com")[0] == 250
     assert status(d, number) != "closed"
 
 
-def test_login_mechanism_and_cleartext_auth_on_loopback_when_allowed(start: Start, tmp_path: Path, fast_auth_failures: None) -> None:
+def test_login_mechanism_and_cleartext_auth_on_loopback_when_allowed(
+    start: Start, tmp_path: Path, fast_auth_failures: None
+) -> None:
     users = users_file(tmp_path)
     d = start(smtp=f'auth_users_file = "{users}"\nauth_require_tls = false')
     with client(d) as smtp:
@@ -446,17 +468,28 @@ def test_reload_takes_new_addresses_without_dropping_sessions(start: Start, tmp_
         smtp.mail(CUSTOMER)
         assert smtp.rcpt("help@example.com")[0] == 550
         path = tmp_path / "mailbridge.toml"
-        path.write_text(path.read_text().replace('addresses = ["support@example.com"]', 'addresses = ["support@example.com", "help@example.com"]'))
+        path.write_text(
+            path.read_text().replace(
+                'addresses = ["support@example.com"]',
+                'addresses = ["support@example.com", "help@example.com"]',
+            )
+        )
         assert d.call(d.daemon.reload, settings_from(path)) is True
         assert smtp.rcpt("help@example.com")[0] == 250  # the same session, the new address
         assert smtp.data(make_mail(to="help@example.com"))[0] == 250
 
 
-def test_reload_with_a_broken_users_file_keeps_the_running_config(start: Start, tmp_path: Path) -> None:
+def test_reload_with_a_broken_users_file_keeps_the_running_config(
+    start: Start, tmp_path: Path
+) -> None:
     users = users_file(tmp_path)
     d = start(smtp=f'auth_users_file = "{users}"\nauth_require_tls = false')
     path = tmp_path / "mailbridge.toml"
-    path.write_text(path.read_text().replace('addresses = ["support@example.com"]', 'addresses = ["help@example.com"]'))
+    path.write_text(
+        path.read_text().replace(
+            'addresses = ["support@example.com"]', 'addresses = ["help@example.com"]'
+        )
+    )
     users.write_text("alice@example.com:plaintext-password\n")
     assert d.call(d.daemon.reload, settings_from(path)) is False
     assert deliver(d, make_mail())[0] == 250  # support@ still accepted: nothing was applied
@@ -472,3 +505,46 @@ def test_stop_closes_idle_sessions_with_421(start: Start) -> None:
         idle.noop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port_of(d)), timeout=2).close()
+
+
+# --- the users file ----------------------------------------------------------------------
+
+
+def test_users_file_hashes_verify_and_bad_lines_are_named(tmp_path: Path) -> None:
+    import hashlib
+
+    from mailbridge.auth_users import load_users, parse_users
+    from mailbridge.errors import ConfigError
+
+    salt = "pepper"
+    digest = base64.b64encode(hashlib.pbkdf2_hmac("sha256", b"s3cret", salt.encode(), 1000, 64))
+    text = f"alice@example.com:{hash_password('wonderland')}\nBob@Example.com:pbkdf2_sha256$1000${salt}${digest.decode()}\n"
+    users = parse_users(text)
+    assert users.verify("ALICE@example.com", "wonderland") and not users.verify(
+        "alice@example.com", "x"
+    )
+    assert users.verify("bob@example.com", "s3cret")
+    assert not users.verify("mallory@example.com", "wonderland")
+    with pytest.raises(ConfigError) as bad:
+        parse_users("# ok\nalice:md5$abc\nnocolon\nbob:scrypt$1$2\n", "users")
+    assert bad.value.problems == [
+        "users:2: auth_users_file: unknown hash scheme (use scrypt$... or pbkdf2_sha256$...)",
+        "users:3: auth_users_file: expected login:hash",
+        "users:4: auth_users_file: scrypt hash must read scrypt$N$salt$r$p$hash",
+    ]
+    with pytest.raises(ConfigError):
+        load_users(tmp_path / "missing")
+
+
+def test_users_file_helper_prints_a_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from mailbridge.auth_users import main, parse_users
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("wonderland\n"))
+    assert main(["Alice@example.com"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("alice@example.com:scrypt$")
+    assert parse_users(line).verify("alice@example.com", "wonderland")
