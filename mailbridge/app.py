@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mailbridge.actions import TicketActions
 from mailbridge.clock import Clock, system_clock
@@ -21,6 +22,8 @@ class App:
     ingestor: Ingestor
     actions: TicketActions
     clock: Clock
+    # the daemon's Metrics, when running; sources report poller health to it
+    metrics: Any = None
 
     @classmethod
     def build(
@@ -30,6 +33,12 @@ class App:
         outbound = Outbound(settings, clock)
         ingestor = Ingestor(store, settings, clock, outbound)
         return cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take reloaded settings everywhere the core derives state from them."""
+        self.ingestor.configure(settings)
+        self.outbound.configure(settings)
+        self.settings = settings
 
     def reply_to(self, token: str) -> str:
         return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(

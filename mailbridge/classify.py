@@ -169,7 +169,9 @@ def agent_authority(
         return None, "", False
     if source.agent_authority:
         return sender, f"sent folder {source.name}", False
-    if env.auth_user:
+    login = (env.auth_user or "").lower()
+    # an SMTP login vouches only for its own address: bob may not send as alice
+    if login and (login == sender or ("@" not in login and login == sender.split("@", 1)[0])):
         return sender, f"smtp-auth {env.auth_user}", False
     found = _authentication_results(msg, policy, sender.rsplit("@", 1)[-1])
     if found:

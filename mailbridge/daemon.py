@@ -25,8 +25,14 @@ from mailbridge.app import App
 from mailbridge.clock import Clock, system_clock
 from mailbridge.component import Component
 from mailbridge.config import Settings, load_settings
+from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
+from mailbridge.metrics import Metrics
+from mailbridge.scheduler import Scheduler
+from mailbridge.sender import OutboxSender
+from mailbridge.sources.imap import ImapPollers
 from mailbridge.sources.smtp import SmtpListener
+from mailbridge.sweeps import Sweeps
 
 log = logging.getLogger("mailbridge.daemon")
 
@@ -71,22 +77,27 @@ async def _watchdog(interval: float) -> None:
 
 
 def components_for(app: App, settings: Settings) -> list[Component]:
-    """What `run` runs, in start order (stopped in reverse): workers first, intake last.
+    """What `run` runs, in start order (stopped in reverse): metrics and workers first, intake last."""
+    metrics = Metrics(app.store, settings.metrics.listen)
+    app.metrics = metrics
+    sender = OutboxSender(app, settings, on_delivery=metrics.delivery)
 
-    Each is a Component (async start/stop, reload). The outbox sender, scheduler, metrics and
-    IMAP pollers go here, before the listener; wiring them is the lead's, e.g.:
+    def after_commit(outcome: Outcome, source: Source, seconds: float) -> None:
+        metrics.on_outcome(outcome, source, seconds)
+        if outcome.outcome in ("created", "appended"):
+            sender.kick()  # acknowledgements and notifications leave now, not at the next poll
 
-        metrics = Metrics(app.store, settings.metrics.listen)
-        app.ingestor.on_outcome = metrics.on_outcome
-        components += [metrics, OutboxSender(app, settings),
-                       Scheduler(Sweeps(app.store, settings, app.clock, app.outbound)),
-                       ImapPollers(app, settings)]
-    """
-    components: list[Component] = []
+    app.ingestor.on_outcome = after_commit
+    sweeps = Sweeps(app.store, settings, app.clock, app.outbound, on_rule=metrics.rule_run)
     # SQLite has one writer: a second committing thread would only wait on its lock
     workers = 1 if app.store.dialect == "sqlite" else settings.database.pool_size
-    components.append(SmtpListener(app.ingestor, settings, ingest_workers=workers))
-    return components
+    return [
+        metrics,
+        sender,
+        Scheduler(sweeps, app.clock),
+        ImapPollers(app, settings),
+        SmtpListener(app.ingestor, settings, ingest_workers=workers),
+    ]
 
 
 def _executor_size(settings: Settings) -> int:
@@ -211,9 +222,7 @@ class Daemon:
             log.error("reload failed: keeping the running configuration")
             return False
         assert self.app is not None
-        self.app.settings = new
-        self.app.ingestor.configure(new)
-        self.app.outbound.configure(new)
+        self.app.reconfigure(new)
         self.settings = new
         log.info("configuration reloaded")
         return True

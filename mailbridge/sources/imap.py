@@ -358,12 +358,16 @@ class FolderPoller:
         self.backoff.reset()
         self.status.state, self.status.ok = "active", True
         self.status.last_success, self.status.last_error = self.clock(), None
+        if self.app.metrics is not None:
+            self.app.metrics.poller_success(self.account.name, self.status.last_success)
 
     def _failed(self, reason: str) -> None:
         if self._failures == 0 or reason != self.status.last_error:
             self._say(logging.WARNING, "failing: %s (retrying with backoff)", reason)
         self._failures += 1
         self.status.state, self.status.ok, self.status.last_error = "failing", False, reason
+        if self.app.metrics is not None:
+            self.app.metrics.poller_error(self.account.name)
 
     def _say(self, level: int, message: str, *args: object) -> None:
         log.log(level, "imap %s: " + message, self.watch.label, *args)

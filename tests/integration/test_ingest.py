@@ -434,3 +434,11 @@ def test_dry_run_writes_nothing(app: Any) -> None:
     assert out.outcome == "created"
     with app.store.unit() as s:
         assert repo.list_tickets(s) == []
+
+
+def test_smtp_login_vouches_only_for_its_own_address(app: Any) -> None:
+    first = make_mail()
+    ingest(app, first)
+    as_alice = make_mail(sender="alice@example.com", in_reply_to=message_id_of(first))
+    ingest(app, as_alice, Envelope("alice@example.com", ("support@example.com",), auth_user="bob"))
+    assert ticket(app, 1).status == "new"
