@@ -13,9 +13,7 @@ import re
 __all__ = ["html_to_text"]
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)|<!\[CDATA\[.*?\]\]>|<![^>]*>|<\?[^>]*>", re.S)
-_DROPPED = re.compile(
-    r"<(script|style|head|title|xml|template)\b[^>]*>.*?</\1\s*>", re.I | re.S
-)
+_DROPPED = re.compile(r"<(script|style|head|title|xml|template)\b[^>]*>.*?</\1\s*>", re.I | re.S)
 _WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
 _BREAK = re.compile(r"<br\b[^>]*>", re.I)
 _PARAGRAPH = re.compile(
@@ -23,7 +21,7 @@ _PARAGRAPH = re.compile(
     r"address|hr|center|form|fieldset)\b[^>]*>",
     re.I,
 )
-_LINE = re.compile(r"</?(?:tr|li|dt|dd|caption|tbody|thead|tfoot)\b[^>]*>", re.I)
+_LINE = re.compile(r"<(?:tr|li|dt|dd|caption)\b[^>]*>", re.I)  # opening tags only
 _CELL = re.compile(r"</t[dh]\s*>", re.I)
 _TAG = re.compile(r"</?[A-Za-z][^>]*>?")
 _SPACES = re.compile(r"[ \t\u00a0]+")

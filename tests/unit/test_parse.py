@@ -22,7 +22,8 @@ from mailbridge.parse import (
     parse_headers_only,
 )
 
-CORPUS = Path(os.environ.get("MAILBRIDGE_CORPUS", Path(__file__).resolve().parents[3] / "shared" / "corpus"))  # fmt: skip
+_DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+CORPUS = Path(os.environ.get("MAILBRIDGE_CORPUS", _DEFAULT_CORPUS))
 CORPUS_FILES = sorted(CORPUS.rglob("*.eml")) if CORPUS.is_dir() else []
 # Not a mail: an Outlook .msg (OLE2 compound file) saved with an .eml name.
 NOT_MAIL = {"spamscope-mail-parser/mail_outlook_1.eml"}
@@ -38,7 +39,8 @@ def msg(*lines: str, body: str = "body\n") -> bytes:
 def assert_clean_text(parsed: ParsedMessage) -> None:
     """Every string must be storable: valid Unicode, no lone surrogates."""
     texts = [parsed.subject, parsed.body_text, parsed.content_type, *parsed.defects]
-    texts += [a.name for a in (parsed.from_, parsed.sender) if a] + [a.addr for a in (parsed.from_, parsed.sender) if a]  # fmt: skip
+    mailboxes = [a for a in (parsed.from_, parsed.sender) if a]
+    texts += [x for a in mailboxes for x in (a.name, a.addr)]
     texts += [x for a in parsed.to + parsed.cc + parsed.reply_to for x in (a.name, a.addr)]
     texts += [a.filename for a in parsed.attachments] + [
         v for vs in parsed.headers.values() for v in vs
@@ -100,6 +102,8 @@ def test_rfc2047_multibyte_character_split_across_words() -> None:
         ("=?windows-1251?B?z/Do4uXy?=", "Привет"),
         ("=?bogus-charset?Q?caf=E9?=", "café"),
         ("=?utf-8?Q?broken_=ZZ?=", "broken =ZZ"),
+        ("=?iso-2022-jp?B?GyRCLSEbKEI=?=", "①"),  # Microsoft ISO-2022-JP (NEC extension)
+        ("=?ISO-2022-JP?B?g2OBW4OL?=", "ツール"),  # Shift_JIS bytes under an ISO-2022-JP label
     ],
 )
 def test_encoded_word_charsets_and_fallbacks(header: str, expected: str) -> None:
@@ -301,7 +305,9 @@ def test_body_charsets_and_odd_transfer_encodings() -> None:
 
 
 def test_uuencoded_block_in_text_becomes_an_attachment() -> None:
-    raw = msg("Subject: uu", body="see attached\r\n\r\nbegin 644 hello.txt\r\n%:&5L;&\\*\r\n`\r\nend\r\n")
+    raw = msg(
+        "Subject: uu", body="see attached\r\n\r\nbegin 644 hello.txt\r\n%:&5L;&\\*\r\n`\r\nend\r\n"
+    )
     parsed = parse(raw)
     assert parsed.body_text == "see attached"
     assert parsed.attachments == (Attachment("hello.txt", "text/plain", 5),)
