@@ -27,7 +27,7 @@ from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, ParseError, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.lifecycle import Kind, Status, TicketState
-from mailbridge.parse import ParsedMessage, parse
+from mailbridge.parse import Address, ParsedMessage, parse
 from mailbridge.storage import repository as repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
@@ -535,7 +535,8 @@ class Ingestor:
     ) -> tuple[Ticket, Message]:
         msg = p.parsed
         assert msg is not None
-        customer, name = self._sender(p), (msg.from_.name if msg.from_ else "")
+        author = _author(msg)
+        customer, name = self._sender(p), (author.name if author else "")
         if author_kind == "agent":
             others = [
                 a
@@ -608,8 +609,8 @@ class Ingestor:
                 message_id=msg.message_id,
                 dedup_key=p.dedup_key,
                 content_hash=p.content_hash,
-                from_addr=(msg.from_.addr if msg.from_ else "")[:320],
-                from_name=msg.from_.name if msg.from_ else "",
+                from_addr=(author.addr if (author := _author(msg)) else "")[:320],
+                from_name=author.name if author else "",
                 to_addrs=", ".join(a.addr for a in msg.to),
                 cc_addrs=", ".join(a.addr for a in msg.cc),
                 subject=msg.subject,
@@ -736,12 +737,23 @@ class Ingestor:
 
     @staticmethod
     def _sender(p: Prepared) -> str:
-        if p.parsed and p.parsed.from_ and p.parsed.from_.addr:
-            return p.parsed.from_.addr.lower()
+        author = _author(p.parsed)
+        if author is not None:
+            return author.addr.lower()
         return (p.envelope.mail_from or "").lower()
 
     def _actor(self, p: Prepared) -> str:
         return self._sender(p) or "unknown"
+
+
+def _author(msg: ParsedMessage | None) -> Address | None:
+    """Who wrote the mail: From, else Sender, else Reply-To (some clients and forwarders omit From)."""
+    if msg is None:
+        return None
+    for candidate in (msg.from_, msg.sender, *msg.reply_to):
+        if candidate is not None and candidate.addr:
+            return candidate
+    return None
 
 
 def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:

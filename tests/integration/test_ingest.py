@@ -442,3 +442,10 @@ def test_smtp_login_vouches_only_for_its_own_address(app: Any) -> None:
     as_alice = make_mail(sender="alice@example.com", in_reply_to=message_id_of(first))
     ingest(app, as_alice, Envelope("alice@example.com", ("support@example.com",), auth_user="bob"))
     assert ticket(app, 1).status == "new"
+
+
+def test_mail_without_from_takes_its_author_from_sender_or_reply_to(app: Any) -> None:
+    raw = b"Reply-To: Dana <dana@customer.example>\r\nTo: support@example.com\r\nSubject: no from\r\nMessage-ID: <nofrom@x>\r\n\r\nhi\r\n"
+    out = ingest(app, raw)
+    t = ticket(app, out.ticket)
+    assert (t.customer, t.customer_name) == ("dana@customer.example", "Dana")
