@@ -137,7 +137,8 @@ class OutboxSender:
         # one delivery is a handful of SMTP round trips, each bounded by the timeout; a batch
         # starts no delivery that could outlast its lease (else another sender could claim it)
         self.worst_delivery = SMTP_STEPS * timeout
-        self.lease = timedelta(seconds=max(600.0, 2 * self.worst_delivery))
+        # a node that dies holding claimed rows delays them by at most this long
+        self.lease = timedelta(seconds=max(60.0, 2 * self.worst_delivery))
         out = settings.outbound
         if (
             out.username

@@ -4,6 +4,7 @@ twice, and when one node is killed the other takes over its mailbox and its queu
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import smtplib
 import threading
@@ -15,11 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.fixtures.dovecot import PASSWORD, DovecotServer, dovecot, dovecot_factory  # noqa: F401
+from tests.fixtures.dovecot import PASSWORD, DovecotServer
 from tests.fixtures.smtp_sink import SmtpSink
 from tests.helpers_daemon import DaemonProcess, free_port
 from tests.mail import make_mail
 
+pytest_plugins = ("tests.fixtures.dovecot",)
 LEASE_TTL = 3
 
 
@@ -112,10 +114,8 @@ class Client:
             else:
                 raise AssertionError(f"{mid} could not be delivered to any node")
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
                 conn.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
 
     def run(
         self, items: list[tuple[str, bytes]], threads_per_node: int = 4
@@ -159,7 +159,7 @@ def test_two_nodes_then_one_killed(
     pg_url: str,
     dovecot: DovecotServer,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MB_TEST_IMAP_PASSWORD", PASSWORD)
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
