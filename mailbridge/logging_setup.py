@@ -63,3 +63,5 @@ def configure(log: Any, stream: TextIO | None = None) -> None:
         smtp_log.addFilter(_DropAiosmtpdNoise())
     # alembic announces each migration step at INFO: useful once, noise on every start
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    # APScheduler announces every job it adds and runs; our sweeps log what they change instead
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
