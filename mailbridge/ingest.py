@@ -261,7 +261,8 @@ class Ingestor:
                 )
         now = self.clock()
         verdict = classify.classify(msg, p.envelope, p.source, self.policy)
-        recipients = [*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc))]
+        delivered = (*msg.headers.get("delivered-to", ()), *msg.headers.get("x-original-to", ()))
+        recipients = [*p.envelope.rcpt_tos, *(a.addr for a in (*msg.to, *msg.cc)), *delivered]
         keys = correlate.thread_keys(msg, recipients, self.tokens, self.tagger)
         found = self._thread(session, keys, msg, verdict)
 

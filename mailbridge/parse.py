@@ -59,6 +59,9 @@ CLASSIFY_HEADERS = frozenset(
         "x-ms-exchange-generated-message-source",
         "x-spam-flag",
         "thread-topic",
+        # where the mail was delivered: a Bcc'd token address shows only here (Gmail, Postfix)
+        "delivered-to",
+        "x-original-to",
     }
 )
 

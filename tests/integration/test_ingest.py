@@ -449,3 +449,14 @@ def test_mail_without_from_takes_its_author_from_sender_or_reply_to(app: Any) ->
     out = ingest(app, raw)
     t = ticket(app, out.ticket)
     assert (t.customer, t.customer_name) == ("dana@customer.example", "Dana")
+
+
+def test_token_in_delivered_to_threads_a_bcc_copy(app: Any) -> None:
+    ingest(app, make_mail())
+    token = ticket(app, 1).token
+    bcc = make_mail(
+        subject="fwd",
+        to="someone@else.example",
+        headers={"Delivered-To": f"support+{token}@example.com"},
+    )
+    assert ingest(app, bcc).ticket == 1
