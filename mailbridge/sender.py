@@ -5,6 +5,11 @@ transaction (`claim_outbox` pushes `next_attempt_at` past a lease, SKIP LOCKED),
 before any SMTP traffic; the result is recorded in a second transaction per row. Only a crash
 between the smarthost's 250 and that second commit can send a row twice, after the lease.
 
+Queued mail arrives without its bytes (see `outbound.py`): after claiming a batch the sender writes
+the MIME bytes of such rows from their spec, outside any transaction, and stores them on the row
+and on the ticket's outbound copy in one short transaction before the first attempt; a retry sends
+the same bytes again.
+
 4xx replies and connection trouble are retried with capped exponential backoff (plus jitter) up
 to `max_attempts`; 5xx replies fail the row at once, keeping the server's reply as the reason.
 """
@@ -21,15 +26,18 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mailbridge import lifecycle
 from mailbridge.clock import Clock, system_clock
+from mailbridge.compose import Pending, Written, attachments_of, size_of, write
 from mailbridge.errors import DeliveryError, StorageUnavailable
+from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.outbound import Outbound
 from mailbridge.storage import repository as repo
+from mailbridge.storage.models import Attachment
 
 if TYPE_CHECKING:
     from mailbridge.app import App
@@ -53,7 +61,17 @@ class Job:
     kind: str
     mail_from: str
     rcpt_tos: tuple[str, ...]
-    raw: bytes
+    raw: bytes | None  # None: the mail could not be written
+
+
+@dataclass(frozen=True, slots=True)
+class Unwritten:
+    """A claimed row still without bytes, and what writing them needs from the database."""
+
+    pending: Pending | None  # None: the spec cannot be read
+    message_pk: int | None
+    known: list[str]  # the ticket's Message-IDs when the mail was queued (its References)
+    attach_raw: bytes | None  # the stored mail whose attachments go along
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +222,75 @@ class OutboxSender:
                     Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw)
                     for r in rows
                 ]
+                unwritten = self._unwritten(session, rows)
             if not jobs:
                 break
+            if unwritten:
+                jobs = self._write(jobs, unwritten)
             sent += self._deliver_batch(jobs, now)
             if len(jobs) < self.batch_size:
                 break
         return sent
+
+    def _unwritten(self, session: Any, rows: list[Any]) -> dict[int, Unwritten]:
+        """For claimed rows without bytes: their spec, References and attachment source."""
+        specs = repo.outbox_specs(session, [r.id for r in rows if r.raw is None])
+        found: dict[int, Unwritten] = {}
+        for row in rows:
+            if row.id not in specs:
+                continue
+            try:
+                pending: Pending | None = Pending.from_json(specs[row.id])
+            except (ValueError, TypeError, KeyError):
+                log.exception("outbox #%s: unreadable spec", row.id)
+                pending = None
+            known: list[str] = []
+            if row.message_pk is not None and row.ticket_number is not None:
+                known = repo.message_ids_before(session, row.ticket_number, row.message_pk)
+            found[row.id] = Unwritten(pending, row.message_pk, known, None)
+        sources = repo.raw_of_messages(
+            session,
+            [u.pending.attach_pk for u in found.values() if u.pending and u.pending.attach_pk],
+        )
+        return {
+            pk: replace(u, attach_raw=sources.get(u.pending.attach_pk))
+            if u.pending and u.pending.attach_pk
+            else u
+            for pk, u in found.items()
+        }
+
+    def _write(self, jobs: list[Job], unwritten: dict[int, Unwritten]) -> list[Job]:
+        """Write the mails of `unwritten` (no transaction open), then store them in one."""
+        written: dict[int, Written | None] = {}
+        for pk, u in unwritten.items():
+            parts = attachments_of(u.attach_raw) if u.attach_raw else []
+            written[pk] = write(u.pending, u.known, parts) if u.pending else None
+        saved = []
+        for pk, w in written.items():
+            u = unwritten[pk]
+            if w is None or u.pending is None:
+                continue
+            chash = content_hash(w.raw)
+            copy = {
+                "dedup_key": dedup_key(u.pending.message_id, chash),
+                "content_hash": chash,
+                "size": len(w.raw),
+                "subject": w.subject,
+                "body_text": w.body,
+            }
+            files = [
+                Attachment(filename=p.filename, content_type=p.content_type, size=size_of(p))
+                for p in w.attachments
+            ]
+            saved.append(repo.Written(pk, w.raw, u.message_pk, copy, files))
+        with self.store.unit() as session:
+            repo.save_written(session, saved)
+        return [
+            replace(job, raw=w.raw if (w := written[job.id]) else None)
+            if job.id in written
+            else job
+            for job in jobs
+        ]
 
     def _deliver_batch(self, jobs: list[Job], now: datetime | None) -> int:
         """One connection for the batch; reconnect after any error, since its state is unknown."""
@@ -224,7 +305,9 @@ class OutboxSender:
                 if index and (out_of_time or self._stopping.is_set()):
                     self._release(jobs[index:], now)
                     break
-                if connect_error is not None:
+                if job.raw is None:
+                    result = Result(False, "the mail could not be written", permanent=True)
+                elif connect_error is not None:
                     result = connect_error  # the smarthost is unreachable: do not hammer it
                 else:
                     try:
@@ -248,7 +331,7 @@ class OutboxSender:
         """Connect, EHLO, STARTTLS and AUTH as configured; any failure is temporary for the mail."""
         out = self.settings.outbound
         timeout = out.timeout.total_seconds()
-        context = self.tls_context or ssl.create_default_context()
+        context = self._context() if out.starttls or out.port == 465 else None
         try:
             if out.port == 465 and not out.starttls:  # submissions: TLS from the first byte
                 conn: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -274,7 +357,14 @@ class OutboxSender:
                 permanent=False,
             ) from exc
 
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context: the one given, else the default, built once (it reads the CA store)."""
+        if self.tls_context is None:
+            self.tls_context = ssl.create_default_context()
+        return self.tls_context
+
     def _send(self, conn: smtplib.SMTP, job: Job) -> Result:
+        assert job.raw is not None
         # 8-bit content (a forwarded message/rfc822, say) needs BODY=8BITMIME where offered
         options = ["BODY=8BITMIME"] if not job.raw.isascii() and conn.has_extn("8bitmime") else []
         try:

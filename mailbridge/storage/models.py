@@ -243,7 +243,10 @@ class Outbox(Base):
     rcpt_key: Mapped[str] = mapped_column(
         CleanString(320)
     )  # first recipient, lowercased (rate limits)
-    raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    # NULL until the sender writes the mail from `spec` (JSON of a compose.Pending), just
+    # before its first delivery attempt; `spec` is cleared then
+    raw: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    spec: Mapped[str | None] = deferred(mapped_column(CleanText))
     state: Mapped[str] = mapped_column(CleanString(16), default="queued")  # queued | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)

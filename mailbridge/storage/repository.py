@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached, undefer
@@ -189,15 +190,17 @@ def add_ticket(session: Session, ticket: Ticket) -> Ticket:
     return ticket
 
 
+_COUNT_NEW_TICKETS_FROM = (
+    select(func.count())
+    .select_from(Ticket)
+    .where(Ticket.customer == bindparam("customer"), Ticket.created_at >= bindparam("since"))
+)
+
+
 def count_new_tickets_from(session: Session, customer: str, since: datetime) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Ticket)
-            .where(Ticket.customer == customer, Ticket.created_at >= since)
-        )
-        or 0
-    )
+    # built once: it runs for every new ticket from a live source (the flood guard)
+    params = {"customer": customer, "since": since}
+    return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
 
 
 def count_quarantined_from(session: Session, sender: str, reason: str, since: datetime) -> int:
@@ -375,6 +378,40 @@ def message_ids_of_ticket(session: Session, number: int, limit: int = 20) -> lis
     )
 
 
+def message_ids_before(
+    session: Session, number: int, before_pk: int, limit: int = 1000
+) -> list[str]:
+    """The ticket's Message-IDs stored before message `before_pk`, oldest first (the References
+    of an outbound mail written after it was queued: what the ticket held then)."""
+    return list(
+        session.scalars(
+            select(Message.message_id)
+            .where(
+                Message.ticket_number == number,
+                Message.id < before_pk,
+                Message.message_id.is_not(None),
+            )
+            .order_by(Message.id)
+            .limit(limit)
+        )
+    )
+
+
+def last_customer_message_id(session: Session, number: int) -> str | None:
+    """The Message-ID of the ticket's latest customer mail that has one."""
+    return session.scalar(
+        select(Message.message_id)
+        .where(
+            Message.ticket_number == number,
+            Message.author_kind == "customer",
+            Message.message_id.is_not(None),
+            Message.message_id != "",
+        )
+        .order_by(Message.stored_at.desc(), Message.id.desc())
+        .limit(1)
+    )
+
+
 def last_inbound_message(session: Session, number: int) -> Message | None:
     return session.scalar(
         select(Message)
@@ -426,15 +463,126 @@ def add_outbox(session: Session, row: Outbox) -> Outbox:
     return row
 
 
-def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Outbox)
-            .where(Outbox.kind == kind, Outbox.rcpt_key == rcpt_key, Outbox.created_at >= since)
-        )
-        or 0
+_ADD_OUTBOUND = insert(Message.__table__).returning(  # type: ignore[arg-type]
+    Message.__table__.c.id,  # type: ignore[attr-defined]
+    sort_by_parameter_order=True,
+)
+
+
+def queue_outbound(
+    session: Session,
+    number: int,
+    messages: Sequence[dict[str, Any]],
+    outbox: Sequence[dict[str, Any]],
+) -> list[int]:
+    """Outbound mail for a ticket in three statements, whatever their number: the copies stored
+    on the ticket, their Message-IDs indexed for threading, and their outbox rows (each pointing
+    at its copy). Returns the copies' ids, in order."""
+    if not messages:
+        return []
+    ids = [int(pk) for pk in session.execute(_ADD_OUTBOUND, list(messages)).scalars()]
+    add_thread_keys(session, number, [m["message_id"] for m in messages])
+    session.execute(
+        insert(Outbox.__table__),  # type: ignore[arg-type]
+        [row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)],
     )
+    return ids
+
+
+def outbox_specs(session: Session, ids: Sequence[int]) -> dict[int, str]:
+    """id -> spec of those rows that still wait for their bytes to be written."""
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Outbox.id, Outbox.spec).where(
+            Outbox.id.in_(list(ids)), Outbox.raw.is_(None), Outbox.spec.is_not(None)
+        )
+    )
+    return {pk: spec for pk, spec in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A mail the sender wrote: its bytes for outbox row `outbox_pk`, and for the ticket's copy
+    (`message_pk`, None once purged) its hash, size, subject and body and attachment rows."""
+
+    outbox_pk: int
+    raw: bytes
+    message_pk: int | None
+    copy: dict[str, Any]  # dedup_key, content_hash, size, subject, body_text
+    attachments: Sequence[Attachment]
+
+
+_SAVE_OUTBOX_RAW = (
+    update(Outbox.__table__)  # type: ignore[arg-type]
+    .where(Outbox.__table__.c.id == bindparam("b_id"))  # type: ignore[attr-defined]
+    .values(raw=bindparam("raw"), spec=None)
+)
+_SAVE_COPY = (
+    update(Message.__table__)  # type: ignore[arg-type]
+    .where(Message.__table__.c.id == bindparam("b_id"))  # type: ignore[attr-defined]
+    .values(
+        raw=bindparam("raw"),
+        dedup_key=bindparam("dedup_key"),
+        content_hash=bindparam("content_hash"),
+        size=bindparam("size"),
+        subject=bindparam("subject"),
+        body_text=bindparam("body_text"),
+    )
+)
+
+
+def save_written(session: Session, written: Sequence[Written]) -> None:
+    """Store what the sender wrote: the bytes on each outbox row (whose spec is done with), and
+    on the ticket's outbound copy with their hash, size and attachment rows."""
+    if not written:
+        return
+    session.execute(_SAVE_OUTBOX_RAW, [{"b_id": w.outbox_pk, "raw": w.raw} for w in written])
+    copies = [w for w in written if w.message_pk is not None]
+    alive = set(
+        session.scalars(select(Message.id).where(Message.id.in_([w.message_pk for w in copies])))
+    )
+    copies = [w for w in copies if w.message_pk in alive]  # not purged meanwhile
+    if not copies:
+        return
+    session.execute(_SAVE_COPY, [{"b_id": w.message_pk, "raw": w.raw, **w.copy} for w in copies])
+    files = [
+        {
+            "message_pk": w.message_pk,
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "size": a.size,
+        }
+        for w in copies
+        for a in w.attachments
+    ]
+    if files:
+        session.execute(insert(Attachment.__table__), files)  # type: ignore[arg-type]
+
+
+def raw_of_messages(session: Session, pks: Sequence[int]) -> dict[int, bytes]:
+    """pk -> raw bytes of those stored messages that still exist."""
+    if not pks:
+        return {}
+    rows = session.execute(select(Message.id, Message.raw).where(Message.id.in_(list(set(pks)))))
+    return {pk: raw for pk, raw in rows}
+
+
+_COUNT_OUTBOX_TO = (
+    select(func.count())
+    .select_from(Outbox)
+    .where(
+        Outbox.kind == bindparam("kind"),
+        Outbox.rcpt_key == bindparam("rcpt_key"),
+        Outbox.created_at >= bindparam("since"),
+    )
+)
+
+
+def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime) -> int:
+    # built once: building the statement costs more than running it (live ingest, per ack)
+    params = {"kind": kind, "rcpt_key": rcpt_key, "since": since}
+    return session.scalar(_COUNT_OUTBOX_TO, params) or 0
 
 
 def claim_outbox(

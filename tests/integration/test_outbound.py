@@ -202,6 +202,32 @@ def test_outbound_mail_is_stored_on_the_ticket_and_replies_to_it_thread(
     assert reply.reason.startswith("in-reply-to")
 
 
+def test_the_bytes_are_written_at_delivery_and_kept_as_sent(
+    make_desk: MakeDesk, sink: SmtpSink, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url)
+    number = desk.customer(attachments=[("photo.png", "image/png", b"\x89PNG fire")])[0].ticket
+    # ingest decided and stored everything but the MIME bytes: those wait for the sender
+    rows = desk.outbox()
+    assert [(r.kind, r.state) for r in rows] == [("ack", "queued"), ("notify", "queued")]
+    ids = [r.id for r in rows]
+    with desk.app.store.unit() as session:
+        assert repo.outbox_specs(session, ids).keys() == set(ids)
+    arrived = {r.rcpt_tos: r.content for r in desk.deliver()}
+    with desk.app.store.unit() as session:
+        assert repo.outbox_specs(session, ids) == {}
+        for row in rows:
+            copy = repo.get_message(session, row.message_pk, with_raw=True)
+            stored = repo.get_outbox(session, row.id).raw
+            # the copy on the ticket is byte for byte what the smarthost received
+            assert copy.raw == stored == arrived[(row.rcpt_tos,)]
+            assert copy.size == len(copy.raw) and copy.content_hash
+            assert copy.subject == parse(copy.raw).subject
+            files = [(a.filename, a.size) for a in copy.attachments]
+            assert files == ([("photo.png", 9)] if row.kind == "notify" else [])
+    assert number is not None
+
+
 def test_a_relay_that_rewrites_message_ids_cannot_break_the_thread(
     make_desk: MakeDesk, sink: SmtpSink
 ) -> None:
