@@ -173,7 +173,12 @@ class Ingestor:
     def _commit(self, prepared: list[Prepared], careful: bool) -> list[Outcome]:
         with self.store.unit() as session:
             seen = _Seen(*repo.known_dedup_keys(session, [p.dedup_key for p in prepared]))
-            return [self._one(session, p, seen, careful) for p in prepared]
+            if not careful:
+                # savepoints would roll back rows written directly but not held-back ones
+                repo.defer_writes(session)
+            outcomes = [self._one(session, p, seen, careful) for p in prepared]
+            repo.flush_deferred(session)
+            return outcomes
 
     def explain(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
         """Decide like `accept` and say why, but write nothing (`ingest --dry-run`)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -95,7 +95,44 @@ def tickets_for_message_ids(session: Session, message_ids: Sequence[str]) -> dic
     rows = session.execute(
         select(ThreadKey.key, ThreadKey.ticket_number).where(ThreadKey.key.in_(list(keys)))
     )
-    return {keys[k]: n for k, n in rows}
+    found = {keys[k]: n for k, n in rows}
+    if (pending := _deferred(session)) is not None:
+        for key, mid in keys.items():
+            if mid not in found and key in pending.thread_keys:
+                found[mid] = int(pending.thread_keys[key]["ticket_number"])  # type: ignore[call-overload]
+    return found
+
+
+# --- deferred writes ---------------------------------------------------------------------
+
+
+@dataclass
+class _Deferred:
+    """Rows nobody needs an id of (events, participants, Message-ID index), written once per batch
+    with executemany instead of one statement per message; reads below see them meanwhile."""
+
+    events: list[dict[str, object]] = field(default_factory=list)
+    participants: dict[tuple[int, str], dict[str, object]] = field(default_factory=dict)
+    thread_keys: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def defer_writes(session: Session) -> None:
+    session.info["deferred"] = _Deferred()
+
+
+def _deferred(session: Session) -> _Deferred | None:
+    return session.info.get("deferred")
+
+
+def flush_deferred(session: Session) -> None:
+    """Write what `defer_writes` held back; the unit of work must call this before it commits."""
+    pending = session.info.pop("deferred", None)
+    if pending is None:
+        return
+    _insert_ignore(session, ThreadKey, list(pending.thread_keys.values()))
+    _insert_ignore(session, Participant, list(pending.participants.values()))
+    if pending.events:
+        session.execute(insert(Event), pending.events)
 
 
 def ticket_for_thread_index(session: Session, thread_index: str) -> int | None:
@@ -127,6 +164,9 @@ def latest_follow_up(session: Session, number: int) -> int | None:
 
 
 def is_participant(session: Session, number: int, address: str) -> bool:
+    pending = _deferred(session)
+    if pending is not None and (number, address.lower()) in pending.participants:
+        return True
     return (
         session.scalar(
             select(Participant.id).where(
@@ -138,17 +178,24 @@ def is_participant(session: Session, number: int, address: str) -> bool:
 
 
 def participants(session: Session, number: int) -> list[str]:
-    return list(
+    found = list(
         session.scalars(
             select(Participant.address)
             .where(Participant.ticket_number == number)
             .order_by(Participant.id)
         )
     )
+    if (pending := _deferred(session)) is not None:
+        found += [a for (n, a) in pending.participants if n == number and a not in found]
+    return found
 
 
 def add_participants(session: Session, number: int, addresses: Iterable[tuple[str, str]]) -> None:
     rows = [{"ticket_number": number, "address": a.lower(), "role": r} for a, r in addresses if a]
+    if (pending := _deferred(session)) is not None:
+        for row in rows:
+            pending.participants.setdefault((number, str(row["address"])), row)
+        return
     _insert_ignore(session, Participant, rows)
 
 
@@ -159,6 +206,10 @@ def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -
         for m in dict.fromkeys(message_ids)
         if m
     ]
+    if (pending := _deferred(session)) is not None:
+        for row in rows:
+            pending.thread_keys.setdefault(str(row["key"]), row)
+        return
     _insert_ignore(session, ThreadKey, rows)
 
 
@@ -268,7 +319,9 @@ def add_events(
         }
         for r in records
     ]
-    if rows:
+    if (pending := _deferred(session)) is not None:
+        pending.events.extend(rows)
+    elif rows:
         session.execute(insert(Event), rows)
 
 
