@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached, undefer
@@ -67,20 +67,27 @@ def known_dedup_keys(
     if not keys:
         return {}, {}
     unique = list(set(keys))
-    known: dict[str, int] = dict(
-        session.execute(
-            select(Message.dedup_key, Message.ticket_number).where(Message.dedup_key.in_(unique))
-        ).all()  # type: ignore[arg-type]
-    )
-    for key in session.scalars(select(Tombstone.dedup_key).where(Tombstone.dedup_key.in_(unique))):
-        known.setdefault(key, 0)
-    held: dict[str, int] = dict(
-        session.execute(
-            select(Quarantine.dedup_key, Quarantine.id).where(
+    # one round trip for the three places a key can be: this runs once per group commit
+    rows = session.execute(
+        union_all(
+            select(Message.dedup_key, Message.ticket_number, literal("m")).where(
+                Message.dedup_key.in_(unique)
+            ),
+            select(Tombstone.dedup_key, literal(0), literal("t")).where(
+                Tombstone.dedup_key.in_(unique)
+            ),
+            select(Quarantine.dedup_key, Quarantine.id, literal("q")).where(
                 Quarantine.dedup_key.in_(unique), Quarantine.state == "held"
-            )
-        ).all()  # type: ignore[arg-type]
-    )
+            ),
+        )
+    ).all()
+    known: dict[str, int] = {}
+    held: dict[str, int] = {}
+    for key, number, where in rows:
+        if where == "q":
+            held[key] = number
+        elif where == "m" or key not in known:
+            known[key] = number
     return known, held
 
 
