@@ -410,6 +410,10 @@ def message_raw(ctx: Ctx, pk: int) -> None:
         m = repo.get_message(session, pk, with_raw=True)
         if m is None:
             raise NotFound(f"no message {pk}")
+        if not m.raw and m.direction == "outbound":
+            raise Refused(
+                f"message {pk} is queued in the outbox: its bytes are written when it is sent"
+            )
         raw = m.raw
     sys.stdout.buffer.write(raw)
     sys.stdout.buffer.flush()
