@@ -219,3 +219,25 @@ def test_console_script_runs(tmp_path: Path) -> None:
         text=True,
     )
     assert usage.returncode == 2
+
+
+def test_message_raw_of_a_queued_outbound_mail_says_why(tmp_path: Path, sqlite_url: str) -> None:
+    from mailbridge.app import App
+    from mailbridge.config import load_settings
+    from mailbridge.envelope import Envelope, Source
+
+    config = tmp_path / "ack.toml"
+    config.write_text(
+        f'[database]\nurl = "{sqlite_url}"\n[smtp]\naddresses = ["support@example.com"]\n[tickets]\nacknowledge = true\n'
+    )
+    app = App.build(load_settings(config))
+    app.ingestor.accept(
+        make_mail(),
+        Envelope("carol@customer.example", ("support@example.com",)),
+        Source("smtp", "test"),
+    )
+    app.close()
+    show = json.loads(run(config, "ticket", "show", "1", "--json").stdout)
+    (ack,) = [m for m in show["messages"] if m["direction"] == "outbound"]
+    result = run(config, "message", "raw", str(ack["id"]))
+    assert result.exit_code == 1 and "queued in the outbox" in result.stderr
