@@ -158,17 +158,22 @@ def test_watchdog_is_pinged_when_systemd_asks(tmp_path: Path, config: Path) -> N
         assert proc.terminate() == 0
 
 
-def test_invalid_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[smtp]\nlisten = "127.0.0.1:2525"\nmax_recipients = "many"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "mailbridge", "--config", str(bad), "run"],
-        cwd=tmp_path,
+def run_once(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`mailbridge run` expected to exit on its own (bad config), with its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
+        cwd=cwd,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_invalid_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[smtp]\nlisten = "127.0.0.1:2525"\nmax_recipients = "many"\n')
+    result = run_once(bad, tmp_path)
     assert result.returncode == 2
     assert f"{bad}:3: smtp.max_recipients: expected an integer" in result.stderr
 
@@ -182,14 +187,7 @@ def test_broken_users_file_exits_2(tmp_path: Path, sqlite_url: str) -> None:
         f"127.0.0.1:{free_port()}",
         f'auth_users_file = "{users}"\nauth_require_tls = false',
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_once(config, tmp_path)
     assert result.returncode == 2
     assert f"{users}:1: auth_users_file: unknown hash scheme" in result.stderr
 
