@@ -161,15 +161,6 @@ def get_ticket(session: Session, number: int, lock: bool = False) -> Ticket | No
     return session.get(Ticket, number)
 
 
-def latest_follow_up(session: Session, number: int) -> int | None:
-    return session.scalar(
-        select(Ticket.number)
-        .where(Ticket.follow_up_of == number)
-        .order_by(Ticket.number.desc())
-        .limit(1)
-    )
-
-
 def is_participant(session: Session, number: int, address: str) -> bool:
     pending = _deferred(session)
     if pending is not None and (number, address.lower()) in pending.participants:
@@ -259,21 +250,6 @@ def count_new_tickets_from(session: Session, customer: str, since: datetime) -> 
     # built once: it runs for every new ticket from a live source (the flood guard)
     params = {"customer": customer, "since": since}
     return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
-
-
-def count_quarantined_from(session: Session, sender: str, reason: str, since: datetime) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Quarantine)
-            .where(
-                Quarantine.sender == sender,
-                Quarantine.reason == reason,
-                Quarantine.created_at >= since,
-            )
-        )
-        or 0
-    )
 
 
 def list_tickets(session: Session, status: str | None = None) -> list[tuple[Ticket, int]]:
@@ -420,24 +396,6 @@ def get_message(session: Session, pk: int, with_raw: bool = False) -> Message | 
     return session.get(Message, pk, options=opts)
 
 
-def first_message(session: Session, number: int) -> Message | None:
-    return session.scalar(
-        select(Message).where(Message.ticket_number == number).order_by(Message.id).limit(1)
-    )
-
-
-def message_ids_of_ticket(session: Session, number: int, limit: int = 20) -> list[str]:
-    """The ticket's Message-IDs, oldest first (for References of outbound mail)."""
-    return list(
-        session.scalars(
-            select(Message.message_id)
-            .where(Message.ticket_number == number, Message.message_id.is_not(None))
-            .order_by(Message.id)
-            .limit(limit)
-        )
-    )
-
-
 def message_ids_before(
     session: Session, number: int, before_pk: int, limit: int = 1000
 ) -> list[str]:
@@ -472,15 +430,6 @@ def last_customer_message_id(session: Session, number: int) -> str | None:
     )
 
 
-def last_inbound_message(session: Session, number: int) -> Message | None:
-    return session.scalar(
-        select(Message)
-        .where(Message.ticket_number == number, Message.direction == "inbound")
-        .order_by(Message.id.desc())
-        .limit(1)
-    )
-
-
 # --- quarantine --------------------------------------------------------------------------
 
 
@@ -504,14 +453,6 @@ def list_quarantine(
 def get_quarantine(session: Session, pk: int, with_raw: bool = False) -> Quarantine | None:
     opts = [undefer(Quarantine.raw)] if with_raw else []
     return session.get(Quarantine, pk, options=opts)
-
-
-def held_quarantine_for(session: Session, dedup_key: str) -> Quarantine | None:
-    return session.scalar(
-        select(Quarantine)
-        .where(Quarantine.dedup_key == dedup_key, Quarantine.state == "held")
-        .limit(1)
-    )
 
 
 # --- outbox ------------------------------------------------------------------------------
