@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -174,6 +175,15 @@ def connect(port: int) -> smtplib.SMTP:
     return smtp
 
 
+def run_clients(worker: Callable[[], None], clients: int) -> None:
+    """`clients` threads, each one connection running `worker` until it returns."""
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def run_fixed_rate(
     port: int, rate: float, duration: float, clients: int, messages: Messages
 ) -> Result:
@@ -202,11 +212,7 @@ def run_fixed_rate(
         finally:
             smtp.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(worker, clients)
     return result
 
 
@@ -225,11 +231,7 @@ def run_max(port: int, duration: float, clients: int, messages: Messages) -> Res
         finally:
             smtp.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(worker, clients)
     return result
 
 
