@@ -193,7 +193,11 @@ _ROWS = (
     (Kind.DELETE, "delete"),
     (Kind.RESTORE, "restore"),
 )
-_SHOWN = {NEW_TICKET: "NEW ticket, linked", BEFORE: "status before", WOKEN: "open (new if it was new)"}
+_SHOWN = {
+    NEW_TICKET: "NEW ticket, linked",
+    BEFORE: "status before",
+    WOKEN: "open (new if it was new)",
+}
 
 
 def markdown_table() -> str:
