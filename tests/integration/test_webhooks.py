@@ -26,6 +26,7 @@ from mailbridge.lifecycle import Record
 from mailbridge.metrics import Metrics
 from mailbridge.sender import OutboxSender
 from mailbridge.storage import repository as repo
+from mailbridge.sweeps import Sweeps
 from tests.mail import make_mail
 
 SECRET = "s3cret-for-tests"
@@ -235,6 +236,33 @@ def test_an_event_whose_transaction_rolled_back_is_never_posted(
     sender.deliver_due()
     assert [p.json["event"] for p in receiver.posts] == ["resolve"]
     assert len(outbox(app)) == 1
+
+
+def test_agent_replies_and_time_rules_post_too(
+    make_app: Callable[..., App], sqlite_url: str, clock: FixedClock, receiver: Receiver
+) -> None:
+    rule = (
+        '[[rules]]\nname = "auto-resolve"\nwhen = "answered"\nidle_for = "7d"\nthen = "resolved"\n'
+    )
+    app = make_app(sqlite_url, rule + hook_config(receiver.url, '["message", "resolve"]'))
+    sender = OutboxSender(app.store, app.settings, clock)
+    number = customer_mail(app)
+    with app.store.unit() as session:
+        (first,) = [m for m in repo.ticket_messages(session, number) if m.direction == "inbound"]
+    reply = make_mail(
+        sender="alice@example.com", subject="Re", body="Fixed.\n", in_reply_to=first.message_id
+    )
+    app.ingestor.accept(reply, Envelope(auth_user="alice"), LIVE)
+    clock.advance(days=8)
+    Sweeps(app.store, app.settings, clock, app.outbound).run(clock())
+
+    sender.deliver_due()
+    posts = sorted(receiver.posts, key=lambda p: p.json["at"])
+    assert [(p.json["event"], p.json["detail"]["actor"]) for p in posts] == [
+        ("agent-reply", "alice@example.com"),
+        ("resolve", "rule:auto-resolve"),
+    ]
+    assert [p.json["ticket"]["status"] for p in posts] == ["answered", "resolved"]
 
 
 def test_two_senders_on_postgresql_post_each_event_once(
