@@ -12,6 +12,8 @@ from mailbridge.correlate import Tokens
 from mailbridge.ingest import Ingestor
 from mailbridge.outbound import Outbound
 from mailbridge.storage import Store, open_store
+from mailbridge.storage import repository as repo
+from mailbridge.webhooks import Subscriptions
 
 
 @dataclass
@@ -32,13 +34,22 @@ class App:
         store = store or open_store(settings.database.url, settings.database.pool_size)
         outbound = Outbound(settings, clock)
         ingestor = Ingestor(store, settings, clock, outbound)
-        return cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
+        app = cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
+        app.install_webhooks()
+        return app
+
+    def install_webhooks(self) -> None:
+        """Every event written through this store queues the posts its `[[webhooks]]` want."""
+        hooks = self.settings.webhooks
+        subscriptions = Subscriptions(hooks, self.reply_to) if hooks else None
+        repo.install_webhooks(self.store.sessions, subscriptions)
 
     def reconfigure(self, settings: Settings) -> None:
         """Take reloaded settings everywhere the core derives state from them."""
         self.ingestor.configure(settings)
         self.outbound.configure(settings)
         self.settings = settings
+        self.install_webhooks()
 
     def reply_to(self, token: str) -> str:
         return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(

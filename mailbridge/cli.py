@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -451,18 +452,38 @@ def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--html", "html_file", metavar="FILE", help="write a self-contained page of charts")
+@click.option("--since", metavar="WHEN", help="only tickets created from then on (e.g. 2026-11-01)")
+@click.option("--until", metavar="WHEN", help="only tickets created before then")
 @pass_ctx
 @handled
-def report(ctx: Ctx, as_json: bool) -> None:
+def report(
+    ctx: Ctx, as_json: bool, html_file: str | None, since: str | None, until: str | None
+) -> None:
     """Lifecycle analytics: tickets per status, response and resolution times, reopen rate."""
     from mailbridge.report import build_report, render
 
     app = ctx.app
-    data = build_report(app.store, app.clock())
+    now = app.clock()
+    start = _report_when(since, now) if since else None
+    end = _report_when(until, now) if until else None
+    data = build_report(app.store, now, start, end)
+    if html_file:
+        from mailbridge.report_html import render_html
+
+        Path(html_file).write_text(render_html(data), encoding="utf-8")
+        click.echo(f"wrote {html_file}", err=True)
     if as_json:
         emit_json(data)
-    else:
+    elif not html_file:
         click.echo(render(data), nl=False)
+
+
+def _report_when(value: str, now: datetime) -> datetime:
+    when = parse_when(value, now)
+    # a duration looks back here ("7d": a week ago), where for postpone it looks ahead
+    relative = re.fullmatch(r"\s*\d+\s*[a-zA-Z]+\s*", value)
+    return now - (when - now) if relative else when
 
 
 def main(argv: list[str] | None = None) -> int:

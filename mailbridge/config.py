@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -410,6 +411,55 @@ class Rule(_Section):
         return self
 
 
+def _webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value
+
+
+def _webhook_events(value: tuple[str, ...]) -> tuple[str, ...]:
+    from mailbridge.webhooks import EVENT_NAMES  # the names live beside the code that matches them
+
+    unknown = [name for name in value if name not in EVENT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown event {unknown[0]!r} (one of: {', '.join(sorted(EVENT_NAMES))})")
+    if not value:
+        raise ValueError("list at least one event")
+    return value
+
+
+class Webhook(_Section):
+    name: str
+    url: Annotated[str, AfterValidator(_webhook_url)]
+    events: Annotated[tuple[str, ...], AfterValidator(_webhook_events)]
+    secret_env: EnvName | None = None
+    secret_file: FilePath | None = None
+    timeout: Duration = timedelta(seconds=10)
+    _secret: Secret | None = PrivateAttr(default=None)
+
+    @property
+    def secret(self) -> Secret:
+        assert self._secret is not None  # validation guarantees one
+        return self._secret
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Webhook:
+        if self.secret_env and self.secret_file:
+            _reject("webhooks", [(("secret_file",), "set only one of secret_env, secret_file")])
+        if not (self.secret_env or self.secret_file):
+            # an unsigned post could come from anyone: receivers must be able to check
+            _reject("webhooks", [((), "needs secret_env or secret_file (the HMAC key)")])
+        if self.secret_file is not None:
+            try:
+                self._secret = Secret(self.secret_file.read_text(encoding="utf-8").strip())
+            except (OSError, UnicodeDecodeError) as exc:
+                _reject("webhooks", [(("secret_file",), f"cannot read {self.secret_file}: {exc}")])
+        else:
+            self._secret = Secret(_environ(info)[str(self.secret_env)])
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -435,6 +485,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
+    webhooks: tuple[Webhook, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)
 
     @property
@@ -520,7 +571,7 @@ def parse_settings(
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     # checked on the raw tables, so a duplicate is reported even beside other errors
     problems: list[tuple[Loc, str]] = []
-    for section in ("imap", "rules"):
+    for section in ("imap", "rules", "webhooks"):
         items, seen = data.get(section), set()
         for index, item in enumerate(items if isinstance(items, list) else []):
             name = item.get("name") if isinstance(item, dict) else None

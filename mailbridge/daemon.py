@@ -80,7 +80,9 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     """What `run` runs, in start order (stopped in reverse): metrics and workers first, intake last."""
     metrics = Metrics(app.store, settings.metrics.listen)
     app.metrics = metrics
-    sender = OutboxSender(app, settings, on_delivery=metrics.delivery)
+    sender = OutboxSender(
+        app, settings, on_delivery=metrics.delivery, on_webhook=metrics.webhook_delivery
+    )
 
     def after_commit(outcome: Outcome, source: Source, seconds: float) -> None:
         metrics.on_outcome(outcome, source, seconds)

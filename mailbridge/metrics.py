@@ -81,6 +81,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "mailbridge_webhook_deliveries",
+            "Webhook post attempts by result (sent, retry, failed).",
+            ["result"],
+            registry=r,
+        )
         self.rule_runs = Counter(
             "mailbridge_rule_runs", "Sweeps of a rule (wake = postponements).", ["rule"], registry=r
         )
@@ -107,6 +113,9 @@ class Metrics:
 
     def delivery(self, result: str) -> None:
         self.deliveries.labels(result).inc()
+
+    def webhook_delivery(self, result: str) -> None:
+        self.webhook_deliveries.labels(result).inc()
 
     def rule_run(self, rule: str, changes: int) -> None:
         """`Sweeps(on_rule=...)`: one call per rule per sweep."""

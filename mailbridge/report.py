@@ -15,6 +15,16 @@ JSON keys (durations are seconds, floats rounded to milliseconds; times ISO 8601
   time between consecutive status changes, the current status counting until `now`;
   `mean_seconds` is per ticket that spent time in the status (null if none did).
 - `mailboxes`: `{mailbox: {tickets, by_status}}` by the source that created the ticket.
+- `period`: `{since, until}` as asked (`--since`, `--until`), null when open. Only tickets
+  created in the period count; time in status ends at `until` when that is before `now`.
+- `created_per_day`: `{YYYY-MM-DD: {queue: n}}` for every day from the first ticket to the last
+  (or the period's bounds), days without tickets at 0.
+- `queues`: `{queue: {tickets, by_status, first_response, resolution}}`, the two delays as above
+  plus `histogram`: `[{bucket, count}]` over `HISTOGRAM_BUCKETS`. Until queues exist (SPEC 7)
+  every ticket is in the one queue `support` (`queue_of`).
+- `transitions`: `[{from, to, count}]`, how often each status change happened (events with a
+  from and a to status that differ; `created` counts as from null), most frequent first.
+- `sla`: `{configured, met, breached}`; `configured` stays false until SLAs exist (SPEC 8).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import io
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailbridge.lifecycle import Kind, Status
@@ -37,6 +47,18 @@ STATUSES = tuple(s.value for s in Status)
 ENDED = frozenset({Status.RESOLVED.value, Status.CLOSED.value})
 NOT_WAITING = frozenset({Status.SPAM.value, Status.DELETED.value})
 PERCENTILES = (50, 90, 99)
+DEFAULT_QUEUE = "support"
+# upper bounds in seconds, and how a person reads them; the last bucket is open-ended
+HISTOGRAM_BUCKETS: tuple[tuple[float, str], ...] = (
+    (300, "< 5m"),
+    (900, "5-15m"),
+    (3600, "15m-1h"),
+    (4 * 3600, "1-4h"),
+    (86400, "4-24h"),
+    (3 * 86400, "1-3d"),
+    (7 * 86400, "3-7d"),
+    (math.inf, "> 7d"),
+)
 
 
 class TicketRow(Protocol):
@@ -55,32 +77,60 @@ class EventRow(Protocol):
     to_status: str | None
 
 
-def build_report(store: Store, now: datetime) -> dict[str, Any]:
+def build_report(
+    store: Store, now: datetime, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
     with store.unit() as session:
         tickets = repo.all_tickets(session)
         events = repo.all_events(session)
-    return summarize(tickets, events, now)
+    return summarize(tickets, events, now, since, until)
+
+
+def queue_of(ticket: TicketRow) -> str:
+    """The one place a ticket's queue is read: `support` for all until queues exist (SPEC 7)."""
+    return getattr(ticket, "queue", None) or DEFAULT_QUEUE
 
 
 def summarize(
-    tickets: Sequence[TicketRow], events: Iterable[EventRow], now: datetime
+    tickets: Sequence[TicketRow],
+    events: Iterable[EventRow],
+    now: datetime,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> dict[str, Any]:
     """The report from plain rows (events in time order per ticket); pure."""
+    tickets = [
+        t
+        for t in tickets
+        if (since is None or t.created_at >= since) and (until is None or t.created_at < until)
+    ]
+    numbers = {t.number for t in tickets}
+    end = min(now, until) if until else now
     by_ticket: dict[int, list[EventRow]] = defaultdict(list)
     for event in events:
-        by_ticket[event.ticket_number].append(event)
+        if event.ticket_number in numbers and event.at <= end:
+            by_ticket[event.ticket_number].append(event)
     for history in by_ticket.values():
         history.sort(key=lambda e: e.at)
     live = [t for t in tickets if t.status not in NOT_WAITING]
     return {
         "generated_at": iso(now),
+        "period": {"since": iso(since), "until": iso(until)},
         "tickets": {"total": len(tickets), "by_status": _by_status(tickets)},
-        "first_response": _delays(tickets, live, by_ticket, {Kind.AGENT_REPLY.value}),
-        "resolution": _delays(tickets, live, by_ticket, {Kind.RESOLVE.value, Kind.CLOSE.value}),
+        "first_response": _delays(tickets, live, by_ticket, FIRST_RESPONSE),
+        "resolution": _delays(tickets, live, by_ticket, RESOLUTION),
         "reopen": _reopen(tickets, by_ticket),
-        "time_in_status": _time_in_status(tickets, by_ticket, now),
+        "time_in_status": _time_in_status(tickets, by_ticket, end),
         "mailboxes": _mailboxes(tickets),
+        "created_per_day": _created_per_day(tickets, since, until),
+        "queues": _queues(tickets, by_ticket),
+        "transitions": _transitions(by_ticket),
+        "sla": {"configured": False, "met": 0, "breached": 0},
     }
+
+
+FIRST_RESPONSE = frozenset({Kind.AGENT_REPLY.value})
+RESOLUTION = frozenset({Kind.RESOLVE.value, Kind.CLOSE.value})
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -95,16 +145,74 @@ def _delays(
     tickets: Sequence[TicketRow],
     live: Sequence[TicketRow],
     by_ticket: dict[int, list[EventRow]],
-    kinds: set[str],
+    kinds: frozenset[str],
 ) -> dict[str, Any]:
     """Seconds from creation to the first event of one of `kinds`, as a distribution."""
+    delays = _delay_values(tickets, by_ticket, kinds)
+    pending = sum(1 for t in live if t.number not in delays)
+    return {"count": len(delays), "pending": pending, **distribution(list(delays.values()))}
+
+
+def _delay_values(
+    tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]], kinds: frozenset[str]
+) -> dict[int, float]:
     delays: dict[int, float] = {}
     for t in tickets:
         first = next((e for e in by_ticket.get(t.number, ()) if e.kind in kinds), None)
         if first is not None:
             delays[t.number] = (first.at - t.created_at).total_seconds()
-    pending = sum(1 for t in live if t.number not in delays)
-    return {"count": len(delays), "pending": pending, **distribution(list(delays.values()))}
+    return delays
+
+
+def histogram(values: Iterable[float]) -> list[dict[str, Any]]:
+    counts = Counter(next(label for bound, label in HISTOGRAM_BUCKETS if v < bound) for v in values)
+    return [{"bucket": label, "count": counts.get(label, 0)} for _, label in HISTOGRAM_BUCKETS]
+
+
+def _queues(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
+    groups: dict[str, list[TicketRow]] = defaultdict(list)
+    for t in tickets:
+        groups[queue_of(t)].append(t)
+    out: dict[str, Any] = {}
+    for name, group in sorted(groups.items()):
+        live = [t for t in group if t.status not in NOT_WAITING]
+        entry: dict[str, Any] = {"tickets": len(group), "by_status": _by_status(group)}
+        for key, kinds in (("first_response", FIRST_RESPONSE), ("resolution", RESOLUTION)):
+            values = _delay_values(group, by_ticket, kinds)
+            entry[key] = _delays(group, live, by_ticket, kinds) | {
+                "histogram": histogram(values.values())
+            }
+        out[name] = entry
+    return out
+
+
+def _created_per_day(
+    tickets: Sequence[TicketRow], since: datetime | None, until: datetime | None
+) -> dict[str, dict[str, int]]:
+    days = [t.created_at.date() for t in tickets]
+    first = since.date() if since else min(days, default=None)
+    last = (until - timedelta(microseconds=1)).date() if until else max(days, default=None)
+    if first is None or last is None:
+        return {}
+    queues = sorted({queue_of(t) for t in tickets}) or [DEFAULT_QUEUE]
+    counts = Counter((t.created_at.date(), queue_of(t)) for t in tickets)
+    out: dict[str, dict[str, int]] = {}
+    day: date = first
+    while day <= last:
+        out[day.isoformat()] = {q: counts.get((day, q), 0) for q in queues}
+        day += timedelta(days=1)
+    return out
+
+
+def _transitions(by_ticket: dict[int, list[EventRow]]) -> list[dict[str, Any]]:
+    counts = Counter(
+        (e.from_status, e.to_status)
+        for history in by_ticket.values()
+        for e in history
+        if e.to_status and e.from_status != e.to_status
+    )
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+    return [{"from": a, "to": b, "count": n} for (a, b), n in ordered]
 
 
 def _reopen(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.outbound import Outbound
 from mailbridge.storage import repository as repo
 from mailbridge.storage.models import Attachment
+from mailbridge.webhooks import KIND as WEBHOOK
+from mailbridge.webhooks import Poster
 
 if TYPE_CHECKING:
     from mailbridge.app import App
@@ -62,6 +64,7 @@ class Job:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     raw: bytes | None  # None: the mail could not be written
+    delivery_id: str = ""  # webhooks: the id receivers de-duplicate by
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,7 @@ class OutboxSender:
         batch_size: int = BATCH_SIZE,
         rng: Callable[[], float] = random.random,
         on_delivery: Callable[[str], None] | None = None,
+        on_webhook: Callable[[str], None] | None = None,
     ) -> None:
         # the daemon hands over its App; tests and one-shot commands a bare Store
         self.store: Store = getattr(store, "store", store)
@@ -142,6 +146,8 @@ class OutboxSender:
         self.batch_size = batch_size
         self.rng = rng
         self.on_delivery = on_delivery  # metrics: "sent", "retry" or "failed" per attempt
+        self.on_webhook = on_webhook  # the same, for webhook posts
+        self.poster: Poster | None = None
         self._stopping = threading.Event()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,6 +163,10 @@ class OutboxSender:
         self.worst_delivery = SMTP_STEPS * timeout
         # a node that dies holding claimed rows delays them by at most this long
         self.lease = timedelta(seconds=max(60.0, 2 * self.worst_delivery))
+        if settings.webhooks or self.poster is not None:
+            self.poster = self.poster or Poster(settings.webhooks)
+            self.poster.configure(settings.webhooks)
+            self.lease = max(self.lease, timedelta(seconds=2 * self.poster.worst))
         out = settings.outbound
         if (
             out.username
@@ -211,15 +221,17 @@ class OutboxSender:
 
     def deliver_due(self, now: datetime | None = None) -> int:
         """Deliver every row due at `now` (default: the clock); returns how many were sent."""
-        if not self.settings.outbound.smarthost:
-            return 0  # outbound is off: mail waits in the outbox until a smarthost is configured
+        # outbound off: mail waits in the outbox until a smarthost is configured; webhooks go
+        only = None if self.settings.outbound.smarthost else WEBHOOK
+        if only and not self.settings.webhooks:
+            return 0
         sent = 0
         while not self._stopping.is_set():
             at = now or self.clock()
             with self.store.unit() as session:
-                rows = repo.claim_outbox(session, at, self.lease, self.batch_size)
+                rows = repo.claim_outbox(session, at, self.lease, self.batch_size, only)
                 jobs = [
-                    Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw)
+                    Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw, r.rcpt_key)
                     for r in rows
                 ]
                 unwritten = self._unwritten(session, rows)
@@ -227,8 +239,10 @@ class OutboxSender:
                 break
             if unwritten:
                 jobs = self._write(jobs, unwritten)
-            sent += self._deliver_batch(jobs, now)
-            if len(jobs) < self.batch_size:
+            claimed, started = len(jobs), time.monotonic()
+            sent += self._deliver_batch([j for j in jobs if j.kind != WEBHOOK], now)
+            sent += self._post_batch([j for j in jobs if j.kind == WEBHOOK], now, started)
+            if claimed < self.batch_size:
                 break
         return sent
 
@@ -325,6 +339,25 @@ class OutboxSender:
             self._close(conn, polite=True)
         return sent
 
+    def _post_batch(self, jobs: list[Job], now: datetime | None, started: float) -> int:
+        """Webhook rows: one POST each (see `webhooks.py`), none that could outlast the lease
+        taken at `started` (the mail of the same claim may have used some of it)."""
+        sent = 0
+        for job in jobs:
+            worst = self.poster.worst if self.poster else 0.0
+            out_of_time = time.monotonic() - started + worst > self.lease.total_seconds()
+            if out_of_time or self._stopping.is_set():
+                self._release(jobs[jobs.index(job) :], now)
+                break
+            if self.poster is None or job.raw is None:
+                result = Result(False, "no webhook is configured", permanent=True)
+            else:
+                posted = self.poster.post(job.mail_from, job.raw, job.delivery_id)
+                result = Result(posted.sent, posted.error, posted.permanent)
+            self._record(job, result, now)
+            sent += result.sent
+        return sent
+
     # --- SMTP --------------------------------------------------------------------------
 
     def _connect(self) -> smtplib.SMTP:
@@ -407,8 +440,9 @@ class OutboxSender:
                 return
             outcome = self._apply(session, row, result, at)
         log_delivery(row.id, row.kind, row.attempts, outcome, result, row.next_attempt_at)
-        if self.on_delivery:
-            self.on_delivery(outcome)
+        report = self.on_webhook if row.kind == WEBHOOK else self.on_delivery
+        if report:
+            report(outcome)
 
     def _apply(self, session: Any, row: Any, result: Result, at: datetime) -> str:
         """Write one attempt's result onto its row: "sent", "retry" or "failed"."""
@@ -421,7 +455,8 @@ class OutboxSender:
         row.last_error = result.error
         if result.permanent or row.attempts >= self.settings.outbound.max_attempts:
             row.state = "failed"
-            self._failed(session, row, result.error or "", at)
+            if row.kind != WEBHOOK:  # a failed post is no news to the customer's thread
+                self._failed(session, row, result.error or "", at)
             return "failed"
         row.next_attempt_at = at + backoff(row.attempts, self.rng)
         return "retry"

@@ -289,6 +289,7 @@ def ticket_events(session: Session, number: int) -> list[Event]:
 def add_events(
     session: Session, number: int, records: Iterable[object], message_pk: int | None
 ) -> None:
+    records = list(records)  # read twice: the events, then the webhooks they cause
     rows = [
         {
             "ticket_number": number,
@@ -306,6 +307,26 @@ def add_events(
         pending.events.extend(rows)
     elif rows:
         session.execute(insert(Event), rows)
+    _queue_webhooks(session, number, records)
+
+
+def _queue_webhooks(session: Session, number: int, records: Iterable[object]) -> None:
+    """Webhook posts for the events just written, in their transaction (SPEC 9): `App` puts the
+    `webhooks.Subscriptions` on every session of the store; without it nothing is queued."""
+    hooks = session.info.get("webhooks")
+    if not hooks:
+        return
+    ticket = session.get(Ticket, number)
+    if ticket is None:
+        return
+    rows = hooks.rows(ticket, records)
+    if rows:
+        session.execute(insert(Outbox.__table__), rows)  # type: ignore[arg-type]
+
+
+def install_webhooks(sessions: Any, subscriptions: object | None) -> None:
+    """Make every later session of `sessions` (a sessionmaker) queue webhooks for its events."""
+    sessions.configure(info={"webhooks": subscriptions})
 
 
 def purge_ticket(session: Session, number: int, now: datetime) -> int:
@@ -587,9 +608,10 @@ def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime)
 
 
 def claim_outbox(
-    session: Session, now: datetime, lease: timedelta, limit: int = 20
+    session: Session, now: datetime, lease: timedelta, limit: int = 20, kind: str | None = None
 ) -> list[Outbox]:
-    """Due rows, claimed by pushing their next attempt past the lease (SKIP LOCKED on PostgreSQL)."""
+    """Due rows (of `kind` only, if given), claimed by pushing their next attempt past the lease
+    (SKIP LOCKED on PostgreSQL)."""
     stmt = (
         select(Outbox)
         .options(undefer(Outbox.raw))
@@ -597,6 +619,8 @@ def claim_outbox(
         .order_by(Outbox.next_attempt_at, Outbox.id)
         .limit(limit)
     )
+    if kind is not None:
+        stmt = stmt.where(Outbox.kind == kind)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     rows = list(session.scalars(stmt))
