@@ -708,6 +708,7 @@ class Ingestor:
                         "mail_from": p.envelope.mail_from,
                         "rcpt_tos": list(p.envelope.rcpt_tos),
                         "auth_user": p.envelope.auth_user,
+                        "trusted_peer": p.envelope.trusted_peer,
                     }
                 ),
                 sender=self._sender(p)[:320],
