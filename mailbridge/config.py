@@ -370,6 +370,7 @@ class TicketsSettings(_Section):
     ack_max_per_sender_per_hour: Annotated[int, Strict(), Field(ge=0)] = 3
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
+    max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
 
 
 class OutboundSettings(_Section):
