@@ -7,7 +7,9 @@ import time
 import pytest
 
 from mailbridge.authres import AuthResError, agent_authority, parse
+from mailbridge.config import parse_settings
 from mailbridge.envelope import peer_trusted
+from mailbridge.errors import ConfigError
 
 TRUSTED = frozenset({"mx.example.com"})
 
@@ -134,3 +136,17 @@ def test_trusted_peers() -> None:
     assert not peer_trusted(("198.51.100.1", 2525), peers)
     assert not peer_trusted("", ("127.0.0.1",))
     assert not peer_trusted(("127.0.0.1", 2525), ("10.0.0.0/8",))
+
+
+def test_trusted_peers_and_max_participants_in_the_config() -> None:
+    settings = parse_settings("", "mailbridge.toml", env={})
+    assert settings.smtp.trusted_peers == ("127.0.0.0/8", "::1", "unix")
+    assert settings.tickets.max_participants == 20
+    text = '[smtp]\ntrusted_peers = ["10.0.0.0/8", "mx.example.com"]\n[tickets]\nmax_participants = 0\n'
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, "mailbridge.toml", env={})
+    assert info.value.problems == [
+        "mailbridge.toml:2: smtp.trusted_peers[1]: not an IP address or network: "
+        "'mx.example.com' (e.g. 127.0.0.1, 10.0.0.0/8, ::1 or unix)",
+        "mailbridge.toml:4: tickets.max_participants: must be at least 1",
+    ]
