@@ -103,6 +103,11 @@ class Result:
                 return value
         return None
 
+    def names(self, name: str, domain: str) -> bool:
+        """Whether property `name` is present and every instance of it is `domain`."""
+        values = [value.lower() for key, value in self.properties if key == name]
+        return bool(values) and all(value == domain for value in values)
+
 
 @dataclass(frozen=True, slots=True)
 class Header:
@@ -239,17 +244,15 @@ def agent_authority(values: Iterable[str], trusted: frozenset[str], domain: str)
         except AuthResError as exc:
             return Decision(False, f"{where}: unreadable ({exc})")
         for r in header.results:
-            about_us = r.method == "dmarc" or (
-                r.method == "dkim" and (r.prop("header.d") or "").lower() == domain
-            )
+            about_us = r.method == "dmarc" or (r.method == "dkim" and r.names("header.d", domain))
             if about_us and r.result == "fail":
                 return Decision(False, f"{where}: {r.method}=fail")
         for r in header.results:
             if r.result != "pass" or not r.complete:
                 continue
-            if r.method == "dmarc" and (r.prop("header.from") or "").lower() == domain:
+            if r.method == "dmarc" and r.names("header.from", domain):
                 return Decision(True, f"{where}: dmarc=pass header.from={domain}")
-            if r.method == "dkim" and (r.prop("header.d") or "").lower() == domain:
+            if r.method == "dkim" and r.names("header.d", domain):
                 return Decision(True, f"{where}: dkim=pass header.d={domain}")
         return Decision(False, f"{where}: no dmarc or dkim pass for {domain}")
     return Decision(False, "no authentication-results from a trusted authserv-id")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mailbridge import authres
+from mailbridge.authres import agent_authority as header_authority
 from mailbridge.envelope import Envelope, Source
 from mailbridge.parse import ParsedMessage
 
@@ -155,7 +155,7 @@ def agent_authority(
     if not env.trusted_peer:
         # a header any client could have written: the listener's peer is not our MTA
         return None, f"authentication-results ignored: {env.peer} is not a trusted peer", True
-    found = authres.agent_authority(
+    found = header_authority(
         msg.headers.get("authentication-results", ()),
         policy.trusted_authserv_ids,
         sender.rsplit("@", 1)[-1],

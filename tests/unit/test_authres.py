@@ -104,6 +104,7 @@ def test_a_pass_must_name_the_from_domain() -> None:
     assert not decide("mx.example.com; dmarc=pass (p=none; dis=none) header.from=evil.test")[0]
     assert not decide("mx.example.com; dkim=pass header.i=@example.com")[0]
     assert not decide("mx.example.com; dkim=pass header.d=example.com.evil.test")[0]
+    assert not decide("mx.example.com; dmarc=pass header.from=example.com header.from=evil.test")[0]
     assert not decide("mx.example.com; spf=pass smtp.mailfrom=alice@example.com")[0]
     # a pass whose properties do not parse is no pass
     assert not decide("mx.example.com; dmarc=pass action=none header.from=example.com")[0]
