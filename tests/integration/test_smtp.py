@@ -82,10 +82,21 @@ def deliver(
         return code, reply.decode()
 
 
-def ticket_of(reply: str) -> int:
-    match = re.search(r"queued as #(\d+)", reply)
-    assert match, reply
-    return int(match.group(1))
+def queue_id_of(reply: str | bytes) -> str:
+    """The id in a 250 for stored mail; it never names the ticket (issue 14: numbers are guessable)."""
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    match = re.fullmatch(r"2\.0\.0 Ok: queued as ([0-9A-F]{10})", text)
+    assert match, text
+    return match.group(1)
+
+
+def ticket_of(d: InProcessDaemon, reply: str | bytes, raw: bytes) -> int:
+    """The ticket holding raw, found by its Message-ID; the reply must be a plain queue id."""
+    queue_id_of(reply)
+    with d.daemon.app.store.unit() as session:
+        found = repo.tickets_for_message_ids(session, [message_id_of(raw).strip("<>")])
+    assert len(found) == 1, found
+    return next(iter(found.values()))
 
 
 def counts(d: InProcessDaemon) -> dict[str, int]:
@@ -121,14 +132,14 @@ def test_new_mail_makes_a_ticket_and_a_reply_reopens_it(start: Start, db_url: st
     d = start(url=db_url)
     first = make_mail(subject="Printer on fire")
     code, reply = deliver(d, first)
-    assert code == 250 and reply.startswith("2.0.0 queued as #")
-    number = ticket_of(reply)
+    assert code == 250 and "#" not in reply
+    number = ticket_of(d, reply, first)
     assert status(d, number) == "new"
 
     d.daemon.app.actions.act(number, "resolve", "cli:test")
     answer = make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first))
     code, reply = deliver(d, answer)
-    assert (code, ticket_of(reply)) == (250, number)
+    assert (code, ticket_of(d, reply, answer)) == (250, number)
     assert status(d, number) == "open"
     assert counts(d)["tickets"] == 1
 
@@ -159,12 +170,14 @@ def test_unknown_recipient_is_refused_at_rcpt_never_relayed(start: Start) -> Non
 
 def test_plus_token_address_of_a_ticket_is_accepted_and_threads(start: Start) -> None:
     d = start()
-    number = ticket_of(deliver(d, make_mail(subject="first"))[1])
+    first = make_mail(subject="first")
+    number = ticket_of(d, deliver(d, first)[1], first)
     with d.daemon.app.store.unit() as session:
         token = repo.get_ticket(session, number).token  # type: ignore[union-attr]
     plus = f"support+{token}@example.com"
-    code, reply = deliver(d, make_mail(subject="no headers to thread by", to=plus), rcpts=(plus,))
-    assert (code, ticket_of(reply)) == (250, number)
+    second = make_mail(subject="no headers to thread by", to=plus)
+    code, reply = deliver(d, second, rcpts=(plus,))
+    assert (code, ticket_of(d, reply, second)) == (250, number)
 
 
 def test_too_many_recipients_get_452(start: Start) -> None:
@@ -305,8 +318,9 @@ def test_starttls_with_a_test_certificate_and_require_tls(start: Start, tmp_path
         assert isinstance(smtp.sock, ssl.SSLSocket)
         smtp.mail(CUSTOMER)
         smtp.rcpt(SUPPORT)
-        code, reply = smtp.data(make_mail())
-    assert code == 250 and b"queued as #1" in reply
+        raw = make_mail()
+        code, reply = smtp.data(raw)
+    assert (code, ticket_of(d, reply, raw)) == (250, 1)
 
 
 @pytest.fixture
@@ -327,7 +341,7 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
     users = users_file(tmp_path)
     d = start(smtp=f'tls_cert = "{cert}"\ntls_key = "{key}"\nauth_users_file = "{users}"')
     customer_mail = make_mail(subject="Help")
-    number = ticket_of(deliver(d, customer_mail)[1])
+    number = ticket_of(d, deliver(d, customer_mail)[1], customer_mail)
     agent_reply = make_mail(
         sender="Alice <alice@example.com>",
         to=CUSTOMER,
@@ -352,7 +366,7 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
         smtp.mail("alice@example.com")
         smtp.rcpt(SUPPORT)
         code, reply = smtp.data(agent_reply)
-    assert (code, ticket_of(reply.decode())) == (250, number)
+    assert (code, ticket_of(d, reply, agent_reply)) == (250, number)
     assert status(d, number) == "answered"
     with d.daemon.app.store.unit() as session:
         kinds = [m.author_kind for m in received(session, number)]
@@ -362,7 +376,7 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
 def test_agent_from_without_auth_is_customer_mail(start: Start) -> None:
     d = start()
     first = make_mail(subject="Help")
-    number = ticket_of(deliver(d, first)[1])
+    number = ticket_of(d, deliver(d, first)[1], first)
     forged = make_mail(
         sender="alice@example.com",
         subject="Re: Help",
@@ -389,9 +403,29 @@ def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
     from mailbridge.sources.smtp import _describe_peer
 
     assert _describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
-    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::1", True)
+    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
     assert _describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
     assert _describe_peer("") == ("unix", None, True)
+    # a dual-stack listener sees IPv4 clients as mapped addresses: still one IPv4 address each
+    mapped = _describe_peer(("::ffff:127.0.0.1", 25, 0, 0))
+    assert mapped == ("[::ffff:127.0.0.1]:25", "127.0.0.1", True)
+
+
+def test_ipv6_clients_share_a_limit_per_64() -> None:
+    """One host gets a /64 to pick addresses from: it must not get a fresh limit per address.
+
+    The listener test for per-client limits runs over IPv4 (127.0.0.2/3): this machine cannot
+    source connections from several IPv6 addresses, so the IPv6 bucketing is checked here.
+    """
+    from mailbridge.sources.smtp import _describe_peer
+
+    def bucket(host: str) -> str | None:
+        return _describe_peer((host, 25, 0, 0))[1]
+
+    same = {bucket("2001:db8:1:2::5"), bucket("2001:db8:1:2:ffff:ffff:ffff:fffe")}
+    assert same == {"2001:db8:1:2::/64"}
+    assert bucket("2001:db8:1:3::5") == "2001:db8:1:3::/64"
+    assert bucket("fe80::1%eth0") == "fe80::/64"
 
 
 # --- LMTP and Unix sockets ---------------------------------------------------------------
@@ -413,9 +447,11 @@ def test_lmtp_answers_per_recipient(start: Start) -> None:
         assert smtp.ehlo("mx.example")[0] == 250  # smtplib.LMTP sends LHLO
         assert smtp.docmd("EHLO", "mx.example")[0] == 500
         rcpts = [SUPPORT, "support+aaaaaaaaaaaaaaaa@example.com"]
-        replies = lmtp_deliver(smtp, make_mail(), rcpts)
+        raw = make_mail()
+        replies = lmtp_deliver(smtp, raw, rcpts)
         assert [code for code, _ in replies] == [250, 250]
-        assert all(b"queued as #1" in text for _, text in replies)
+        queued = [text.rsplit(b" ", 1)[0] for _, text in replies]  # each ends in its recipient
+        assert queued[0] == queued[1] and ticket_of(d, queued[0], raw) == 1
         assert replies[1][1].endswith(b"<support+aaaaaaaaaaaaaaaa@example.com>")
         replies = lmtp_deliver(smtp, make_mail(body=("y" * 70 + "\n") * 100), rcpts)
         assert [(code, text[:5]) for code, text in replies] == [(552, b"5.3.4")] * 2
@@ -429,8 +465,10 @@ def test_lmtp_on_a_unix_socket(start: Start, tmp_path: Path) -> None:
     assert sock.is_socket()
     with smtplib.LMTP(str(sock), timeout=10) as smtp:
         smtp.ehlo("mx.example")
-        [(code, text)] = lmtp_deliver(smtp, make_mail(), [SUPPORT])
-    assert code == 250 and b"queued as #1" in text
+        raw = make_mail()
+        [(code, text)] = lmtp_deliver(smtp, raw, [SUPPORT])
+    assert text.endswith(b" <support@example.com>")
+    assert (code, ticket_of(d, text.rsplit(b" ", 1)[0], raw)) == (250, 1)
     d.stop()
     assert not sock.exists()  # removed on a clean stop
 
