@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import logging
 import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -268,6 +270,134 @@ def _retry_connect(d: InProcessDaemon) -> smtplib.SMTP:
 
             time.sleep(0.02)
     raise AssertionError("connection slot was never released")
+
+
+def test_total_connection_limit_refuses_the_next_with_421(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailbridge.smtp")
+    d = start(smtp="max_connections = 3")
+    held = [client(d) for _ in range(3)]
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", port_of(d), timeout=10)
+        assert refused.value.smtp_code == 421
+        assert refused.value.smtp_error.startswith(b"4.7.0 Too many connections")
+    assert all(smtp.noop()[0] == 250 for smtp in held)  # those already in are not disturbed
+    held.pop().quit()
+    held.append(_retry_connect(d))  # a free slot is taken again
+    for smtp in held:
+        smtp.quit()
+    reached = [r for r in caplog.records if "max_connections = 3 reached" in r.getMessage()]
+    assert len(reached) == 1  # one line when the limit is hit, not one per refused connection
+    exposition = d.daemon.app.metrics.exposition().decode()
+    assert 'mailbridge_smtp_connections_refused_total{limit="total"} 2.0' in exposition
+
+
+def test_per_client_limit_counts_each_ipv4_address_apart(start: Start) -> None:
+    d = start(smtp="max_connections_per_client = 2")
+
+    def connect(source: str) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", port_of(d), timeout=10, source_address=(source, 0))
+
+    held = [connect("127.0.0.2"), connect("127.0.0.2")]
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        connect("127.0.0.2")
+    assert refused.value.smtp_code == 421
+    assert refused.value.smtp_error.startswith(b"4.7.0 Too many connections from your address")
+    held.append(connect("127.0.0.3"))  # another address has its own allowance
+    assert held[-1].noop()[0] == 250
+    for smtp in held:
+        smtp.quit()
+
+
+class RawClient:
+    """Bytes on a socket, at the pace the test chooses."""
+
+    def __init__(self, d: InProcessDaemon) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port_of(d)), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def reply(self) -> bytes:
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("closed by the server")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def command(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def start_data(self) -> None:
+        assert self.reply().startswith(b"220")
+        assert self.command("EHLO client.example").startswith(b"250")
+        assert self.command(f"MAIL FROM:<{CUSTOMER}>").startswith(b"250")
+        assert self.command(f"RCPT TO:<{SUPPORT}>").startswith(b"250")
+        assert self.command("DATA").startswith(b"354")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+TIMEOUTS = 'timeout = "2s"\ndata_timeout = "1s"\ndata_min_rate = 100'
+PAUSE = 0.2  # well under the 2 s idle timeout, so only a real stall can trip it
+
+
+def test_slow_but_steady_sender_delivers_past_the_idle_timeout(start: Start) -> None:
+    d = start(smtp=TIMEOUTS)
+    raw = make_mail(body=("steady line of text " * 3 + "\n") * 40)  # about 2.5 KB
+    chunks = [raw[i : i + 200] for i in range(0, len(raw), 200)]
+    assert len(chunks) * PAUSE > 2.4  # the whole DATA lasts longer than the idle timeout
+    slow = RawClient(d)
+    try:
+        slow.start_data()
+        for chunk in chunks:  # 1,000 bytes/s: above data_min_rate, so DATA may last this long
+            slow.sock.sendall(chunk)
+            time.sleep(PAUSE)
+        slow.sock.sendall(b".\r\n")
+        reply = slow.reply()
+    finally:
+        slow.close()
+    assert reply.startswith(b"250 ")
+    assert ticket_of(d, reply[4:].strip(), raw) == 1
+
+
+def test_stalled_and_trickling_clients_are_cut(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailbridge.smtp")
+    d = start(smtp=TIMEOUTS)
+    raw = make_mail()
+    stalled, trickler = RawClient(d), RawClient(d)
+    try:
+        assert stalled.reply().startswith(b"220")
+        assert stalled.command("EHLO client.example").startswith(b"250")
+        stalled.sock.sendall(f"MAIL FROM:<{CUSTOMER}>\r\nRCPT TO:<sup".encode())  # then nothing
+        assert stalled.reply().startswith(b"250")
+        trickler.start_data()
+        # never silent for long, but 5 bytes/s is below data_min_rate: DATA gets 1 s + 1/20 s
+        with pytest.raises(OSError):  # the 421 and the close arrive while it still sends
+            for byte in raw:
+                trickler.sock.sendall(bytes([byte]))
+                time.sleep(PAUSE)
+        assert trickler.reply().startswith(b"421 4.4.2")
+        assert stalled.reply().startswith(b"421 4.4.2")
+        with pytest.raises(ConnectionError):
+            stalled.reply()  # and closed
+    finally:
+        stalled.close()
+        trickler.close()
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing")]
+    assert sorted(reason.rsplit(": ", 1)[1] for reason in reasons) == [
+        "DATA too slow",
+        "idle timeout",
+    ]
+    assert counts(d)["messages"] == 0
 
 
 # --- storage trouble ---------------------------------------------------------------------
