@@ -58,6 +58,7 @@ MAX_RECEIVED = 100  # RFC 5321 6.3: a message with this many hops is looping
 AUTH_FAILURE_DELAY = 1.0  # seconds after the first failure, doubling with each further one
 AUTH_MAX_DELAY = 8.0
 AUTH_TRACKED = 50_000  # clients and logins with recent failures remembered (bounds memory)
+ACCEPT_REPORT_EVERY = 60.0  # seconds: at most one "cannot accept" line per run of failures
 FD_RESERVE = 256  # descriptors beside the SMTP sessions: database, IMAP, outbox, refused sockets
 SHUTDOWN_GRACE = 30.0  # seconds for in-flight transactions to finish on SIGTERM
 DRAIN_POLL = 0.05
@@ -720,32 +721,46 @@ def client_bucket(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str
 
 
 class _AcceptErrors(logging.Filter):
-    """Keeps one line per run of failed accept()s in the log, instead of asyncio's traceback a second.
+    """One line when accept() starts failing and one when it works again, not asyncio's flood.
 
-    asyncio logs every accept() that fails for want of descriptors, then retries a second later;
-    a run lasts until a connection is accepted again, and the listener then says so once.
+    asyncio logs every accept() that fails for want of descriptors, with a traceback, up to the
+    backlog at a time, and retries a second later. Near the limit the state flaps as descriptors
+    come and go, so a new run of failures is reported at most once a minute, with the count.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.monotonic) -> None:
         super().__init__()
-        self.failures = 0
+        self.clock = clock
+        self.failing = False
+        self.reported = False  # this run of failures has been logged
+        self.failures = 0  # since the last line
+        self.next_report = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(_ACCEPT_ERROR):
             return True
+        self.failing = True
         self.failures += 1
-        if self.failures == 1:
+        now = self.clock()
+        if not self.reported and now >= self.next_report:
+            self.reported, self.next_report = True, now + ACCEPT_REPORT_EVERY
             error = record.exc_info[1] if record.exc_info else None
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             log.error(
-                "cannot accept connections: %s (descriptor limit %d); retrying every second",
+                "cannot accept connections: %s (descriptor limit %d, %d failed accept()s);"
+                " retrying every second",
                 error or "out of system resources",
                 soft,
+                self.failures,
             )
         return False
 
     def recovered(self) -> None:
-        if self.failures:
+        if not self.failing:
+            return
+        self.failing = False
+        if self.reported:
+            self.reported = False
             log.warning("accepting connections again after %d failed accept()s", self.failures)
             self.failures = 0
 

@@ -400,6 +400,78 @@ def test_stalled_and_trickling_clients_are_cut(
     assert counts(d)["messages"] == 0
 
 
+def test_running_out_of_descriptors_is_logged_once_not_per_accept(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """`mailbridge run` under a tiny descriptor limit, then more clients than it can accept.
+
+    asyncio retries a failed accept() every second and logs each with a traceback (issue 14:
+    MB/s of them at 1,024 descriptors); one line when it starts and one when it ends must do.
+    """
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers_daemon import REPO, NotifySocket
+
+    limit, port = 64, free_port()
+    config = write_config(
+        tmp_path / "mailbridge.toml",
+        sqlite_url,
+        f"127.0.0.1:{port}",
+        "max_connections_per_client = 1000",
+    )
+    notify = NotifySocket(tmp_path)
+    log_path = tmp_path / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if k != "MAILBRIDGE_CONFIG"}
+    env.update(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(REPO))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    def wait_log(text: str) -> str:
+        for _ in range(200):
+            log = log_path.read_text(errors="replace")
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never logged:\n{log}")
+
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=low_limit,
+        )
+    clients: list[socket.socket] = []
+    try:
+        assert notify.wait_for("READY=1", 30, alive=lambda: proc.poll() is None)
+        assert "max_connections = 1000 needs about" in log_path.read_text()
+        clients = [socket.create_connection(("127.0.0.1", port), 10) for _ in range(limit + 20)]
+        wait_log("cannot accept connections")
+        time.sleep(2.5)  # asyncio has retried (and failed) at least twice more by now
+        log = log_path.read_text(errors="replace")
+        assert log.count("cannot accept connections") == 1
+        assert "out of system resource" not in log and "Traceback" not in log
+        for sock in clients:
+            sock.close()
+        with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:  # served again
+            assert smtp.noop()[0] == 250
+        log = wait_log("accepting connections again")
+        assert log.count("accepting connections again") == 1
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        notify.close()
+
+
 # --- storage trouble ---------------------------------------------------------------------
 
 
@@ -527,6 +599,105 @@ def test_login_mechanism_and_cleartext_auth_on_loopback_when_allowed(
         smtp.user, smtp.password = "ALICE@example.com", "wonderland"
         code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
         assert code == 235
+
+
+def plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
+    blob = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+    return smtp.docmd("AUTH", f"PLAIN {blob}")
+
+
+def test_aiosmtpd_private_attribute_we_set_still_exists() -> None:
+    """`_require_tls_for_auth` sets aiosmtpd's `_auth_require_tls` per peer (cleartext AUTH only
+    on loopback); an aiosmtpd that renamed it would silently ignore us, so this fails first."""
+    import asyncio
+
+    from aiosmtpd.smtp import SMTP
+
+    from mailbridge.sources.smtp import _require_tls_for_auth
+
+    loop = asyncio.new_event_loop()
+    try:
+        server = SMTP(handler=object(), auth_require_tls=True, loop=loop)
+        assert server._auth_require_tls is True
+        _require_tls_for_auth(server, False)
+        assert server._auth_require_tls is False
+    finally:
+        loop.close()
+
+
+def test_password_guessing_is_locked_out_per_login_and_per_client(
+    start: Start, tmp_path: Path, fast_auth_failures: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailbridge.smtp")
+    users = users_file(tmp_path)
+    d = start(
+        smtp=f'auth_users_file = "{users}"\nauth_require_tls = false\n'
+        'auth_max_failures = 3\nauth_lockout = "1s"'
+    )
+
+    def connect(source: str) -> smtplib.SMTP:
+        smtp = smtplib.SMTP("127.0.0.1", port_of(d), timeout=10, source_address=(source, 0))
+        smtp.ehlo("client.example")
+        return smtp
+
+    first, second, third = connect("127.0.0.2"), connect("127.0.0.3"), connect("127.0.0.4")
+    # three wrong passwords for alice from two addresses: alice is locked out everywhere...
+    assert plain(first, "alice@example.com", "guess-1")[0] == 535
+    assert plain(first, "alice@example.com", "guess-2")[0] == 535
+    assert plain(second, "alice@example.com", "guess-3")[0] == 535
+    code, text = plain(third, "alice@example.com", "wonderland")
+    assert (code, text) == (454, b"4.7.0 Too many failed logins, try again later")
+    # ...and the address that guessed three times is locked out whatever login it tries
+    assert plain(first, "bob@example.com", "guess-4")[0] == 535
+    assert plain(first, "carol@example.com", "anything")[0] == 454
+    assert plain(second, "bob@example.com", "guess-5")[0] == 535  # not locked: one of its own
+
+    exposition = d.daemon.app.metrics.exposition().decode()
+    assert "mailbridge_smtp_auth_failures_total 5.0" in exposition
+    assert 'mailbridge_smtp_auth_lockouts_total{scope="login"} 1.0' in exposition
+    assert 'mailbridge_smtp_auth_lockouts_total{scope="client"} 1.0' in exposition
+    lockouts = sorted(
+        r.getMessage().split(" for ")[0]
+        for r in caplog.records
+        if r.getMessage().startswith("auth lockout")
+    )
+    assert lockouts == ["auth lockout client=127.0.0.2", "auth lockout login=alice@example.com"]
+
+    # after the cooldown the right password works again; until then it is refused, not checked
+    codes = []
+    for _ in range(100):
+        code, _ = plain(third, "alice@example.com", "wonderland")
+        codes.append(code)
+        if code != 454:
+            break
+        time.sleep(0.05)
+    assert codes[-1] == 235 and set(codes[:-1]) <= {454}
+    for smtp in (first, second, third):
+        smtp.close()
+
+
+def test_password_hashing_does_not_wait_for_the_database_threads(
+    start: Start, tmp_path: Path
+) -> None:
+    """Logins are checked on a thread of their own: a busy default pool (commits) cannot delay them."""
+    import asyncio
+    import threading
+
+    users = users_file(tmp_path)
+    d = start(smtp=f'auth_users_file = "{users}"\nauth_require_tls = false')
+    gate = threading.Event()
+
+    def occupy() -> None:
+        assert d.loop is not None
+        for _ in range(64):  # more than the default executor has threads
+            asyncio.get_running_loop().run_in_executor(None, gate.wait)
+
+    try:
+        d.call(occupy)
+        with client(d) as smtp:
+            assert smtp.login("alice@example.com", "wonderland")[0] == 235
+    finally:
+        gate.set()
 
 
 def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
