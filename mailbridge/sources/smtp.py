@@ -257,7 +257,12 @@ class AuthThrottle:
             if entry.failures >= max_failures and not entry.locked_until:
                 entry.locked_until = now + lockout
                 locked.append(key)
-        return min(AUTH_FAILURE_DELAY * 2 ** min(worst - 1, 16), AUTH_MAX_DELAY), locked
+        return _auth_delay(worst), locked
+
+
+def _auth_delay(failures: int) -> float:
+    """Seconds before answering a failed login: doubling with the failures, up to a cap."""
+    return min(AUTH_FAILURE_DELAY * 2 ** min(failures - 1, 16), AUTH_MAX_DELAY)
 
 
 class GroupCommit:
@@ -498,6 +503,8 @@ class Handler:
                 _clean(login, 64),
                 server.peer_text,
             )
+            # answered slowly too, so a locked-out guesser cannot spin on cheap refusals
+            await asyncio.sleep(_auth_delay(config.auth_max_failures))
             return AuthResult(success=False, handled=False, message=AUTH_LOCKED)
         ok = False
         try:
