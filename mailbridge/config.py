@@ -473,6 +473,22 @@ def resolve_config_path(path: str | Path | None) -> Path | None:
     return DEFAULT_PATH if DEFAULT_PATH.is_file() else None
 
 
+def redact_url(url: str) -> str:
+    """A database URL fit for logs: the password replaced by ***."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """Which config is in force, for `run`'s startup log and `check-config`: a first run must
+    show which file it read and where mail is accepted, not leave the user guessing."""
+    where = settings.source_path
+    return {
+        "config": str(where) if where else "embedded default (no config file found)",
+        "database": redact_url(settings.database.url),
+        "addresses": ", ".join(settings.smtp.addresses) + " (and their plus-tokens)",
+    }
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read and validate the config (see `resolve_config_path`); no file: the embedded default."""
     resolved = resolve_config_path(path)

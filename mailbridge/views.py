@@ -115,7 +115,10 @@ def thread_lines(
         items.append((m.stored_at, 0, "\n".join([head, *extra])))
     for e in events:
         change = f"{e.from_status or '-'} -> {e.to_status or '-'}"
-        items.append((e.at, 1, f"{iso(e.at)}  ** {e.kind}: {change} by {e.actor}"))
+        line = f"{iso(e.at)}  ** {e.kind}: {change} by {e.actor}"
+        if e.detail:  # why a delivery failed, which rule acted: the part an operator needs
+            line += "\n" + "\n".join(f"      {part}" for part in e.detail.splitlines())
+        items.append((e.at, 1, line))
     items.sort(key=lambda item: (item[0], item[1]))
     lines.extend(text for _, _, text in items)
     return lines
