@@ -288,3 +288,49 @@ def test_auth_users_help_prints_usage() -> None:
         cwd=ROOT,
     )
     assert made.returncode == 0 and made.stdout.startswith("alice@example.com:scrypt$")
+
+
+def test_run_logs_the_config_database_and_addresses(tmp_path: Path) -> None:
+    from tests.fixtures.smtp_sink import free_port
+
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        f"sqlite:///{tmp_path}/mb.db",
+        f'listen = "127.0.0.1:{port}"\n',
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MAILBRIDGE_CONFIG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailbridge", "run", "--config", str(config)],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    seen = []
+    try:
+        for line in proc.stderr:  # ends if the daemon dies before saying it runs
+            seen.append(line)
+            if "mailbridge running" in line:
+                break
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, "".join(seen) + rest
+    assert (
+        seen[-1]
+        .rstrip()
+        .endswith(
+            f"mailbridge running: config {config}; database sqlite:///{tmp_path}/mb.db; "
+            f"SMTP on 127.0.0.1:{port} for support@example.com (and their plus-tokens)"
+        )
+    )
+
+
+def test_database_passwords_never_print(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "postgresql://mb:hunter2@db.example/mb")
+    result = run("check-config", "--config", str(config))
+    assert result.exit_code == 0
+    assert "  database:  postgresql://mb:***@db.example/mb" in result.stdout
+    assert "hunter2" not in result.output
