@@ -532,8 +532,8 @@ def parse_settings(
     base_dir = source_path.absolute().parent if source_path else Path.cwd()
     context = {"base_dir": base_dir, "env": os.environ if env is None else env}
     problems = _duplicate_names(data)
-    settings, found = _validate(data, context)
-    problems += found
+    settings, invalid = _validate(data, context)
+    problems += invalid
     if problems or settings is None:
         lines = _locate(text)
         found = sorted((_line(lines, loc), _key(loc), msg) for loc, msg in problems)

@@ -117,7 +117,7 @@ def thread_lines(
     for e in events:
         change = f"{e.from_status or '-'} -> {e.to_status or '-'}"
         line = f"{iso(e.at)}  ** {e.kind}: {change} by {e.actor}"
-        if e.detail and e.detail != verdicts.get(e.message_pk):
+        if e.detail and (e.message_pk is None or e.detail != verdicts.get(e.message_pk)):
             # why a delivery failed, which rule acted (unless its message says so already)
             line += "\n" + "\n".join(f"      {part}" for part in e.detail.splitlines())
         items.append((e.at, 1, line))

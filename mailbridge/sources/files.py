@@ -114,9 +114,9 @@ def _messages(
         raise FileNotFoundError(f"{path}: no such file or directory")
     size = _regular(path).st_size
     if _looks_like_mbox(path):
-        box = mailbox.mbox(path, factory=None, create=False)
-        for i, key in enumerate(box.keys()):
-            start, stop = box._toc[key]  # type: ignore[attr-defined]  # offsets, found by keys()
+        mbox = mailbox.mbox(path, factory=None, create=False)
+        for i, key in enumerate(mbox.keys()):
+            start, stop = mbox._toc[key]  # type: ignore[attr-defined]  # offsets, found by keys()
             try:
                 _check(Path(f"{path}#{i + 1}"), stop - start, max_size)
             except Skipped as exc:
@@ -124,7 +124,7 @@ def _messages(
                     raise
                 on_skip(exc)
                 continue
-            yield box.get_bytes(key), f"{path}#{i + 1}"
+            yield mbox.get_bytes(key), f"{path}#{i + 1}"
         return
     _check(path, size, max_size)
     yield path.read_bytes(), str(path)

@@ -345,3 +345,43 @@ def test_database_passwords_never_print(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "  database:  postgresql://mb:***@db.example/mb" in result.stdout
     assert "hunter2" not in result.output
+
+
+def test_run_refuses_an_unsupported_database_with_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "mysql://root@localhost/mb")
+    result = mailbridge("run", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}:2: database.url: unsupported database mysql:// "
+        "(use sqlite:///path or postgresql://user@host/db)"
+    ]
+
+
+def test_ingest_skips_oversize_messages_inside_mbox_and_maildir(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import mailbox
+
+    config = write_config(tmp_path, sqlite_url, 'max_message_size = "2KB"\n')
+    big = make_mail(subject="big", body="x" * 4000)
+    box = mailbox.mbox(tmp_path / "in.mbox")
+    box.add(make_mail(subject="small mbox"))
+    box.add(big)
+    box.flush()
+    md = mailbox.Maildir(tmp_path / "Maildir")
+    key = md.add(big)
+    md.add(make_mail(subject="small maildir"))
+    result = run(
+        "--config",
+        str(config),
+        "ingest",
+        "--json",
+        str(tmp_path / "in.mbox"),
+        str(tmp_path / "Maildir"),
+    )
+    assert result.exit_code == 1
+    assert [json.loads(x)["outcome"] for x in result.stdout.splitlines()] == ["created"] * 2
+    skipped = result.stderr.splitlines()
+    assert len(skipped) == 2 and all("over [smtp] max_message_size (2 KB)" in x for x in skipped)
+    assert skipped[0].startswith(f"mailbridge: skipped {tmp_path / 'in.mbox'}#2: ")
+    assert skipped[1].startswith(f"mailbridge: skipped {tmp_path / 'Maildir' / 'new' / key}: ")
