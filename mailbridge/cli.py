@@ -550,6 +550,8 @@ def _report_when(value: str, now: datetime) -> datetime:
     # a duration looks back here ("7d": a week ago), where for postpone it looks ahead
     relative = re.fullmatch(r"\s*\d+\s*[a-zA-Z]+\s*", value)
     return now - (when - now) if relative else when
+
+
 @cli.group()
 def outbox() -> None:
     """Outgoing mail: acknowledgements, notifications and relayed replies."""

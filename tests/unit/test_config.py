@@ -100,7 +100,11 @@ def test_example_fully_uncommented_validates() -> None:
     # every optional line switched on, except the files this host lacks (checked just below)
     text = uncommented(EXAMPLE.read_text())
     text = re.sub(r"^(tls_cert|tls_key|auth_users_file|ack_template) = .*$", "", text, flags=re.M)
-    env = {"MAILBRIDGE_IMAP_PASSWORD": "x", "MAILBRIDGE_SMTP_PASSWORD": "y"}
+    env = {
+        "MAILBRIDGE_IMAP_PASSWORD": "x",
+        "MAILBRIDGE_SMTP_PASSWORD": "y",
+        "MAILBRIDGE_WEBHOOK_SECRET": "z",
+    }
     settings = parse_settings(text, "x.toml", env=env)
     assert [rule.name for rule in settings.rules] == ["auto-resolve", "auto-close", "purge-spam"]
     assert settings.rules[2].then == "purge"
@@ -112,7 +116,11 @@ def test_example_fully_uncommented_validates() -> None:
 def test_example_commented_settings_are_real_keys() -> None:
     # uncommenting every optional `#key = value` line must leave only files this host lacks
     text = uncommented(EXAMPLE.read_text())
-    env = {"MAILBRIDGE_IMAP_PASSWORD": "x", "MAILBRIDGE_SMTP_PASSWORD": "y"}
+    env = {
+        "MAILBRIDGE_IMAP_PASSWORD": "x",
+        "MAILBRIDGE_SMTP_PASSWORD": "y",
+        "MAILBRIDGE_WEBHOOK_SECRET": "z",
+    }
     found = problems(text, env, source_path=EXAMPLE)
     assert found and all("file not found" in line for line in found), found
 
