@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import random
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -157,6 +158,8 @@ class OutboxSender:
         self.worst_delivery = SMTP_STEPS * timeout
         # a node that dies holding claimed rows delays them by at most this long
         self.lease = timedelta(seconds=max(60.0, 2 * self.worst_delivery))
+        # smtplib would say EHLO [127.0.0.1] when the host's name has no dot: name ourselves
+        self.helo_name = settings.smtp.hostname or socket.getfqdn()
         out = settings.outbound
         if (
             out.username
@@ -335,10 +338,16 @@ class OutboxSender:
         try:
             if out.port == 465 and not out.starttls:  # submissions: TLS from the first byte
                 conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    out.smarthost, out.port, timeout=timeout, context=context
+                    out.smarthost,
+                    out.port,
+                    local_hostname=self.helo_name,
+                    timeout=timeout,
+                    context=context,
                 )
             else:
-                conn = smtplib.SMTP(out.smarthost, out.port, timeout=timeout)
+                conn = smtplib.SMTP(
+                    out.smarthost, out.port, local_hostname=self.helo_name, timeout=timeout
+                )
             conn.ehlo()
             if out.starttls:
                 conn.starttls(context=context)
@@ -367,6 +376,17 @@ class OutboxSender:
         assert job.raw is not None
         # 8-bit content (a forwarded message/rfc822, say) needs BODY=8BITMIME where offered
         options = ["BODY=8BITMIME"] if not job.raw.isascii() and conn.has_extn("8bitmime") else []
+        utf8 = [r for r in job.rcpt_tos if not r.isascii()]
+        if utf8 and not conn.has_extn("smtputf8"):
+            # no smarthost can take this address later either: fail now, so the agent hears why
+            return Result(
+                False,
+                f"not deliverable: {', '.join(utf8)} needs SMTPUTF8, "
+                "which the smarthost does not offer",
+                permanent=True,
+            )
+        if utf8:
+            options.append("SMTPUTF8")
         try:
             refused = conn.sendmail(
                 job.mail_from, list(job.rcpt_tos), job.raw, mail_options=options

@@ -8,6 +8,7 @@ retries on 4xx, failure on 5xx, STARTTLS and AUTH, exactly-once delivery with tw
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -39,6 +40,7 @@ url = "{url}"
 
 [smtp]
 addresses = ["support@example.com"]
+{smtp}
 
 [agents]
 addresses = ["alice@example.com"]
@@ -112,9 +114,11 @@ def make_desk(make_app: Callable[..., Any], sqlite_url: str, clock: FixedClock) 
         tickets: str = ACK,
         agents: str = "",
         outbound: str | None = None,
+        smtp: str = "",
         **sender: Any,
     ) -> Desk:
         text = CONFIG.format(
+            smtp=smtp,
             url=url or sqlite_url,
             tickets=tickets,
             agents=agents,
@@ -535,3 +539,20 @@ def test_the_running_component_delivers_promptly_and_stops(
 
     asyncio.run(scenario())
     assert [r.rcpt_tos for r in sink.received] == [(TEAM,)]
+
+
+# --- EHLO --------------------------------------------------------------------------------
+
+
+def test_ehlo_names_the_configured_hostname(make_desk: MakeDesk, sink: SmtpSink) -> None:
+    desk = make_desk(sink, tickets="acknowledge = false", smtp='hostname = "mb.example.test"')
+    desk.customer()
+    assert [r.helo for r in desk.deliver()] == ["mb.example.test"]
+
+
+def test_ehlo_falls_back_to_the_machines_fqdn(make_desk: MakeDesk, sink: SmtpSink) -> None:
+    desk = make_desk(sink, tickets="acknowledge = false")
+    desk.customer()
+    helo = [r.helo for r in desk.deliver()]
+    # smtplib's own fallback is the address literal "[127.0.0.1]" when the name has no dot
+    assert helo == [socket.getfqdn()] and not helo[0].startswith("[")
