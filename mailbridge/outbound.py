@@ -126,6 +126,7 @@ class Outbound:
             agent_addresses=frozenset(a.lower() for a in agents.addresses),
             agent_domains=frozenset(d.lower().lstrip("@") for d in agents.domains),
         )
+        self.trusted_authserv_ids = frozenset(a.lower() for a in agents.trusted_authserv_ids)
         self.notify = [a for a in agents.notify if not self.tokens.is_ours(a)]
         self.notify_boxes = [a for a in (mailbox("", n) for n in self.notify) if a]
         custom = tickets.ack_template
@@ -144,7 +145,7 @@ class Outbound:
     ) -> None:
         """Acknowledge to the customer (when allowed) and notify agents."""
         drafts = []
-        why_not = self._no_ack_reason(session, ticket, verdict, now)
+        why_not = self._no_ack_reason(session, ticket, verdict, parsed, now)
         if why_not:
             log.info("ticket #%s: no acknowledgement: %s", ticket.number, why_not)
         else:
@@ -283,10 +284,16 @@ class Outbound:
     # --- what to send --------------------------------------------------------------------
 
     def _no_ack_reason(
-        self, session: Session, ticket: Ticket, verdict: Verdict, now: datetime
+        self,
+        session: Session,
+        ticket: Ticket,
+        verdict: Verdict,
+        parsed: ParsedMessage | None,
+        now: datetime,
     ) -> str | None:
         customer = ticket.customer
-        limit = self.settings.tickets.ack_max_per_sender_per_hour
+        settings = self.settings.tickets
+        limit = settings.ack_max_per_sender_per_hour
         if not self.settings.tickets.acknowledge:
             return "acknowledgements are off"
         if verdict.kind != classify.MAIL or verdict.bulk:
@@ -297,8 +304,17 @@ class Outbound:
             return f"{customer} is an agent address"
         if _NO_AUTO_REPLY.search(customer.partition("@")[0]) or mailbox("", customer) is None:
             return f"{customer} must not get automatic replies"
-        if repo.count_outbox_to(session, "ack", customer, now - _HOUR) >= limit:
+        if dmarc_failed(verdict, parsed, self.trusted_authserv_ids):
+            return "the From domain failed DMARC: the sender is likely forged"
+        since = now - _HOUR
+        if repo.count_outbox_to(session, "ack", customer, since) >= limit:
             return f"already {limit} acknowledgements to {customer} this hour"
+        domain = customer.rpartition("@")[2]
+        per_domain = settings.ack_max_per_domain_per_hour
+        if repo.count_outbox_kind(session, "ack", since, domain) >= per_domain:
+            return f"already {per_domain} acknowledgements to @{domain} this hour"
+        if repo.count_outbox_kind(session, "ack", since) >= settings.ack_max_per_hour:
+            return f"already {settings.ack_max_per_hour} acknowledgements this hour"
         return None
 
     def _ack(self, ticket: Ticket, message: Message) -> Draft:
@@ -477,6 +493,32 @@ class Outbound:
         """Build and serialise, as the sender does (with its fallback for unwritable parts)."""
         written = write(self.pending(ticket, draft, message_id, now), known, draft.attachments)
         return (written.message, written.raw) if written else None
+
+
+_AR_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def dmarc_failed(verdict: Verdict, parsed: ParsedMessage | None, trusted: frozenset[str]) -> bool:
+    """Whether the mail failed DMARC by the word of an Authentication-Results header we trust.
+
+    The classifier's own fact wins when it offers one. Otherwise only the topmost header with a
+    trusted authserv-id counts (RFC 8601 section 5: the border MTA adds it on top; anything
+    below may be the sender's own), read with its comments removed."""
+    known = getattr(verdict, "dmarc_failed", None)
+    if known is not None:
+        return bool(known)
+    if parsed is None or not trusted:
+        return False
+    for value in parsed.headers.get("authentication-results", ()):
+        text = value
+        while (stripped := _AR_COMMENT.sub(" ", text)) != text:  # comments nest
+            text = stripped
+        authserv, *results = text.split(";")
+        words = authserv.split()
+        if not words or words[0].lower() not in trusted:
+            continue
+        return any(r.split() and r.split()[0].lower().startswith("dmarc=fail") for r in results)
+    return False
 
 
 def _conversation(ticket: Ticket) -> bytes:

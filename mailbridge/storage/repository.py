@@ -586,6 +586,26 @@ def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime)
     return session.scalar(_COUNT_OUTBOX_TO, params) or 0
 
 
+_COUNT_OUTBOX_KIND = (
+    select(func.count())
+    .select_from(Outbox)
+    .where(Outbox.kind == bindparam("kind"), Outbox.created_at >= bindparam("since"))
+)
+
+
+def count_outbox_kind(
+    session: Session, kind: str, since: datetime, domain: str | None = None
+) -> int:
+    """Rows of `kind` queued since `since`, all of them or those whose first recipient is at
+    `domain` (acknowledgement limits)."""
+    params: dict[str, Any] = {"kind": kind, "since": since}
+    if domain is None:
+        return session.scalar(_COUNT_OUTBOX_KIND, params) or 0
+    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    stmt = _COUNT_OUTBOX_KIND.where(Outbox.rcpt_key.like(pattern, escape="\\"))
+    return session.scalar(stmt, params) or 0
+
+
 def claim_outbox(
     session: Session, now: datetime, lease: timedelta, limit: int = 20
 ) -> list[Outbox]:

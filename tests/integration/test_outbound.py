@@ -556,3 +556,68 @@ def test_ehlo_falls_back_to_the_machines_fqdn(make_desk: MakeDesk, sink: SmtpSin
     helo = [r.helo for r in desk.deliver()]
     # smtplib's own fallback is the address literal "[127.0.0.1]" when the name has no dot
     assert helo == [socket.getfqdn()] and not helo[0].startswith("[")
+
+
+# --- acknowledgements and backscatter ------------------------------------------------------
+
+
+def test_forged_senders_of_one_domain_get_at_most_the_domain_limit(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
+    desk = make_desk(sink, tickets="acknowledge = true")  # the default limits
+    limit = desk.app.settings.tickets.ack_max_per_domain_per_hour
+    for n in range(50):
+        victim = f"victim+{n}@victim.test"
+        raw = make_mail(sender=victim, subject=f"Buy cheap pills {n}")
+        assert desk.accept(raw, sender=victim).outcome == "created"
+    arrived = desk.deliver()
+    acks = [r for r in arrived if r.rcpt_tos[0].endswith("@victim.test")]
+    assert len(acks) == limit < 50
+    assert len([r for r in arrived if r.rcpt_tos == (TEAM,)]) == 50  # agents hear of all
+
+
+def test_acknowledgements_are_limited_in_total_per_hour(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
+) -> None:
+    desk = make_desk(sink, tickets=ACK + "ack_max_per_hour = 4")
+    for n in range(6):
+        desk.customer(sender=f"c{n}@domain{n}.example", subject=f"Problem {n}")
+    assert len([r for r in desk.deliver() if r.rcpt_tos != (TEAM,)]) == 4
+    clock.advance(minutes=61)
+    desk.customer(sender="late@domain9.example")
+    assert [r.rcpt_tos for r in desk.deliver() if r.rcpt_tos != (TEAM,)] == [
+        ("late@domain9.example",)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("results", "acknowledged"),
+    [
+        (["mx.example.com; dmarc=fail (p=reject) header.from=customer.example"], False),
+        (["mx.example.com; spf=pass smtp.mailfrom=customer.example"], True),
+        (["mx.example.com; dmarc=pass header.from=customer.example"], True),
+        # a sender's own header below ours cannot overrule it, nor can one from a stranger
+        (
+            [
+                "mx.example.com; dmarc=fail header.from=customer.example",
+                "mx.example.com; dmarc=pass header.from=customer.example",
+            ],
+            False,
+        ),
+        (["evil.example; dmarc=fail header.from=customer.example"], True),
+        # a comment cannot hide the verdict, nor fake one
+        (["mx.example.com (dmarc=pass; x); dmarc=fail header.from=customer.example"], False),
+        (["mx.example.com; spf=none (dmarc=fail) smtp.mailfrom=customer.example"], True),
+    ],
+)
+def test_no_acknowledgement_for_mail_that_failed_dmarc(
+    make_desk: MakeDesk, sink: SmtpSink, results: list[str], acknowledged: bool
+) -> None:
+    desk = make_desk(sink)
+    raw = make_mail()
+    head = "".join(f"Authentication-Results: {r}\r\n" for r in results).encode()
+    outcome = desk.accept(head + raw)
+    assert outcome.outcome == "created"
+    arrived = desk.deliver()
+    assert len(sink.to(CUSTOMER)) == int(acknowledged)
+    assert [r.rcpt_tos for r in arrived if r.rcpt_tos == (TEAM,)] == [(TEAM,)]
