@@ -1,9 +1,14 @@
 """Outbox delivery: claim due rows, hand them to the smarthost, record what happened.
 
 Exactly once, also with several senders on one PostgreSQL database: a row is claimed in its own
-transaction (`claim_outbox` pushes `next_attempt_at` past a lease, SKIP LOCKED), which commits
-before any SMTP traffic; the result is recorded in a second transaction per row. Only a crash
-between the smarthost's 250 and that second commit can send a row twice, after the lease.
+transaction (`claim_outbox` pushes `next_attempt_at` past a short lease, SKIP LOCKED), which
+commits before any SMTP traffic; a heartbeat renews the lease while the batch is being sent, so a
+dead node's rows come free after `LEASE`, not after the worst case of a whole batch. The result
+is recorded in a second transaction per row; when that commit fails, the result is kept in
+memory and recorded before anything else is claimed, and the row is never sent again by this
+node. What remains: the smarthost said 250, the commit of "sent" failed, and the process died
+(or lost the database for longer than the lease) before it could record it: then the row is sent
+again once the lease runs out.
 
 Queued mail arrives without its bytes (see `outbound.py`): after claiming a batch the sender writes
 the MIME bytes of such rows from their spec, outside any transaction, and stores them on the row
@@ -51,7 +56,8 @@ BACKOFF_CAP = timedelta(hours=2)
 JITTER = 0.1  # up to +10%, so rows that failed together do not retry in lockstep
 BATCH_SIZE = 20
 POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody kicks us
-SMTP_STEPS = 8  # connect, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA
+# a claim lives this long unless renewed; the heartbeat renews it three times per lease
+LEASE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class Job:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     raw: bytes | None  # None: the mail could not be written
+    attempts: int = 0  # as claimed: a result is recorded only onto the attempt it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,65 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host.lower() == "localhost"
+
+
+class Claim:
+    """Rows this sender claimed and has not recorded yet; `renew` keeps them ours."""
+
+    def __init__(
+        self,
+        sender: OutboxSender,
+        stamp: datetime,
+        jobs: list[Job],
+        unwritten: dict[int, Unwritten],
+    ) -> None:
+        self.sender = sender
+        self.jobs, self.unwritten = jobs, unwritten
+        self.ids = {j.id for j in jobs}
+        self.stamp = stamp  # their next_attempt_at: whoever holds the rows under this stamp
+        self.renewed = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def renew(self) -> None:
+        """Push the lease of the rows still being sent one `LEASE` past now."""
+        until = self.sender.clock() + self.sender.lease
+        with self.sender.store.unit() as session:
+            kept = repo.renew_outbox(session, sorted(self.ids), self.stamp, until)
+        lost = self.ids - kept
+        if lost:
+            log.warning("outbox: claim of %s ran out; another sender has them", sorted(lost))
+        self.ids &= kept
+        self.stamp, self.renewed = until, time.monotonic()
+
+    def holds(self, pk: int) -> bool:
+        """Whether `pk` may still be sent by us: claimed, not lost, and the lease renewed
+        recently enough that no other sender can have taken it yet."""
+        fresh = time.monotonic() - self.renewed < self.sender.lease.total_seconds() / 2
+        return fresh and pk in self.ids
+
+    def done(self, pk: int) -> None:
+        self.ids.discard(pk)
+
+    def __enter__(self) -> Claim:
+        self._thread = threading.Thread(target=self._beat, name="outbox-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        interval = self.sender.lease.total_seconds() / 3
+        while not self._stop.wait(interval):
+            if not self.ids:
+                continue
+            try:
+                self.renew()
+            except Exception as exc:  # the database is away: holds() stops sending in time
+                log.warning("outbox: cannot renew the claim: %s", exc)
 
 
 def log_delivery(
@@ -147,17 +213,15 @@ class OutboxSender:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        # results the smarthost gave that could not be committed yet: recorded before anything
+        # else, and never sent again by this sender
+        self._unrecorded: dict[int, tuple[Job, Result]] = {}
+        self.lease = LEASE
         self.reload(settings)
 
     def reload(self, settings: Any) -> None:
         self.settings = settings
         self.outbound = Outbound(settings, self.clock)
-        timeout = settings.outbound.timeout.total_seconds()
-        # one delivery is a handful of SMTP round trips, each bounded by the timeout; a batch
-        # starts no delivery that could outlast its lease (else another sender could claim it)
-        self.worst_delivery = SMTP_STEPS * timeout
-        # a node that dies holding claimed rows delays them by at most this long
-        self.lease = timedelta(seconds=max(60.0, 2 * self.worst_delivery))
         # smtplib would say EHLO [127.0.0.1] when the host's name has no dot: name ourselves
         self.helo_name = settings.smtp.hostname or socket.getfqdn()
         out = settings.outbound
@@ -216,23 +280,41 @@ class OutboxSender:
         """Deliver every row due at `now` (default: the clock); returns how many were sent."""
         if not self.settings.outbound.smarthost:
             return 0  # outbound is off: mail waits in the outbox until a smarthost is configured
-        sent = 0
+        sent = self._record_unrecorded(now)
         while not self._stopping.is_set():
-            at = now or self.clock()
-            with self.store.unit() as session:
-                rows = repo.claim_outbox(session, at, self.lease, self.batch_size)
-                jobs = [
-                    Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw)
-                    for r in rows
-                ]
-                unwritten = self._unwritten(session, rows)
-            if not jobs:
+            claim = self.claim(now)
+            if claim is None:
                 break
-            if unwritten:
-                jobs = self._write(jobs, unwritten)
-            sent += self._deliver_batch(jobs, now)
+            jobs, unwritten = claim.jobs, claim.unwritten
+            with claim:
+                if unwritten:  # a database error here ends the round: nothing was sent yet
+                    jobs = self._write(jobs, unwritten)
+                sent += self._deliver_batch(jobs, now, claim)
             if len(jobs) < self.batch_size:
                 break
+        return sent
+
+    def claim(self, now: datetime | None = None) -> Claim | None:
+        """Claim the due rows of one batch (committed before any SMTP traffic); None: none due."""
+        at = now or self.clock()
+        with self.store.unit() as session:
+            rows = repo.claim_outbox(session, at, self.lease, self.batch_size)
+            jobs = [
+                Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw, r.attempts)
+                for r in rows
+            ]
+            unwritten = self._unwritten(session, rows)
+        if not jobs:
+            return None
+        return Claim(self, at + self.lease, jobs, unwritten)
+
+    def _record_unrecorded(self, now: datetime | None) -> int:
+        """Record the results whose commit failed before; raises while the database is away."""
+        sent = 0
+        for pk, (job, result) in list(self._unrecorded.items()):
+            self._record(job, result, now)
+            del self._unrecorded[pk]
+            sent += result.sent
         return sent
 
     def _unwritten(self, session: Any, rows: list[Any]) -> dict[int, Unwritten]:
@@ -295,18 +377,17 @@ class OutboxSender:
             for job in jobs
         ]
 
-    def _deliver_batch(self, jobs: list[Job], now: datetime | None) -> int:
+    def _deliver_batch(self, jobs: list[Job], now: datetime | None, claim: Claim) -> int:
         """One connection for the batch; reconnect after any error, since its state is unknown."""
         sent = 0
-        started = time.monotonic()
         conn: smtplib.SMTP | None = None
         connect_error: Result | None = None
         try:
             for index, job in enumerate(jobs):
-                elapsed = time.monotonic() - started
-                out_of_time = elapsed + self.worst_delivery > self.lease.total_seconds()
-                if index and (out_of_time or self._stopping.is_set()):
-                    self._release(jobs[index:], now)
+                if job.id in self._unrecorded or not claim.holds(job.id):
+                    continue  # sent already, or no longer surely ours: never twice from here
+                if index and self._stopping.is_set():
+                    self._release([j for j in jobs[index:] if claim.holds(j.id)], now)
                     break
                 if job.raw is None:
                     result = Result(False, "the mail could not be written", permanent=True)
@@ -322,7 +403,14 @@ class OutboxSender:
                             connect_error = result
                     if not result.sent:
                         conn = self._close(conn)
-                self._record(job, result, now)
+                try:
+                    self._record(job, result, now)
+                except Exception:
+                    # keep what the smarthost said; the rest of the batch waits for its lease
+                    self._unrecorded[job.id] = (job, result)
+                    raise
+                finally:
+                    claim.done(job.id)
                 sent += result.sent
         finally:
             self._close(conn, polite=True)
@@ -425,6 +513,8 @@ class OutboxSender:
             row = repo.get_outbox(session, job.id)
             if row is None:  # purged with its ticket meanwhile
                 return
+            if row.state != "queued" or row.attempts != job.attempts:
+                return  # recorded already: the commit that seemed to fail had gone through
             outcome = self._apply(session, row, result, at)
         log_delivery(row.id, row.kind, row.attempts, outcome, result, row.next_attempt_at)
         if self.on_delivery:

@@ -625,6 +625,23 @@ def claim_outbox(
     return rows
 
 
+def renew_outbox(
+    session: Session, ids: Sequence[int], stamp: datetime, until: datetime
+) -> set[int]:
+    """Extend a claim: rows of `ids` still queued under our `stamp` now wait until `until`.
+    Returns the ids still ours (a row another sender took after our lease ran out is not)."""
+    if not ids:
+        return set()
+    kept = session.scalars(
+        update(Outbox)
+        .where(Outbox.id.in_(list(ids)), Outbox.state == "queued", Outbox.next_attempt_at == stamp)
+        .values(next_attempt_at=until)
+        .returning(Outbox.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(kept)
+
+
 def get_outbox(session: Session, pk: int) -> Outbox | None:
     return session.get(Outbox, pk)
 

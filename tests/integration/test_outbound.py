@@ -8,6 +8,7 @@ retries on 4xx, failure on 5xx, STARTTLS and AUTH, exactly-once delivery with tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -17,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from mailbridge.app import App
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Outcome, Source
+from mailbridge.errors import StorageUnavailable
 from mailbridge.outbound import FOOTER_MARK
 from mailbridge.parse import parse
 from mailbridge.sender import OutboxSender
@@ -621,3 +625,81 @@ def test_no_acknowledgement_for_mail_that_failed_dmarc(
     arrived = desk.deliver()
     assert len(sink.to(CUSTOMER)) == int(acknowledged)
     assert [r.rcpt_tos for r in arrived if r.rcpt_tos == (TEAM,)] == [(TEAM,)]
+
+
+# --- claims, leases and database errors ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def failing_once(desk: Desk, statement: str) -> Iterator[list[str]]:
+    """The database fails the next statement that starts with `statement`, as a killed
+    PostgreSQL backend or a full disk would; the list collects what failed."""
+    failed: list[str] = []
+
+    def fail(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if not failed and sql.lstrip().upper().startswith(statement.upper()):
+            failed.append(sql)
+            raise OperationalError(sql, params, Exception("server closed the connection"))
+
+    engine = desk.app.store.engine
+    event.listen(engine, "before_cursor_execute", fail)
+    try:
+        yield failed
+    finally:
+        event.remove(engine, "before_cursor_execute", fail)
+
+
+def test_a_dead_senders_claim_runs_out_after_the_short_lease(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url, tickets="acknowledge = false")
+    for n in range(3):
+        desk.customer(sender=f"c{n}@customer.example")
+    claim = desk.sender.claim()  # a node claims the batch ...
+    assert claim is not None and len(claim.jobs) == 3
+    other = OutboxSender(desk.app.store, desk.app.settings, clock)
+    clock.advance(seconds=40)
+    assert other.deliver_due() == 0
+    claim.renew()  # ... its heartbeat keeps the rows while it sends ...
+    clock.advance(seconds=40)
+    assert other.deliver_due() == 0  # 80 s after the claim, 40 after the renewal
+    clock.advance(seconds=21)  # ... then it dies: nobody renews
+    assert other.deliver_due() == 3
+    assert len(sink.received) == 3 and {r.state for r in desk.outbox()} == {"sent"}
+    claim.renew()  # the node was only paused: it learns that the rows are no longer its own
+    assert claim.ids == set()
+
+
+def test_a_database_error_between_claim_and_send_sends_each_mail_once(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url)
+    desk.customer()  # an acknowledgement and a notification
+    with failing_once(desk, "UPDATE outbox SET raw") as failed:
+        with pytest.raises(StorageUnavailable):
+            desk.sender.deliver_due()
+    assert failed and sink.received == []
+    clock.advance(seconds=61)  # the claim ran out: this node (or another) takes them again
+    assert len(desk.deliver()) == 2
+    clock.advance(hours=3)
+    assert desk.deliver() == []
+    assert len(sink.received) == 2 and {r.state for r in desk.outbox()} == {"sent"}
+
+
+def test_a_failed_commit_of_sent_is_recorded_later_not_sent_again(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url)
+    desk.customer()
+    with failing_once(desk, "UPDATE outbox SET state") as failed:  # recording the result
+        with pytest.raises(StorageUnavailable):
+            desk.sender.deliver_due()
+    assert failed
+    assert len(sink.received) == 1  # the smarthost has the first mail
+    assert desk.outbox()[0].state == "queued"  # ... and the database does not know it yet
+    clock.advance(minutes=5)  # far past the lease
+    desk.deliver()  # the kept result is recorded first, then the second mail is sent
+    assert sorted(r.rcpt_tos for r in sink.received) == [(CUSTOMER,), (TEAM,)]
+    assert [(r.state, r.attempts) for r in desk.outbox()] == [("sent", 1), ("sent", 1)]
+    clock.advance(hours=3)
+    assert desk.deliver() == []
