@@ -675,9 +675,8 @@ def test_a_database_error_between_claim_and_send_sends_each_mail_once(
 ) -> None:
     desk = make_desk(sink, db_url)
     desk.customer()  # an acknowledgement and a notification
-    with failing_once(desk, "UPDATE outbox SET raw") as failed:
-        with pytest.raises(StorageUnavailable):
-            desk.sender.deliver_due()
+    with failing_once(desk, "UPDATE outbox SET raw") as failed, pytest.raises(StorageUnavailable):
+        desk.sender.deliver_due()
     assert failed and sink.received == []
     clock.advance(seconds=61)  # the claim ran out: this node (or another) takes them again
     assert len(desk.deliver()) == 2
@@ -691,9 +690,9 @@ def test_a_failed_commit_of_sent_is_recorded_later_not_sent_again(
 ) -> None:
     desk = make_desk(sink, db_url)
     desk.customer()
-    with failing_once(desk, "UPDATE outbox SET state") as failed:  # recording the result
-        with pytest.raises(StorageUnavailable):
-            desk.sender.deliver_due()
+    # the commit of the smarthost's 250 fails
+    with failing_once(desk, "UPDATE outbox SET state") as failed, pytest.raises(StorageUnavailable):
+        desk.sender.deliver_due()
     assert failed
     assert len(sink.received) == 1  # the smarthost has the first mail
     assert desk.outbox()[0].state == "queued"  # ... and the database does not know it yet
