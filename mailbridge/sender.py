@@ -167,6 +167,36 @@ class Claim:
                 log.warning("outbox: cannot renew the claim: %s", exc)
 
 
+_BODY_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:")
+
+
+def reference_copy(written: Written, original: str | None) -> tuple[bytes, str]:
+    """What the ticket keeps of a notification: its header block as sent, byte for byte, and
+    instead of the customer's text and attachments (stored once, with the customer's mail) a
+    line saying where they are. The bytes sent are kept on the outbox row until delivery."""
+    head, _, _ = written.raw.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    kept = [f for f in fields if not f.lower().startswith(_BODY_FIELDS)]
+    names = ", ".join(p.filename for p in written.attachments)
+    text = (
+        f"This notification carried the text of message <{original}>"
+        + (f" and its attachments ({names})" if names else "")
+        + ", stored with that message on this ticket; they are not stored again here.\n"
+    )
+    mime = [
+        b"MIME-Version: 1.0",
+        b'Content-Type: text/plain; charset="utf-8"',
+        b"Content-Transfer-Encoding: 8bit",
+    ]
+    body = text.encode("utf-8", "replace").replace(b"\n", b"\r\n")
+    return b"\r\n".join([*kept, *mime]) + b"\r\n\r\n" + body, text
+
+
 def log_delivery(
     pk: int, kind: str, attempts: int, outcome: str, result: Result, retry_at: datetime
 ) -> None:
@@ -356,18 +386,22 @@ class OutboxSender:
             if w is None or u.pending is None:
                 continue
             chash = content_hash(w.raw)
+            copy_raw, body = w.raw, w.body
+            if u.pending.kind == "notify" and u.attach_raw is not None:
+                # the customer's mail, text and attachments, is on the ticket already
+                copy_raw, body = reference_copy(w, u.pending.in_reply_to)
             copy = {
                 "dedup_key": dedup_key(u.pending.message_id, chash),
                 "content_hash": chash,
-                "size": len(w.raw),
+                "size": len(copy_raw),
                 "subject": w.subject,
-                "body_text": w.body,
+                "body_text": body,
             }
             files = [
                 Attachment(filename=p.filename, content_type=p.content_type, size=size_of(p))
                 for p in w.attachments
             ]
-            saved.append(repo.Written(pk, w.raw, u.message_pk, copy, files))
+            saved.append(repo.Written(pk, w.raw, u.message_pk, copy, files, copy_raw))
         with self.store.unit() as session:
             repo.save_written(session, saved)
         return [
@@ -525,6 +559,7 @@ class OutboxSender:
         row.attempts += 1
         if result.sent:
             row.state, row.sent_at = "sent", at
+            row.raw = None  # sent: the ticket's copy is what remains of it
             partly = "partly refused: " + "; ".join(result.refused)
             row.last_error = partly[:2000] if result.refused else None
             return "sent"

@@ -512,6 +512,7 @@ class Written:
     message_pk: int | None
     copy: dict[str, Any]  # dedup_key, content_hash, size, subject, body_text
     attachments: Sequence[Attachment]
+    copy_raw: bytes | None = None  # what the ticket keeps, when not `raw` itself
 
 
 _SAVE_OUTBOX_RAW = (
@@ -546,7 +547,13 @@ def save_written(session: Session, written: Sequence[Written]) -> None:
     copies = [w for w in copies if w.message_pk in alive]  # not purged meanwhile
     if not copies:
         return
-    session.execute(_SAVE_COPY, [{"b_id": w.message_pk, "raw": w.raw, **w.copy} for w in copies])
+    session.execute(
+        _SAVE_COPY,
+        [
+            {"b_id": w.message_pk, "raw": w.raw if w.copy_raw is None else w.copy_raw, **w.copy}
+            for w in copies
+        ],
+    )
     files = [
         {
             "message_pk": w.message_pk,
