@@ -194,20 +194,32 @@ class Outbound:
         from_name = self.settings.outbound.from_name
         if self.settings.agents.display_names:
             from_name = f"{name} via {from_name}"
-        draft = Draft(
-            kind="relay",
-            author_kind="agent",
-            to=to,
-            cc=cc,
-            subject=reply_subject(ticket.subject),
-            body=text.rstrip() + "\n",
-            from_name=from_name,
-            in_reply_to=self._last_customer_id(session, ticket),
-            auto_submitted=None,
-            attach_pk=message.id,
-            verdict=f"{_RELAYED_BY}{agent}",
-        )
-        self._queue(session, ticket, [draft], now)
+        # addresses only SMTPUTF8 can carry go as a mail of their own: should the smarthost
+        # not offer it, that mail fails (with a notice) and the others still get the reply
+        everyone = [*to, *cc]
+        groups = [
+            [a for a in everyone if a.addr_spec.isascii()],
+            [a for a in everyone if not a.addr_spec.isascii()],
+        ]
+        in_reply_to = self._last_customer_id(session, ticket)
+        drafts = [
+            Draft(
+                kind="relay",
+                author_kind="agent",
+                to=group[:1],
+                cc=group[1:],
+                subject=reply_subject(ticket.subject),
+                body=text.rstrip() + "\n",
+                from_name=from_name,
+                in_reply_to=in_reply_to,
+                auto_submitted=None,
+                attach_pk=message.id,
+                verdict=f"{_RELAYED_BY}{agent}",
+            )
+            for group in groups
+            if group
+        ]
+        self._queue(session, ticket, drafts, now)
 
     def refused(
         self,

@@ -11,7 +11,8 @@ import pytest
 
 from tests.fixtures.smtp_sink import SmtpSink
 from tests.integration.test_agents import ALICE, agent_answer, only, text_of
-from tests.integration.test_outbound import TEAM, Desk, MakeDesk, make_desk
+from tests.integration.test_outbound import CUSTOMER, TEAM, Desk, MakeDesk, make_desk
+from tests.mail import make_mail
 
 __all__ = ["make_desk"]  # the fixture, shared with test_outbound
 
@@ -100,3 +101,23 @@ def test_a_quoted_local_part_is_refused_with_a_notice_at_once(
     notice = only(arrived, ALICE)
     assert "cannot be written safely" in text_of(notice.message)
     assert any("jo smith" in d for d in failures(desk, number))
+
+
+def test_an_internationalised_participant_cannot_cost_the_customer_the_reply(
+    make_desk: MakeDesk, plain_sink: SmtpSink
+) -> None:
+    desk = make_desk(plain_sink, tickets="acknowledge = false")
+    # the customer copies a colleague with an internationalised address (RFC 6532 header);
+    # make_mail cannot write one, so it goes in afterwards
+    raw = make_mail(cc="Jörg <placeholder@customer.example>")
+    raw = raw.replace(b"placeholder@customer.example", "jörg@customer.example".encode())
+    outcome = desk.accept(raw)
+    assert outcome.ticket is not None
+    note = only(desk.deliver(), TEAM)
+    agent_answer(desk, note, "Please unplug it.")
+    arrived = desk.deliver()
+    assert [r.rcpt_tos for r in arrived] == [(CUSTOMER,)]  # the customer has the reply
+    relays = {r.rcpt_tos: r.state for r in desk.outbox() if r.kind == "relay"}
+    assert relays == {CUSTOMER: "sent", "jörg@customer.example": "failed"}
+    notice = only(desk.deliver(), ALICE)
+    assert "jörg@customer.example" in text_of(notice.message)
