@@ -500,7 +500,7 @@ class OutboxSender:
         options = ["BODY=8BITMIME"] if not job.raw.isascii() and conn.has_extn("8bitmime") else []
         utf8 = [r for r in job.rcpt_tos if not r.isascii()]
         if utf8 and not conn.has_extn("smtputf8"):
-            # no smarthost can take this address later either: fail now, so the agent hears why
+            # a retry would not make the smarthost offer it: fail now, so the agent hears why
             return Result(
                 False,
                 f"not deliverable: {', '.join(utf8)} needs SMTPUTF8, "
