@@ -387,6 +387,9 @@ class TicketsSettings(_Section):
     acknowledge: Bool = False
     ack_template: FilePath | None = None
     ack_max_per_sender_per_hour: Annotated[int, Strict(), Field(ge=0)] = 3
+    # backscatter: forged senders spread over one domain, or over many, are bounded too
+    ack_max_per_domain_per_hour: Annotated[int, Strict(), Field(ge=0)] = 20
+    ack_max_per_hour: Annotated[int, Strict(), Field(ge=0)] = 200
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
     max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches

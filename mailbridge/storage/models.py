@@ -230,6 +230,7 @@ class Outbox(Base):
     __table_args__ = (
         Index("ix_outbox_due", "state", "next_attempt_at"),
         Index("ix_outbox_kind_rcpt_created", "kind", "rcpt_key", "created_at"),
+        Index("ix_outbox_kind_created", "kind", "created_at"),  # acknowledgement limits
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)

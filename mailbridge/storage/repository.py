@@ -533,6 +533,7 @@ class Written:
     message_pk: int | None
     copy: dict[str, Any]  # dedup_key, content_hash, size, subject, body_text
     attachments: Sequence[Attachment]
+    copy_raw: bytes | None = None  # what the ticket keeps, when not `raw` itself
 
 
 _SAVE_OUTBOX_RAW = (
@@ -567,7 +568,13 @@ def save_written(session: Session, written: Sequence[Written]) -> None:
     copies = [w for w in copies if w.message_pk in alive]  # not purged meanwhile
     if not copies:
         return
-    session.execute(_SAVE_COPY, [{"b_id": w.message_pk, "raw": w.raw, **w.copy} for w in copies])
+    session.execute(
+        _SAVE_COPY,
+        [
+            {"b_id": w.message_pk, "raw": w.raw if w.copy_raw is None else w.copy_raw, **w.copy}
+            for w in copies
+        ],
+    )
     files = [
         {
             "message_pk": w.message_pk,
@@ -607,6 +614,26 @@ def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime)
     return session.scalar(_COUNT_OUTBOX_TO, params) or 0
 
 
+_COUNT_OUTBOX_KIND = (
+    select(func.count())
+    .select_from(Outbox)
+    .where(Outbox.kind == bindparam("kind"), Outbox.created_at >= bindparam("since"))
+)
+
+
+def count_outbox_kind(
+    session: Session, kind: str, since: datetime, domain: str | None = None
+) -> int:
+    """Rows of `kind` queued since `since`, all of them or those whose first recipient is at
+    `domain` (acknowledgement limits)."""
+    params: dict[str, Any] = {"kind": kind, "since": since}
+    if domain is None:
+        return session.scalar(_COUNT_OUTBOX_KIND, params) or 0
+    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    stmt = _COUNT_OUTBOX_KIND.where(Outbox.rcpt_key.like(pattern, escape="\\"))
+    return session.scalar(stmt, params) or 0
+
+
 def claim_outbox(
     session: Session, now: datetime, lease: timedelta, limit: int = 20, kind: str | None = None
 ) -> list[Outbox]:
@@ -627,6 +654,23 @@ def claim_outbox(
     for row in rows:
         row.next_attempt_at = now + lease
     return rows
+
+
+def renew_outbox(
+    session: Session, ids: Sequence[int], stamp: datetime, until: datetime
+) -> set[int]:
+    """Extend a claim: rows of `ids` still queued under our `stamp` now wait until `until`.
+    Returns the ids still ours (a row another sender took after our lease ran out is not)."""
+    if not ids:
+        return set()
+    kept = session.scalars(
+        update(Outbox)
+        .where(Outbox.id.in_(list(ids)), Outbox.state == "queued", Outbox.next_attempt_at == stamp)
+        .values(next_attempt_at=until)
+        .returning(Outbox.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(kept)
 
 
 def get_outbox(session: Session, pk: int) -> Outbox | None:
