@@ -320,9 +320,9 @@ class FolderPoller:
             if self._folder_notes.get(wanted) != problem:
                 self._say(
                     logging.WARNING,
-                    "after = move:%s: %s; ingested mail stays in %s until the folder exists",
-                    wanted,
+                    "%s; after = move:%s leaves ingested mail in %s until that folder exists",
                     problem,
+                    wanted,
                     session.folder,
                 )
             self._folder_notes[wanted] = problem

@@ -312,8 +312,9 @@ class ImapSession:
         except imaplib.IMAP4.error as exc:
             if (found := self.resolve(folder)) is not None:
                 return found  # created meanwhile by someone else
+            said = str(exc).strip().removeprefix("create failed: ")
             raise FolderMissing(
-                f"{self.name}: cannot create folder {target}: {str(exc).strip()}; "
+                f"{self.name}: cannot create folder {target} (server said: {said}); "
                 f"{self.folder_list()}"
             ) from exc
         log.info("imap %s: created folder %s for the move after-action", self.name, target)
