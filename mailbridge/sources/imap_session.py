@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import re
 import shlex
 import ssl
 import subprocess
@@ -350,6 +351,8 @@ class ImapSession:
         wake: Wake = "timeout"
         with wrapped(self.name, "IDLE"):
             client.idle()
+            if any(_NEW_MAIL.match(line) for line in _already_read(client)):
+                wake, deadline = "mail", 0.0
             silent_eofs = 0
             while time.monotonic() < deadline:
                 if stop.is_set():
@@ -372,3 +375,28 @@ class ImapSession:
                     raise ImapError(f"{self.name}: connection lost during IDLE")
             client.idle_done()
         return wake
+
+
+_NEW_MAIL = re.compile(rb"\* \d+ (EXISTS|RECENT)\b", re.IGNORECASE)
+
+
+def _already_read(client: IMAPClient) -> list[bytes]:
+    """Complete lines imaplib has already buffered after IDLE's `+` continuation.
+
+    Mail that arrives between the last SEARCH and IDLE is announced (`* n EXISTS`) in the same
+    packet as `+ idling`. `idle_check` only polls the socket, so it would not see that buffered
+    line until more data came, and the mail would wait for the next re-IDLE.
+    """
+    imap = client._imap
+    sock = client.socket()
+    lines: list[bytes] = []
+    sock.setblocking(False)  # peek() reads the socket only when the buffer is empty: never wait
+    try:
+        while b"\n" in (imap.file.peek() or b""):
+            lines.append(imap._get_line())
+    except OSError:
+        pass  # nothing more to read now; idle_check takes it from here
+    finally:
+        sock.setblocking(True)
+        client._set_read_timeout()
+    return lines
