@@ -1,6 +1,6 @@
 """leases record the holding process, so a restarted node can take its own leases back at once
 
-Revision ID: 0003
+Revision ID: 0003_imap
 Revises: 0002
 Create Date: 2026-12-01 22:00:00
 """
@@ -8,7 +8,7 @@ Create Date: 2026-12-01 22:00:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
+revision = "0003_imap"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
