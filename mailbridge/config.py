@@ -510,7 +510,7 @@ class MetricsSettings(_Section):
 
 
 class ClusterSettings(_Section):
-    node_id: str | None = None  # None: hostname and pid
+    node_id: str | None = None  # None: the host name (mailbridge.node)
     lease_ttl: Duration = timedelta(seconds=30)
 
 

@@ -277,3 +277,5 @@ class Lease(Base):
     owner: Mapped[str] = mapped_column(CleanString(200))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the process holding it (mailbridge.node.Incarnation); None in rows from before 0003
+    incarnation: Mapped[str | None] = mapped_column(CleanString(300))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -715,28 +715,60 @@ def save_imap_checkpoint(
         row.uidvalidity, row.last_uid, row.last_success_at = uidvalidity, last_uid, now
 
 
-def acquire_lease(session: Session, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
-    """Take or renew a lease; True when `owner` holds it until now + ttl."""
-    _insert_ignore(
-        session,
-        Lease,
-        [{"name": name, "owner": owner, "expires_at": now + ttl, "heartbeat_at": now}],
-    )
+def acquire_lease(
+    session: Session,
+    name: str,
+    owner: str,
+    now: datetime,
+    ttl: timedelta,
+    incarnation: str = "",
+    reclaim: Callable[[str | None], bool] | None = None,
+) -> bool:
+    """Take or renew a lease; True when `owner` (in this `incarnation`) holds it until now + ttl.
+
+    A lease held by another owner, or by another incarnation of this owner, is taken only once it
+    has expired, or (same owner only) when `reclaim(its incarnation)` says that process is gone.
+    """
+    values = {"owner": owner, "incarnation": incarnation, "expires_at": now + ttl}
+    _insert_ignore(session, Lease, [{"name": name, **values, "heartbeat_at": now}])
+    mine = (Lease.owner == owner) & (Lease.incarnation == incarnation)
     result = session.execute(
         update(Lease)
-        .where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
-        .values(owner=owner, expires_at=now + ttl, heartbeat_at=now)
+        .where(Lease.name == name, or_(mine, Lease.expires_at < now))
+        .values(**values, heartbeat_at=now)
+    )
+    if result.rowcount or reclaim is None:  # type: ignore[attr-defined]
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+    row = session.get(Lease, name)
+    if row is None or row.owner != owner or not reclaim(row.incarnation):
+        return False
+    # compare-and-set: of two restarted processes racing for it, only one wins
+    result = session.execute(
+        update(Lease)
+        .where(Lease.name == name, Lease.owner == owner, Lease.incarnation == row.incarnation)
+        .values(**values, heartbeat_at=now)
+        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def release_lease(session: Session, name: str, owner: str) -> None:
-    session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
+def release_lease(session: Session, name: str, owner: str, incarnation: str = "") -> None:
+    session.execute(
+        delete(Lease).where(
+            Lease.name == name, Lease.owner == owner, Lease.incarnation == incarnation
+        )
+    )
 
 
 def lease_owner(session: Session, name: str) -> tuple[str, datetime] | None:
     row = session.get(Lease, name)
     return (row.owner, row.expires_at) if row else None
+
+
+def lease_holder(session: Session, name: str) -> tuple[str, str | None, datetime] | None:
+    """(owner, incarnation, expires_at) of a lease, or None when nobody holds it."""
+    row = session.get(Lease, name)
+    return (row.owner, row.incarnation, row.expires_at) if row else None
 
 
 # --- report ------------------------------------------------------------------------------
