@@ -1,7 +1,7 @@
 """leases record the holding process, so a restarted node can take its own leases back at once
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003_outbound
 Create Date: 2026-12-01 22:00:00
 """
 
