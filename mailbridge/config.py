@@ -282,6 +282,8 @@ class SmtpSettings(_Section):
     data_min_rate: Size = 1024
     auth_max_failures: Count = 5  # per client address (IPv6: per /64) and per login
     auth_lockout: Duration = timedelta(minutes=5)
+    # listener processes sharing the port (SO_REUSEPORT); more than 1 only on PostgreSQL
+    workers: Count = 1
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:
@@ -306,6 +308,8 @@ class SmtpSettings(_Section):
             )
         if not self.addresses:
             problems.append((("addresses",), "list at least one support address"))
+        if self.workers > 1 and isinstance(self.endpoint, Path):
+            problems.append((("workers",), "workers > 1 needs a TCP listen address (SO_REUSEPORT)"))
         _reject("smtp", problems)
         return self
 
@@ -550,6 +554,16 @@ class Settings(_Section):
             return data
         outbound = {"from_address": sender.lower(), "identity": sender.lower(), **outbound}
         return {**data, "outbound": outbound}
+
+    @model_validator(mode="after")
+    def _one_writer(self) -> Settings:
+        # SQLite takes one writer at a time: a second listener process would only wait on its lock
+        if self.smtp.workers > 1 and self.database.url.startswith("sqlite"):
+            _reject(
+                "settings",
+                [(("smtp", "workers"), "workers > 1 needs PostgreSQL (SQLite has one writer)")],
+            )
+        return self
 
 
 # --- loading and error reporting ---------------------------------------------------------

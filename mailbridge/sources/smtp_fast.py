@@ -1,0 +1,126 @@
+"""Cheaper aiosmtpd: per-connection setup discovered once per class, plain addresses parsed directly.
+
+Profiled under load, aiosmtpd's `SMTP.__init__` spent about 9 % of the daemon's time finding the
+same AUTH mechanisms, handler hooks and `smtp_` commands again for every connection
+(`inspect.getmembers`, `dir`, `inspect.signature` over the same classes), and MAIL/RCPT spent
+about 8 % in `email._header_value_parser`, built for header fields, on `<user@example.com>`.
+
+`FastSMTP` keeps aiosmtpd's behaviour and changes where the answers come from:
+- the discovery calls inside aiosmtpd.smtp are answered from a per-class cache for instances of
+  FastSMTP subclasses and their handlers only (any other aiosmtpd user in the process, such as a
+  test's sink, gets the stock functions);
+- `_getaddr` reads a plain `<dot-atom@domain> params` itself and hands everything else (quoted
+  local parts, address literals, comments, source routes, non-ASCII) to aiosmtpd's parser.
+tests/unit/test_smtp_fast.py pins both against stock aiosmtpd.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import re
+import threading
+from typing import Any
+
+import aiosmtpd.smtp
+from aiosmtpd.smtp import SMTP
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# `<local@domain>` then parameters; no "(" after it, since a comment there is CFWS to the parser
+_PLAIN = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*)>([^(]*)\Z")
+
+_lock = threading.Lock()
+_fast_types: set[type] = set()  # classes whose members are the same for every instance
+_members: dict[type, tuple[str, ...]] = {}
+_dirs: dict[type, list[str]] = {}
+_signatures: dict[tuple[type, Any], inspect.Signature] = {}
+
+
+def _cached(obj: Any) -> bool:
+    return type(obj) in _fast_types
+
+
+def _instance_names(obj: Any) -> list[str]:
+    return list(getattr(obj, "__dict__", {}))
+
+
+class _Inspect:
+    """Stands in for the `inspect` module inside aiosmtpd.smtp, which calls these three only."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(inspect, name)
+
+    @staticmethod
+    def getmembers(obj: Any, predicate: Any = None) -> list[tuple[str, Any]]:
+        if predicate is not None or not _cached(obj):
+            return inspect.getmembers(obj, predicate)
+        names = _members.get(type(obj))
+        if names is None:
+            # aiosmtpd keeps only the auth_ members; evaluating the others would cost the time
+            names = tuple(n for n, _ in inspect.getmembers(type(obj)) if n.startswith("auth_"))
+            with _lock:
+                _members[type(obj)] = names
+        own = [n for n in _instance_names(obj) if n.startswith("auth_") and n not in names]
+        return [(n, getattr(obj, n)) for n in sorted((*names, *own))]
+
+    @staticmethod
+    def signature(obj: Any, *args: Any, **kwargs: Any) -> inspect.Signature:
+        owner = getattr(obj, "__self__", None)
+        if args or kwargs or owner is None or not _cached(owner):
+            return inspect.signature(obj, *args, **kwargs)
+        key = (type(owner), getattr(obj, "__func__", obj))
+        found = _signatures.get(key)
+        if found is None:
+            found = inspect.signature(obj)
+            with _lock:
+                _signatures[key] = found
+        return found
+
+
+def _dir(*args: Any) -> list[str]:
+    if len(args) != 1 or not _cached(args[0]):
+        return builtins.dir(*args)
+    obj = args[0]
+    names = _dirs.get(type(obj))
+    if names is None:
+        names = builtins.dir(type(obj))
+        with _lock:
+            _dirs[type(obj)] = names
+    own = [n for n in _instance_names(obj) if n not in names]
+    return sorted((*names, *own)) if own else list(names)
+
+
+def install() -> None:
+    """Route aiosmtpd.smtp's discovery calls through the caches (idempotent)."""
+    aiosmtpd.smtp.inspect = _Inspect()  # type: ignore[attr-defined]
+    aiosmtpd.smtp.dir = _dir  # type: ignore[attr-defined]  # a module global shadows the builtin
+
+
+def register(kind: type) -> None:
+    """Mark a class (a handler's) as having the same members for every instance."""
+    with _lock:
+        _fast_types.add(kind)
+
+
+class FastSMTP(SMTP):
+    """aiosmtpd's SMTP with the per-connection discovery cached and plain addresses parsed fast."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register(cls)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _PLAIN.match(arg)
+        if match is None:
+            if arg.startswith("<>"):  # the null sender, as aiosmtpd's parser reads it
+                return "<>", arg[2:]
+            return super()._getaddr(arg)
+        address, rest = match.groups()
+        if self.local_part_limit and address.rindex("@") > self.local_part_limit:
+            return None, None
+        return address, rest.lstrip()
+
+
+register(FastSMTP)
+install()
