@@ -46,6 +46,7 @@ from mailbridge.correlate import Tokens
 from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
+from mailbridge.sources.smtp_fast import FastSMTP, register
 
 if TYPE_CHECKING:
     from mailbridge.metrics import Metrics
@@ -541,7 +542,10 @@ class Handler:
         return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
 
 
-class Connection(SMTP):
+register(Handler)  # one Handler's hooks are its class's: aiosmtpd's discovery is cached
+
+
+class Connection(FastSMTP):
     """One client connection: aiosmtpd's protocol plus our limits, login check and clean shutdown."""
 
     line_length_limit = LINE_LENGTH_LIMIT
@@ -813,7 +817,9 @@ class SmtpListener:
         ingest_workers: int = 1,
         shutdown_grace: float = SHUTDOWN_GRACE,
         metrics: Metrics | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        self.reuse_port = reuse_port  # several processes share the port ([smtp] workers)
         ingest = GroupCommit(ingestor, ingest_workers)
         self.handler = Handler(ingest, ListenerConfig.from_settings(settings), metrics)
         self.metrics = metrics
@@ -845,7 +851,11 @@ class SmtpListener:
         else:
             host, port = self.endpoint
             self.server = await loop.create_server(
-                self._new_session, host, port, reuse_address=True
+                self._new_session,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
             )
         log.info("listening for %s on %s", self.config.mode.upper(), self.config.listen)
 

@@ -16,13 +16,13 @@ from mailbridge.sources.smtp_fast import FastSMTP
 
 
 class Hooks:
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         return responses
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope):
         return "250 OK"
 
-    async def auth_CUSTOM(self, server, args):  # noqa: ANN001
+    async def auth_CUSTOM(self, server, args):
         return AuthResult(success=False)
 
 
@@ -52,7 +52,10 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 def discovered(server: SMTP) -> tuple[object, ...]:
     return (
-        {name: (attr.is_builtin, attr.method.__name__) for name, attr in server._auth_methods.items()},
+        {
+            name: (attr.is_builtin, attr.method.__name__)
+            for name, attr in server._auth_methods.items()
+        },
         sorted(server._handle_hooks),
         server._ehlo_hook_ver,
         sorted(server._smtp_methods),
@@ -154,7 +157,7 @@ def test_address_parsing_matches_stock(loop: asyncio.AbstractEventLoop, arg: str
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(alphabet="ab.@<>+-_ \t()\"[]:,;\\!#x1é", max_size=30))
+@given(st.text(alphabet='ab.@<>+-_ \t()"[]:,;\\!#x1é', max_size=30))
 def test_address_parsing_matches_stock_on_any_input(arg: str) -> None:
     loop = asyncio.new_event_loop()
     try:
