@@ -64,6 +64,7 @@ FD_RESERVE = 256  # descriptors beside the SMTP sessions: database, IMAP, outbox
 SHUTDOWN_GRACE = 30.0  # seconds for in-flight transactions to finish on SIGTERM
 DRAIN_POLL = 0.05
 MAX_BATCH = 32  # messages per group commit: bounds the wait of the first in a batch
+WORKER_LABEL = ""  # " worker=N" in each per-message line when [smtp] workers > 1
 
 # LHLO is LMTP's EHLO; aiosmtpd's list of commands allowed before STARTTLS forgets it
 aiosmtpd.smtp.ALLOWED_BEFORE_STARTTLS.add("LHLO")
@@ -442,7 +443,7 @@ class Handler:
             f" queue_id={queue_id} {outcome.outcome} ticket={outcome.ticket}" if outcome else ""
         )
         log.info(
-            "%s from=<%s> rcpt=%s size=%d peer=%s%s: %s (%.0f ms)",
+            "%s from=<%s> rcpt=%s size=%d peer=%s%s: %s (%.0f ms)%s",
             verdict,
             "" if env.mail_from == "<>" else env.mail_from,
             ",".join(f"<{r}>" for r in env.rcpt_tos),
@@ -451,6 +452,7 @@ class Handler:
             detail,
             reply,
             seconds * 1000,
+            WORKER_LABEL,
         )
 
     # --- AUTH: aiosmtpd's mechanism hooks (auth_<MECHANISM> on the handler, which replace its
