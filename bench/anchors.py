@@ -1,0 +1,365 @@
+"""mailbridge's listener beside real anchors, driven by Postfix's C load generator, in one run.
+
+    python bench/anchors.py [--messages 2000] [--sessions 50] [--size 2048] [--repeats 3]
+
+Starts, side by side: a private Dovecot LMTP server delivering into a Maildir, a private Postfix
+smtpd whose transport discards (so its figure is smtpd + cleanup + queue file with fsync), and
+`mailbridge run` on SQLite (SMTP and LMTP) and on PostgreSQL with [smtp] workers = 1 and 2.
+`smtp-source` (C, from Debian's postfix) sends to each in turn, the rounds interleaved so a noisy
+neighbour hits every row alike; each figure is the median of `--repeats` rounds, printed with
+its ratio to its anchor. Needs root (Postfix and Dovecot drop to their own users), PostgreSQL
+at MAILBRIDGE_BENCH_DATABASE_URL for the PostgreSQL rows (missing: said so, not faked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+PG_ADMIN = os.environ.get(
+    "MAILBRIDGE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+# --- the anchors ----------------------------------------------------------------------------
+
+
+class Dovecot:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "dovecot"
+        self.root.mkdir(mode=0o755)
+        self.port = free_port()
+        (self.root / "mail").mkdir(mode=0o755)
+        users = self.root / "users"
+        users.write_text(
+            f"support@example.com:{{PLAIN}}x:65534:65534::{self.root}/mail/support::\n"
+        )
+        os.chown(self.root / "mail", 65534, 65534)
+        self.conf = self.root / "dovecot.conf"
+        self.conf.write_text(
+            f"""base_dir = {self.root}/run
+state_dir = {self.root}/state
+instance_name = mbbench{self.port}
+log_path = {self.root}/dovecot.log
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+first_valid_uid = 100
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+}}
+"""
+        )
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.conf)])
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _master_cf(port: int) -> str:
+    lines = Path("/usr/share/postfix/master.cf.dist").read_text().splitlines()
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 1 and fields[0] == "smtp" and fields[1] == "inet":
+            line = f"127.0.0.1:{port}" + line[len("smtp") :]
+        elif len(fields) > 1 and fields[1] == "inet" and not line.startswith("#"):
+            line = "#" + line  # no port of the host's own Postfix is taken
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+class Postfix:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="mb-bench-postfix-"))
+        self.root.chmod(0o755)
+        self.port = free_port()
+        etc, spool, lib = self.root / "etc", self.root / "spool", self.root / "lib"
+        for directory in (etc, spool, lib):
+            directory.mkdir()
+        shutil.chown(lib, "postfix", "postfix")
+        (etc / "main.cf").write_text(
+            f"""compatibility_level = 3.6
+queue_directory = {spool}
+data_directory = {lib}
+myhostname = mx.bench.test
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+relay_domains = example.com
+transport_maps = hash:{etc}/transport
+maillog_file = {self.root}/postfix.log
+maillog_file_prefixes = {self.root}
+smtpd_peername_lookup = no
+default_process_limit = 200
+"""
+        )
+        (etc / "master.cf").write_text(_master_cf(self.port))
+        (etc / "transport").write_text("example.com discard:\n")
+        subprocess.run(["postmap", f"hash:{etc}/transport"], check=True)
+        self.etc = etc
+        subprocess.run(["postfix", "-c", str(etc), "start"], check=True, capture_output=True)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- mailbridge -------------------------------------------------------------------------------
+
+CONFIG = """
+[database]
+url = "{url}"
+
+[smtp]
+listen = "127.0.0.1:{port}"
+mode = "{mode}"
+addresses = ["support@example.com"]
+max_connections_per_client = 500
+workers = {workers}
+
+[agents]
+addresses = ["alice@example.com"]
+notify = {notify}
+
+[tickets]
+max_new_per_sender_per_hour = 10000000
+acknowledge = {ack}
+ack_max_per_sender_per_hour = 10000000
+ack_max_per_domain_per_hour = 10000000
+ack_max_per_hour = 10000000
+
+[outbound]
+from_address = "support@example.com"
+
+[log]
+level = "info"
+"""
+
+
+class Mailbridge:
+    def __init__(
+        self, root: Path, url: str, mode: str = "smtp", workers: int = 1, ack: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.dir = root / f"mb-{self.port}"
+        self.dir.mkdir()
+        config = self.dir / "mailbridge.toml"
+        ack_text = "true" if ack else "false"
+        config.write_text(
+            CONFIG.format(
+                url=url,
+                port=self.port,
+                mode=mode,
+                workers=workers,
+                ack=ack_text,
+                # no smarthost: acknowledgements and notifications are queued in the outbox (the
+                # cost at intake), not sent
+                notify='["team@example.com"]' if ack else "[]",
+            )
+        )
+        self.log = (self.dir / "daemon.log").open("wb")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
+            cwd=self.dir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError((self.dir / "daemon.log").read_text()[-2000:]) from None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(120)
+        self.log.close()
+
+
+def pg_database() -> tuple[str, Callable[[], None]]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(PG_ADMIN).set(drivername="postgresql+psycopg")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"mb_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    return url.replace("postgresql+psycopg://", "postgresql://", 1), drop
+
+
+# --- driving ----------------------------------------------------------------------------------
+
+
+def smtp_source(
+    port: int, lmtp: bool, persistent: bool, messages: int, sessions: int, size: int
+) -> float:
+    """msg/s smtp-source achieved (it exits once every message is answered)."""
+    argv = [SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size)]
+    argv += ["-f", "customer@client.test", "-t", "support@example.com"]
+    argv += (["-L"] if lmtp else []) + (["-d"] if persistent else [])
+    started = time.perf_counter()
+    subprocess.run([*argv, f"127.0.0.1:{port}"], check=True, capture_output=True, timeout=600)
+    return messages / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="mb-bench-"))
+    root.chmod(0o755)
+    servers: dict[str, object] = {}
+    drops: list[Callable[[], None]] = []
+    notes: list[str] = []
+    # (name, server key, lmtp, persistent connections)
+    rounds: list[tuple[str, str, bool, bool]] = []
+    try:
+        servers["dovecot"] = Dovecot(root)
+        servers["postfix"] = Postfix(root)
+        servers["mb-lmtp"] = Mailbridge(root, f"sqlite:///{root}/lmtp.db", mode="lmtp")
+        servers["mb-smtp"] = Mailbridge(root, f"sqlite:///{root}/smtp.db")
+        servers["mb-smtp-ack"] = Mailbridge(root, f"sqlite:///{root}/ack.db", ack=True)
+        rounds += [
+            ("Dovecot LMTP", "dovecot", True, True),
+            ("mailbridge LMTP, SQLite", "mb-lmtp", True, True),
+            ("Postfix smtpd", "postfix", False, True),
+            ("mailbridge SMTP, SQLite", "mb-smtp", False, True),
+            ("mailbridge SMTP, SQLite, ack+notify", "mb-smtp-ack", False, True),
+            ("Postfix smtpd, per-message conn.", "postfix", False, False),
+            ("mailbridge SMTP, SQLite, per-message conn.", "mb-smtp", False, False),
+        ]
+        try:
+            for workers in (1, 2):
+                url, drop = pg_database()
+                drops.append(drop)
+                servers[f"mb-pg{workers}"] = Mailbridge(root, url, workers=workers)
+                rounds.append(
+                    (
+                        f"mailbridge SMTP, PostgreSQL, {workers} worker(s)",
+                        f"mb-pg{workers}",
+                        False,
+                        True,
+                    )
+                )
+        except Exception as exc:  # no server: say so
+            notes.append(f"PostgreSQL rows not measured: {exc}")
+
+        rates: dict[str, list[float]] = {name: [] for name, *_ in rounds}
+        for repeat in range(args.repeats):
+            for name, key, lmtp, persistent in rounds:
+                port = servers[key].port  # type: ignore[attr-defined]
+                rate = smtp_source(port, lmtp, persistent, args.messages, args.sessions, args.size)
+                rates[name].append(rate)
+                print(f"  round {repeat + 1}: {name}: {rate:.0f} msg/s", flush=True)
+    finally:
+        for server in servers.values():
+            try:
+                server.stop()  # type: ignore[attr-defined]
+            except Exception as exc:
+                notes.append(f"stopping {server}: {exc}")
+        for drop in drops:
+            drop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    med = {name: statistics.median(values) for name, values in rates.items() if values}
+    anchors = {
+        "mailbridge LMTP, SQLite": ("Dovecot LMTP", 1.0),
+        "mailbridge SMTP, SQLite": ("Dovecot LMTP", 1.0),
+        "mailbridge SMTP, SQLite, ack+notify": ("mailbridge SMTP, SQLite", 0.7),
+        "mailbridge SMTP, SQLite, per-message conn.": ("Postfix smtpd, per-message conn.", None),
+        "mailbridge SMTP, PostgreSQL, 1 worker(s)": ("Postfix smtpd", None),
+        "mailbridge SMTP, PostgreSQL, 2 worker(s)": ("Postfix smtpd", 0.8),
+    }
+    print()
+    print(
+        f"{platform.node()}: {os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{platform.python_version()}; {args.messages} messages of {args.size} B per round, "
+        f"{args.sessions} sessions, median of {args.repeats} interleaved rounds"
+    )
+    print("| row | msg/s (median) | rounds | anchor | ratio | target |")
+    print("|---|---|---|---|---|---|")
+    for name, values in rates.items():
+        rounds_text = " / ".join(f"{v:.0f}" for v in values)
+        anchor, target = anchors.get(name, (None, None))
+        if anchor and anchor in med:
+            ratio = med[name] / med[anchor]
+            verdict = (
+                ""
+                if target is None
+                else (f"≥ {target}× " + ("met" if ratio >= target else "NOT met"))
+            )
+            print(
+                f"| {name} | {med[name]:.0f} | {rounds_text} | {anchor} | {ratio:.2f}× | {verdict} |"
+            )
+        else:
+            print(f"| {name} | {med[name]:.0f} | {rounds_text} | (anchor) | | |")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
