@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 PG_ADMIN = os.environ.get(
     "MAILBRIDGE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"
@@ -164,7 +165,7 @@ listen = "127.0.0.1:{port}"
 mode = "{mode}"
 addresses = ["support@example.com"]
 max_connections_per_client = 500
-workers = {workers}
+{workers}
 
 [agents]
 addresses = ["alice@example.com"]
@@ -187,7 +188,13 @@ level = "info"
 
 class Mailbridge:
     def __init__(
-        self, root: Path, url: str, mode: str = "smtp", workers: int = 1, ack: bool = False
+        self,
+        root: Path,
+        url: str,
+        mode: str = "smtp",
+        workers: int = 1,
+        ack: bool = False,
+        source: Path = REPO,
     ) -> None:
         self.port = free_port()
         self.dir = root / f"mb-{self.port}"
@@ -199,7 +206,8 @@ class Mailbridge:
                 url=url,
                 port=self.port,
                 mode=mode,
-                workers=workers,
+                # the key is left out at 1, so a tree from before it existed (--before) reads this
+                workers=f"workers = {workers}" if workers > 1 else "",
                 ack=ack_text,
                 # no smarthost: acknowledgements and notifications are queued in the outbox (the
                 # cost at intake), not sent
@@ -207,7 +215,7 @@ class Mailbridge:
             )
         )
         self.log = (self.dir / "daemon.log").open("wb")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(source)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
             cwd=self.dir,
@@ -261,12 +269,25 @@ def smtp_source(
     return messages / (time.perf_counter() - started)
 
 
+def latency(port: int, rate: float, seconds: float) -> float:
+    """p99 seconds from the end of DATA to the reply, at a fixed offered rate."""
+    from bench import smtp_bench
+
+    result = smtp_bench.run_fixed_rate(port, rate, seconds, 20, smtp_bench.Messages())
+    return smtp_bench.pct(result.latencies, 99)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--before", metavar="REV", help="also run mailbridge at git REV (rows marked 'before')"
+    )
+    parser.add_argument("--latency-rate", type=float, default=200.0)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="mb-bench-"))
@@ -291,6 +312,15 @@ def main() -> int:
             ("Postfix smtpd, per-message conn.", "postfix", False, False),
             ("mailbridge SMTP, SQLite, per-message conn.", "mb-smtp", False, False),
         ]
+        if args.before:
+            before = root / "before"
+            before.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", args.before], check=True, capture_output=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+            servers["before-smtp"] = Mailbridge(root, f"sqlite:///{root}/before.db", source=before)
+            rounds.append(("mailbridge SMTP, SQLite (before)", "before-smtp", False, True))
         try:
             for workers in (1, 2):
                 url, drop = pg_database()
@@ -304,16 +334,30 @@ def main() -> int:
                         True,
                     )
                 )
+            if args.before:
+                url, drop = pg_database()
+                drops.append(drop)
+                servers["before-pg"] = Mailbridge(root, url, source=root / "before")
+                rounds.append(("mailbridge SMTP, PostgreSQL (before)", "before-pg", False, True))
         except Exception as exc:  # no server: say so
             notes.append(f"PostgreSQL rows not measured: {exc}")
 
         rates: dict[str, list[float]] = {name: [] for name, *_ in rounds}
+        latency_rows = [("Postfix smtpd", "postfix"), ("mailbridge SMTP, SQLite", "mb-smtp")]
+        if args.before:
+            latency_rows.append(("mailbridge SMTP, SQLite (before)", "before-smtp"))
+        p99s: dict[str, list[float]] = {name: [] for name, _ in latency_rows}
         for repeat in range(args.repeats):
             for name, key, lmtp, persistent in rounds:
                 port = servers[key].port  # type: ignore[attr-defined]
                 rate = smtp_source(port, lmtp, persistent, args.messages, args.sessions, args.size)
                 rates[name].append(rate)
                 print(f"  round {repeat + 1}: {name}: {rate:.0f} msg/s", flush=True)
+            for name, key in latency_rows:
+                port = servers[key].port  # type: ignore[attr-defined]
+                p99 = latency(port, args.latency_rate, args.latency_seconds)
+                p99s[name].append(p99)
+                print(f"  round {repeat + 1}: {name}: p99 {p99 * 1000:.1f} ms", flush=True)
     finally:
         for server in servers.values():
             try:
@@ -332,6 +376,8 @@ def main() -> int:
         "mailbridge SMTP, SQLite, per-message conn.": ("Postfix smtpd, per-message conn.", None),
         "mailbridge SMTP, PostgreSQL, 1 worker(s)": ("Postfix smtpd", None),
         "mailbridge SMTP, PostgreSQL, 2 worker(s)": ("Postfix smtpd", 0.8),
+        "mailbridge SMTP, SQLite (before)": ("Dovecot LMTP", None),
+        "mailbridge SMTP, PostgreSQL (before)": ("Postfix smtpd", None),
     }
     print()
     print(
@@ -356,6 +402,22 @@ def main() -> int:
             )
         else:
             print(f"| {name} | {med[name]:.0f} | {rounds_text} | (anchor) | | |")
+    print()
+    print(
+        f"end of DATA -> 250 at {args.latency_rate:.0f} msg/s offered for "
+        f"{args.latency_seconds:.0f} s over 20 persistent connections (smtplib clients):"
+    )
+    print("| server | p99 ms (median) | rounds | target |")
+    print("|---|---|---|---|")
+    for name, values in p99s.items():
+        if not values:
+            continue
+        p99 = statistics.median(values) * 1000
+        verdict = (
+            "" if name.startswith("Postfix") else ("< 50 ms " + ("met" if p99 < 50 else "NOT met"))
+        )
+        rounds_text = " / ".join(f"{v * 1000:.1f}" for v in values)
+        print(f"| {name} | {p99:.1f} | {rounds_text} | {verdict} |")
     for note in notes:
         print(f"note: {note}")
     return 0
