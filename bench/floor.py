@@ -10,7 +10,7 @@ in batches of 200 (synchronous=FULL, as mailbridge commits). mailbridge does thi
 mix, and small mails (bench/smtp_bench.py's). Rounds interleave; figures are medians.
 
 `--helpdesk-python` names a Python with django-helpdesk installed (a side venv): its `get_email`
-(helpdesk.email.object_from_message) reads the same mix into its own SQLite database.
+(helpdesk.email.extract_email_metadata, what it calls per mail) reads the same mix into its own SQLite database.
 """
 
 from __future__ import annotations
@@ -101,14 +101,21 @@ tmp = tempfile.mkdtemp()
 os.environ["DJANGO_SETTINGS_MODULE"] = "hdbench_settings"
 Path(tmp, "hdbench_settings.py").write_text(f'''
 SECRET_KEY = "x"
-INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sites",
-    "django.contrib.humanize", "django.contrib.messages", "bootstrap4form", "helpdesk"]
+INSTALLED_APPS = ["django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+    "django.contrib.sessions", "django.contrib.sites", "django.contrib.humanize",
+    "django.contrib.messages", "rest_framework", "helpdesk"]
+HELPDESK_TEAMS_MODEL = "auth.Group"
+HELPDESK_TEAMS_MIGRATION_DEPENDENCIES = [("auth", "0012_alter_user_first_name_max_length")]
 DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": "{tmp}/hd.db"}}}}
 SITE_ID = 1
 USE_TZ = True
 MEDIA_ROOT = "{tmp}/media"
 HELPDESK_ENABLE_ATTACHMENTS = True
 LOGGING_CONFIG = None
+TEMPLATES = [{{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True,
+    "OPTIONS": {{"context_processors": []}}}}]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 ''')
 sys.path.insert(0, tmp)
 import django
@@ -117,13 +124,13 @@ from django.core.management import call_command
 call_command("migrate", verbosity=0)
 import logging
 from helpdesk.models import Queue
-from helpdesk.email import object_from_message
+from helpdesk.email import extract_email_metadata
 queue = Queue.objects.create(title="Support", slug="support", email_address="support@example.com")
 files = sorted(Path(sys.argv[1]).iterdir())
 log = logging.getLogger("bench")
 started = time.perf_counter()
 for f in files:
-    object_from_message(f.read_text(errors="replace"), queue, log)
+    extract_email_metadata(f.read_text(errors="replace"), queue, log)
 print(len(files) / (time.perf_counter() - started))
 """
 
