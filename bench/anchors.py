@@ -235,6 +235,18 @@ class Mailbridge:
         self.log.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (the [smtp] workers), from /proc."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
 def pg_database() -> tuple[str, Callable[[], None]]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -343,15 +355,23 @@ def main() -> int:
             notes.append(f"PostgreSQL rows not measured: {exc}")
 
         rates: dict[str, list[float]] = {name: [] for name, *_ in rounds}
+        cpu_ms: dict[str, list[float]] = {name: [] for name, *_ in rounds}
         latency_rows = [("Postfix smtpd", "postfix"), ("mailbridge SMTP, SQLite", "mb-smtp")]
         if args.before:
             latency_rows.append(("mailbridge SMTP, SQLite (before)", "before-smtp"))
         p99s: dict[str, list[float]] = {name: [] for name, _ in latency_rows}
         for repeat in range(args.repeats):
             for name, key, lmtp, persistent in rounds:
-                port = servers[key].port  # type: ignore[attr-defined]
+                server = servers[key]
+                pid = server.proc.pid if isinstance(server, Mailbridge) else None
+                cpu_before = cpu_seconds(pid) if pid else 0.0
+                port = server.port  # type: ignore[attr-defined]
                 rate = smtp_source(port, lmtp, persistent, args.messages, args.sessions, args.size)
                 rates[name].append(rate)
+                if pid:
+                    # CPU per message hardly depends on what else runs: the figure to compare
+                    # before/after on a noisy machine
+                    cpu_ms[name].append((cpu_seconds(pid) - cpu_before) * 1000 / args.messages)
                 print(f"  round {repeat + 1}: {name}: {rate:.0f} msg/s", flush=True)
             for name, key in latency_rows:
                 port = servers[key].port  # type: ignore[attr-defined]
@@ -385,10 +405,11 @@ def main() -> int:
         f"{platform.python_version()}; {args.messages} messages of {args.size} B per round, "
         f"{args.sessions} sessions, median of {args.repeats} interleaved rounds"
     )
-    print("| row | msg/s (median) | rounds | anchor | ratio | target |")
-    print("|---|---|---|---|---|---|")
+    print("| row | msg/s (median) | rounds | anchor | ratio | target | CPU ms/msg |")
+    print("|---|---|---|---|---|---|---|")
     for name, values in rates.items():
         rounds_text = " / ".join(f"{v:.0f}" for v in values)
+        cpu = f"{statistics.median(cpu_ms[name]):.2f}" if cpu_ms.get(name) else ""
         anchor, target = anchors.get(name, (None, None))
         if anchor and anchor in med:
             ratio = med[name] / med[anchor]
@@ -401,7 +422,7 @@ def main() -> int:
                 f"| {name} | {med[name]:.0f} | {rounds_text} | {anchor} | {ratio:.2f}× | {verdict} |"
             )
         else:
-            print(f"| {name} | {med[name]:.0f} | {rounds_text} | (anchor) | | |")
+            print(f"| {name} | {med[name]:.0f} | {rounds_text} | (anchor) | | | {cpu} |")
     print()
     print(
         f"end of DATA -> 250 at {args.latency_rate:.0f} msg/s offered for "

@@ -137,7 +137,9 @@ class Ingestor:
                 return [self.accept(p.raw, p.envelope, p.source) for p in prepared]
         elapsed = (self.clock() - started).total_seconds() / max(len(prepared), 1)
         for outcome, p in zip(outcomes, prepared, strict=True):
-            log.info(
+            log.log(
+                # the listener's own line names the outcome and ticket: one line per message
+                logging.DEBUG if p.source.kind in ("smtp", "lmtp") else logging.INFO,
                 "%s %s ticket=%s reason=%s",
                 p.source.kind,
                 outcome.outcome,

@@ -442,6 +442,8 @@ class Handler:
         detail = (
             f" queue_id={queue_id} {outcome.outcome} ticket={outcome.ticket}" if outcome else ""
         )
+        if outcome and outcome.reason:  # ingest logs SMTP outcomes at DEBUG: this is the line
+            detail += f" reason={outcome.reason}"
         log.info(
             "%s from=<%s> rcpt=%s size=%d peer=%s%s: %s (%.0f ms)%s",
             verdict,

@@ -63,6 +63,9 @@ def test_two_workers_share_the_port_and_a_killed_one_loses_no_acknowledged_mail(
         assert len(acknowledged) == 40
         assert {f"w{n}@customer.test" for n in acknowledged} <= stored_ids(pg_url)
         log = daemon.log()
+        # one line per message at INFO, from the process that stored it
+        per_message = [line for line in log.splitlines() if " INFO " in line and "ticket=" in line]
+        assert len(per_message) == 40
         # every mail is logged by the process that stored it, and the kernel used both
         assert "accepted" in log
         assert re.search(r"accepted .* worker=1\n", log)
