@@ -94,9 +94,10 @@ def components_for(app: App, settings: Settings) -> list[Component]:
 
     app.ingestor.on_outcome = after_commit
     sweeps = Sweeps(app.store, settings, app.clock, app.outbound, on_rule=metrics.rule_run)
-    # one committer per process: on SQLite a second one would only wait on the write lock, and
-    # on PostgreSQL several fought over the GIL (measured: one was 1.3x faster); more throughput
-    # comes from more processes, [smtp] workers
+    # SQLite has one writer: a second committing thread would only wait on its lock. PostgreSQL
+    # overlaps the commits' fsyncs: one committer per process measured 0.78x of pool_size
+    # committers (bench/anchors.py, same sitting), so each process keeps pool_size of them
+    committers = 1 if app.store.dialect == "sqlite" else settings.database.pool_size
     processes = settings.smtp.workers
     if processes > 1:
         smtp_source.WORKER_LABEL = " worker=1"
@@ -106,7 +107,11 @@ def components_for(app: App, settings: Settings) -> list[Component]:
         Scheduler(sweeps, app.clock),
         ImapPollers(app, settings),
         SmtpListener(
-            app.ingestor, settings, ingest_workers=1, metrics=metrics, reuse_port=processes > 1
+            app.ingestor,
+            settings,
+            ingest_workers=committers,
+            metrics=metrics,
+            reuse_port=processes > 1,
         ),
     ]
     if processes > 1:
@@ -121,7 +126,6 @@ _WORKER_CODE = (
     "sys.exit(run_smtp_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))"
 )
 WORKER_READY_TIMEOUT = 60.0
-WORKER_POOL_SIZE = 2  # its one committer, and one spare so a slow commit never blocks a check
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
 
 
@@ -137,7 +141,7 @@ def _die_with_parent() -> None:
 
 class SmtpWorkers:
     """Listener processes 2..N of `[smtp] workers`: each its own interpreter (so its own GIL), its
-    own store and committer, on the same port via SO_REUSEPORT; the kernel spreads connections.
+    own store and committers, on the same port via SO_REUSEPORT; the kernel spreads connections.
 
     They run the listener only: the outbox, sweeps, IMAP and metrics stay in this main process,
     whose sender picks up their tickets' acknowledgements at its next poll. SIGHUP and SIGTERM are
@@ -236,10 +240,10 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
     loop.add_signal_handler(signal.SIGINT, stop.set)
     executor = ThreadPoolExecutor(4, thread_name_prefix="mailbridge")
     loop.set_default_executor(executor)
-    database = settings.database.model_copy(update={"pool_size": WORKER_POOL_SIZE})
-    own = settings.model_copy(update={"database": database})
-    app = await asyncio.to_thread(App.build, own, system_clock)
-    listener = SmtpListener(app.ingestor, settings, ingest_workers=1, reuse_port=True)
+    # only the listener's committers use the pool here: one connection each (pool_size of them)
+    app = await asyncio.to_thread(App.build, settings, system_clock)
+    committers = settings.database.pool_size
+    listener = SmtpListener(app.ingestor, settings, ingest_workers=committers, reuse_port=True)
 
     def on_hup() -> None:
         try:
