@@ -425,7 +425,7 @@ def main() -> int:
                 else (f"≥ {target}× " + ("met" if ratio >= target else "NOT met"))
             )
             print(
-                f"| {name} | {med[name]:.0f} | {rounds_text} | {anchor} | {ratio:.2f}× | {verdict} |"
+                f"| {name} | {med[name]:.0f} | {rounds_text} | {anchor} | {ratio:.2f}× | {verdict} | {cpu} |"
             )
         else:
             print(f"| {name} | {med[name]:.0f} | {rounds_text} | (anchor) | | | {cpu} |")
