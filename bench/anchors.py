@@ -1,6 +1,7 @@
 """mailbridge's listener beside real anchors, driven by Postfix's C load generator, in one run.
 
     python bench/anchors.py [--messages 2000] [--sessions 50] [--size 2048] [--repeats 3]
+                            [--before REV] [--offline [--helpdesk-python PATH]]
 
 Starts, side by side: a private Dovecot LMTP server delivering into a Maildir, a private Postfix
 smtpd whose transport discards (so its figure is smtpd + cleanup + queue file with fsync), and
@@ -298,6 +299,10 @@ def main() -> int:
     parser.add_argument(
         "--before", metavar="REV", help="also run mailbridge at git REV (rows marked 'before')"
     )
+    parser.add_argument(
+        "--offline", action="store_true", help="then run bench/floor.py (offline ingest rows)"
+    )
+    parser.add_argument("--helpdesk-python", help="passed on to bench/floor.py")
     parser.add_argument("--latency-rate", type=float, default=200.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     args = parser.parse_args()
@@ -447,6 +452,10 @@ def main() -> int:
         print(f"| {name} | {p99:.1f} | {rounds_text} | {verdict} |")
     for note in notes:
         print(f"note: {note}")
+    if args.offline:
+        print(flush=True)
+        extra = ["--helpdesk-python", args.helpdesk_python] if args.helpdesk_python else []
+        subprocess.run([sys.executable, str(REPO / "bench" / "floor.py"), *extra], check=True)
     return 0
 
 
