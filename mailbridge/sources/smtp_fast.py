@@ -98,7 +98,7 @@ def _dir(*args: Any) -> list[str]:
 
 def install() -> None:
     """Route aiosmtpd.smtp's discovery calls through the caches (idempotent)."""
-    aiosmtpd.smtp.inspect = _Inspect()  # type: ignore[attr-defined]
+    aiosmtpd.smtp.inspect = _Inspect()  # type: ignore[assignment]
     aiosmtpd.smtp.dir = _dir  # type: ignore[attr-defined]  # a module global shadows the builtin
 
 
