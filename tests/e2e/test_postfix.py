@@ -137,7 +137,7 @@ def test_mail_through_postfix_becomes_tickets_and_survives_an_outage(
     assert ticket["subject"] == "Printer on fire"
     assert ticket["reply_to"].startswith("support+")
 
-    # the customer answers the acknowledgement's Reply-To: only the plus-token links it
+    # a reply to the ticket's own address: only the plus-token (no In-Reply-To) links it
     reply = crlf(make_mail(subject="more details", body="It is still burning.\n"))
     assert postfix.send(reply, [ticket["reply_to"]], CUSTOMER) == {}
     postfix.wait_for(lambda: len(mb.received(1)) == 2, "the reply on ticket 1")
