@@ -110,11 +110,13 @@ def behind_postfix(
         return postfix, bridge(f"127.0.0.1:{port}", limit=limit)
     # inside the queue directory, which is the chroot of Debian's lmtp; the path in the
     # transport is relative to it, the one mailbridge binds is the same file seen from outside
-    postfix = postfix_factory("lmtp:unix:mailbridge/lmtp.sock", message_size_limit=LIMIT)
-    directory = postfix.queue_dir / "mailbridge"
+    postfix = postfix_factory("lmtp:unix:mailbridge/lmtp.sock", message_size_limit=limit)
+    directory = postfix.queue_dir / "mailbridge"  # README: install -d -g postfix -m 0750
     directory.mkdir(mode=0o750)
     os.chown(directory, -1, grp.getgrnam("postfix").gr_gid)
-    return postfix, bridge(f"unix:{directory / 'lmtp.sock'}", 'socket_group = "postfix"')
+    return postfix, bridge(
+        f"unix:{directory / 'lmtp.sock'}", 'socket_group = "postfix"', limit=limit
+    )
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
@@ -214,9 +216,29 @@ def test_socket_mode_defaults_to_0660_and_follows_the_config(tmp_path: Path) -> 
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         assert sock.stat().st_gid == os.getgid()
 
-    group = grp.getgrgid(os.getgid() if os.getuid() else 65534)
+    # root may hand the socket to any group, anyone else only to their own
+    others = [g for g in grp.getgrall() if g.gr_gid != os.getgid()]
+    group = others[0] if os.getuid() == 0 and others else grp.getgrgid(os.getgid())
     smtp = f'mode = "lmtp"\nsocket_mode = "0620"\nsocket_group = "{group.gr_name}"'
     config = write_config(tmp_path / "mailbridge.toml", url, f"unix:{sock}", smtp)
     with InProcessDaemon(settings_from(config)):
         assert stat.S_IMODE(sock.stat().st_mode) == 0o620
         assert sock.stat().st_gid == group.gr_gid
+
+
+def test_bad_socket_settings_are_named_by_check_config(tmp_path: Path) -> None:
+    config = tmp_path / "mailbridge.toml"
+    config.write_text(
+        '[smtp]\nlisten = "unix:/run/mb.sock"\nsocket_mode = "0669"\n'
+        'socket_group = "no-such-group"\n'
+    )
+    result = CliRunner().invoke(cli, ["--config", str(config), "check-config"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"{config}:3: smtp.socket_mode: invalid socket mode '0669' (use octal permissions,"
+        " e.g. '0660')",
+        f"{config}:4: smtp.socket_group: no such group: 'no-such-group'",
+    ]
+    config.write_text("[smtp]\nsocket_mode = 660\n")  # decimal 660 would be mode 1224
+    result = CliRunner().invoke(cli, ["--config", str(config), "check-config"])
+    assert result.output.splitlines() == [f"{config}:2: smtp.socket_mode: expected a string"]
