@@ -12,8 +12,11 @@ from __future__ import annotations
 import grp
 import json
 import os
+import shutil
 import smtplib
 import stat
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,13 +211,52 @@ def test_postfix_refuses_in_the_dialogue_what_mailbridge_would_refuse(
     mb.stop()
 
 
-def test_socket_mode_defaults_to_0660_and_follows_the_config(tmp_path: Path) -> None:
-    sock = tmp_path / "run" / "lmtp.sock"
+# root can run a probe as nobody, with a Python outside root's home and the venv
+CAN_PROBE_AS_NOBODY = os.getuid() == 0 and os.access("/usr/bin/python3", os.X_OK)
+
+
+def connects_as_nobody(sock: Path) -> bool:
+    """Whether an unprivileged local user (uid 65534, no groups) can connect to `sock`."""
+    probe = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    done = subprocess.run(
+        ["/usr/bin/python3", "-c", probe, str(sock)],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 or "PermissionError" in done.stderr, done.stderr
+    return done.returncode == 0
+
+
+@pytest.fixture
+def open_dir() -> Any:
+    """A directory anyone may enter (pytest's tmp dirs are 0700): only a socket's mode counts."""
+    path = Path(tempfile.mkdtemp(prefix="mb-sock-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_socket_mode_defaults_to_0660_and_follows_the_config(
+    tmp_path: Path, open_dir: Path
+) -> None:
+    sock = open_dir / "lmtp.sock"
     url = f"sqlite:///{tmp_path}/mailbridge.db"
     config = write_config(tmp_path / "mailbridge.toml", url, f"unix:{sock}", 'mode = "lmtp"')
     with InProcessDaemon(settings_from(config)):
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         assert sock.stat().st_gid == os.getgid()
+        if CAN_PROBE_AS_NOBODY:
+            assert not connects_as_nobody(sock)  # 0666 let any local user inject mail
+
+    if CAN_PROBE_AS_NOBODY:
+        smtp = 'mode = "lmtp"\nsocket_mode = "0666"'
+        config = write_config(tmp_path / "mailbridge.toml", url, f"unix:{sock}", smtp)
+        with InProcessDaemon(settings_from(config)):
+            assert connects_as_nobody(sock)  # the probe itself works: it is the mode that stops it
 
     # root may hand the socket to any group, anyone else only to their own
     others = [g for g in grp.getgrall() if g.gr_gid != os.getgid()]
