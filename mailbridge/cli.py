@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
@@ -147,6 +148,7 @@ def db_upgrade(ctx: Ctx) -> None:
 def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
     """Ingest .eml files, directories, mbox files or Maildirs."""
     from mailbridge.envelope import Envelope, Source
+    from mailbridge.parse_pool import ParsePool
     from mailbridge.sources.files import count_messages, iter_messages
 
     app = ctx.app
@@ -169,14 +171,28 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
             where = f"#{outcome.ticket}" if outcome.ticket else "-"
             click.echo(f"{outcome.source}: {outcome.outcome} {where} ({outcome.reason})")
 
-    with _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance:
+    # worker processes parse the next batch while this one commits; dry runs parse in process
+    parser = None if dry_run else ParsePool.from_settings(app.settings, inline=False)
+    with (
+        _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance,
+        parser or contextlib.nullcontext(),
+    ):
         batch: list[tuple[bytes, Envelope, Source]] = []
+        parsing: list[tuple[list[tuple[bytes, Envelope, Source]], list[Any]]] = []
+
+        def commit(items: list[tuple[bytes, Envelope, Source]], futures: list[Any]) -> None:
+            results = [parser.collect(f) for f in futures] if parser else None
+            for outcome in app.ingestor.accept_many(items, results):
+                report(outcome)
+            advance(len(items))
 
         def flush() -> None:
-            for outcome in app.ingestor.accept_many(batch):
-                report(outcome)
-            advance(len(batch))
+            items = batch.copy()
             batch.clear()
+            futures = parser.submit_all(raw for raw, _, _ in items) if parser else []
+            if parsing:
+                commit(*parsing.pop())
+            parsing.append((items, futures))
 
         for raw, label in messages():
             source = Source("file", label, live=False)
@@ -189,6 +205,8 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
                 flush()
         if batch:
             flush()
+        if parsing:
+            commit(*parsing.pop())
     if not as_json:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
         click.echo(f"{'would ingest' if dry_run else 'ingested'}: {summary}", err=True)

@@ -40,6 +40,7 @@ from mailbridge.correlate import Tokens
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
+from mailbridge.parse_pool import ParsePool, ParseResult
 
 log = logging.getLogger("mailbridge.smtp")
 
@@ -156,11 +157,20 @@ class GroupCommit:
     its busy handler), more for PostgreSQL.
     """
 
-    def __init__(self, ingestor: Ingestor, workers: int = 1, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        workers: int = 1,
+        max_batch: int = MAX_BATCH,
+        parser: ParsePool | None = None,
+    ) -> None:
         self.ingestor = ingestor
         self.workers = max(1, workers)
         self.max_batch = max_batch
-        self.pending: list[tuple[bytes, Envelope, Source, asyncio.Future[Outcome]]] = []
+        self.parser = parser
+        self.pending: list[
+            tuple[bytes, Envelope, Source, ParseResult | None, asyncio.Future[Outcome]]
+        ] = []
         self.in_flight = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,8 +188,11 @@ class GroupCommit:
 
     async def submit(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
         """The outcome once committed; raises StorageUnavailable if the bytes could not be stored."""
+        # parsed by a worker process before it queues, so a slow parse holds neither the event
+        # loop nor the commit of other mail (small mail is parsed in the commit thread)
+        parsed = await self.parser.parse_async(raw) if self.parser else None
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.pending.append((raw, envelope, source, future))
+        self.pending.append((raw, envelope, source, parsed, future))
         self._wakeup.set()
         return await future
 
@@ -193,7 +206,7 @@ class GroupCommit:
                 continue
             self.in_flight += 1
             try:
-                results = await asyncio.to_thread(self._commit, [item[:3] for item in batch])
+                results = await asyncio.to_thread(self._commit, [item[:4] for item in batch])
             finally:
                 self.in_flight -= 1
             for (*_, future), result in zip(batch, results, strict=True):
@@ -204,9 +217,11 @@ class GroupCommit:
                 else:
                     future.set_result(result)
 
-    def _commit(self, items: list[tuple[bytes, Envelope, Source]]) -> list[Outcome | BaseException]:
+    def _commit(
+        self, items: list[tuple[bytes, Envelope, Source, ParseResult | None]]
+    ) -> list[Outcome | BaseException]:
         try:
-            return list(self.ingestor.accept_many(items))
+            return list(self.ingestor.accept_many([i[:3] for i in items], [i[3] for i in items]))
         except Exception as exc:
             if len(items) == 1:
                 return [exc]
@@ -510,8 +525,9 @@ class SmtpListener:
         settings: Any,
         ingest_workers: int = 1,
         shutdown_grace: float = SHUTDOWN_GRACE,
+        parser: ParsePool | None = None,
     ) -> None:
-        ingest = GroupCommit(ingestor, ingest_workers)
+        ingest = GroupCommit(ingestor, ingest_workers, parser=parser)
         self.handler = Handler(ingest, ListenerConfig.from_settings(settings))
         self.endpoint: tuple[str, int] | Path = settings.smtp.endpoint
         self.shutdown_grace = shutdown_grace
