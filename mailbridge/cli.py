@@ -148,7 +148,7 @@ def db_upgrade(ctx: Ctx) -> None:
 def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
     """Ingest .eml files, directories, mbox files or Maildirs."""
     from mailbridge.envelope import Envelope, Source
-    from mailbridge.parse_pool import ParsePool
+    from mailbridge.parse_pool import ParsePool, parse_ahead
     from mailbridge.sources.files import count_messages, iter_messages
 
     app = ctx.app
@@ -171,29 +171,8 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
             where = f"#{outcome.ticket}" if outcome.ticket else "-"
             click.echo(f"{outcome.source}: {outcome.outcome} {where} ({outcome.reason})")
 
-    # worker processes parse the next batch while this one commits; dry runs parse in process
-    parser = None if dry_run else ParsePool.from_settings(app.settings, inline=False)
-    with (
-        _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance,
-        parser or contextlib.nullcontext(),
-    ):
+    def batches() -> Iterator[list[tuple[bytes, Envelope, Source]]]:
         batch: list[tuple[bytes, Envelope, Source]] = []
-        parsing: list[tuple[list[tuple[bytes, Envelope, Source]], list[Any]]] = []
-
-        def commit(items: list[tuple[bytes, Envelope, Source]], futures: list[Any]) -> None:
-            results = [parser.collect(f) for f in futures] if parser else None
-            for outcome in app.ingestor.accept_many(items, results):
-                report(outcome)
-            advance(len(items))
-
-        def flush() -> None:
-            items = batch.copy()
-            batch.clear()
-            futures = parser.submit_all(raw for raw, _, _ in items) if parser else []
-            if parsing:
-                commit(*parsing.pop())
-            parsing.append((items, futures))
-
         for raw, label in messages():
             source = Source("file", label, live=False)
             if dry_run:
@@ -202,11 +181,21 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
                 continue
             batch.append((raw, Envelope(), source))
             if len(batch) >= batch_size:
-                flush()
+                yield batch
+                batch = []
         if batch:
-            flush()
-        if parsing:
-            commit(*parsing.pop())
+            yield batch
+
+    # worker processes parse the next batch while this one commits; dry runs parse in process
+    parser = None if dry_run else ParsePool.from_settings(app.settings, inline=False)
+    with (
+        _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance,
+        parser or contextlib.nullcontext(),
+    ):
+        for items, results in parse_ahead(parser, batches()):
+            for outcome in app.ingestor.accept_many(items, results):
+                report(outcome)
+            advance(len(items))
     if not as_json:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
         click.echo(f"{'would ingest' if dry_run else 'ingested'}: {summary}", err=True)

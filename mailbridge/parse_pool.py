@@ -21,17 +21,25 @@ import contextlib
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, TimeoutError
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
 from mailbridge.errors import ParseError
 from mailbridge.parse import ParsedMessage, parse
 
-__all__ = ["PARSE_TIMEOUT", "InlineParser", "ParsePool", "ParseResult", "Parser", "parse_safely"]
+__all__ = [
+    "PARSE_TIMEOUT",
+    "InlineParser",
+    "ParsePool",
+    "ParseResult",
+    "Parser",
+    "parse_ahead",
+    "parse_safely",
+]
 
 log = logging.getLogger("mailbridge.parse")
 
@@ -185,3 +193,22 @@ class ParsePool:
         with contextlib.suppress(Exception):  # collect names it
             await asyncio.wrap_future(future)
         return self.collect(future)
+
+
+Item = TypeVar("Item", bound=tuple[Any, ...])
+
+
+def parse_ahead(
+    pool: ParsePool | None, batches: Iterable[list[Item]]
+) -> Iterator[tuple[list[Item], list[ParseResult] | None]]:
+    """Each batch (items whose first element is the raw bytes) with its parse results, in
+    order; the workers already parse the next batch while the caller commits this one.
+    Without a pool the results are None: ingest parses in process."""
+    ahead: tuple[list[Item], list[Future[Any]]] | None = None
+    for batch in batches:
+        futures = pool.submit_all(item[0] for item in batch) if pool else []
+        if ahead is not None:
+            yield ahead[0], [ParsePool.collect(f) for f in ahead[1]] if pool else None
+        ahead = (batch, futures)
+    if ahead is not None:
+        yield ahead[0], [ParsePool.collect(f) for f in ahead[1]] if pool else None
