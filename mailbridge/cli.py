@@ -187,7 +187,7 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
             yield batch
 
     # worker processes parse the next batch while this one commits; dry runs parse in process
-    parser = None if dry_run else ParsePool.from_settings(app.settings, inline=False)
+    parser = None if dry_run else ParsePool.from_settings(app.settings)
     with (
         _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance,
         parser or contextlib.nullcontext(),

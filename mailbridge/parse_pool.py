@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -203,12 +204,25 @@ def parse_ahead(
 ) -> Iterator[tuple[list[Item], list[ParseResult] | None]]:
     """Each batch (items whose first element is the raw bytes) with its parse results, in
     order; the workers already parse the next batch while the caller commits this one.
-    Without a pool the results are None: ingest parses in process."""
+    Without a pool the results are None: ingest parses in process. A single batch is not
+    pipelined: its small mail is parsed in process, only its large mail by the workers (which
+    start only then), still under the deadline."""
+    iterator = iter(batches)
+    first, second = next(iterator, None), next(iterator, None)
+    if first is None:
+        return
+    if pool is None:
+        for batch in itertools.chain((first,), () if second is None else (second,), iterator):
+            yield batch, None
+        return
+    if second is None:
+        yield first, pool.parse_many([item[0] for item in first])
+        return
     ahead: tuple[list[Item], list[Future[Any]]] | None = None
-    for batch in batches:
-        futures = pool.submit_all(item[0] for item in batch) if pool else []
+    for batch in itertools.chain((first, second), iterator):
+        futures = pool.submit_all(item[0] for item in batch)
         if ahead is not None:
-            yield ahead[0], [ParsePool.collect(f) for f in ahead[1]] if pool else None
+            yield ahead[0], [ParsePool.collect(f) for f in ahead[1]]
         ahead = (batch, futures)
     if ahead is not None:
-        yield ahead[0], [ParsePool.collect(f) for f in ahead[1]] if pool else None
+        yield ahead[0], [ParsePool.collect(f) for f in ahead[1]]

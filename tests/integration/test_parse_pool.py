@@ -22,7 +22,13 @@ from click.testing import CliRunner
 
 from mailbridge import parse_pool
 from mailbridge.cli import cli
-from mailbridge.parse_pool import PARSE_TIMEOUT, ParsePool, ParseResult, parse_safely
+from mailbridge.parse_pool import (
+    PARSE_TIMEOUT,
+    ParsePool,
+    ParseResult,
+    parse_ahead,
+    parse_safely,
+)
 from mailbridge.storage import repository as repo
 from tests.helpers_daemon import (
     InProcessDaemon,
@@ -66,10 +72,6 @@ def big_mail(**kwargs: Any) -> bytes:
     return crlf(make_lf_mail(body="The printer is on fire.\n" * 400, **kwargs))
 
 
-def pool_results(pool: ParsePool, raws: list[bytes]) -> list[ParseResult]:
-    return pool.parse_many(raws)
-
-
 # --- the pool ------------------------------------------------------------------------------
 
 
@@ -105,6 +107,28 @@ def test_small_mail_is_parsed_in_process_and_large_mail_by_a_worker(tmp_path: Pa
         results[2].error,
     ]
     assert results[2].error is not None and results[2].error.startswith("unparseable")
+
+
+def test_parse_ahead_keeps_batches_and_order() -> None:
+    small = [(crlf(make_lf_mail(subject=f"small {i}")), i) for i in range(3)]
+    large = [(big_mail(subject=f"large {i}"), i) for i in range(3)]
+    batches = [[small[0], large[0]], [large[1]], [small[1], large[2], small[2]]]
+    with ParsePool(workers=2, timeout=30.0, inline_max_size=2048) as pool:
+        pipelined = [
+            (items, [r.parsed.subject for r in results or () if r.parsed])
+            for items, results in parse_ahead(pool, batches)
+        ]
+        single = list(parse_ahead(pool, batches[:1]))
+    assert [items for items, _ in pipelined] == batches
+    assert [subjects for _, subjects in pipelined] == [
+        ["small 0", "large 0"],
+        ["large 1"],
+        ["small 1", "large 2", "small 2"],
+    ]
+    assert [[r.parsed.subject for r in results or () if r.parsed] for _, results in single] == [
+        ["small 0", "large 0"]
+    ]
+    assert [results for _, results in parse_ahead(None, batches)] == [None, None, None]
 
 
 # --- through the listener ------------------------------------------------------------------
