@@ -391,9 +391,15 @@ def quarantine_show(ctx: Ctx, pk: int) -> None:
 @handled
 def quarantine_retry(ctx: Ctx, pk: int) -> None:
     from mailbridge.actions import retry_quarantined
+    from mailbridge.parse_pool import ParsePool
 
     app = ctx.app
-    outcome = retry_quarantined(app.store, app.ingestor, pk)
+    # a mail held for "parse timeout" must not hang the command: large mail parses on a worker
+    parser = ParsePool.from_settings(app.settings)
+    with parser or contextlib.nullcontext():
+        if parser is not None:
+            app.ingestor.parser = parser
+        outcome = retry_quarantined(app.store, app.ingestor, pk)
     where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
     click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
     if outcome.outcome == "quarantined":

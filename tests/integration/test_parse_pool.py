@@ -227,7 +227,13 @@ def test_a_stalling_mail_holds_neither_other_clients_nor_the_watchdog_and_is_qua
         ]
     listing = CliRunner().invoke(cli, ["--config", str(config), "quarantine", "list", "--json"])
     assert listing.exit_code == 0, listing.output
-    assert [e["reason"] for e in json.loads(listing.stdout)] == [PARSE_TIMEOUT]
+    entries = json.loads(listing.stdout)
+    assert [e["reason"] for e in entries] == [PARSE_TIMEOUT]
+    # retrying it from the command line is bounded by the same deadline
+    retry = CliRunner().invoke(
+        cli, ["--config", str(config), "quarantine", "retry", str(entries[0]["id"])]
+    )
+    assert retry.exit_code == 1 and PARSE_TIMEOUT in retry.stdout, retry.output
     # the worker was replaced: a large mail is still parsed by the pool
     assert send(port, big_mail(subject="after the bomb"))[0] == 250
 
