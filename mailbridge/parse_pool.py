@@ -65,6 +65,10 @@ def parse_safely(raw: bytes) -> ParseResult:
         return ParseResult(None, f"parser error: {exc.__class__.__name__}: {exc}")
 
 
+def parse_chunk(raws: list[bytes]) -> list[ParseResult]:
+    return [parse_safely(raw) for raw in raws]
+
+
 class Parser(Protocol):
     def parse_many(self, raws: Sequence[bytes]) -> list[ParseResult]:
         """Results in the order of `raws`."""
@@ -148,17 +152,20 @@ class ParsePool:
 
     def submit(self, raw: bytes) -> Future[Any]:
         """A worker parses `raw`; read the outcome with `collect`."""
+        return self._schedule(parse_safely, raw)
+
+    def _schedule(self, function: Any, argument: Any) -> Future[Any]:
         pool = self._pool
         if pool is None:
             raise RuntimeError("the parse pool is not open")
         try:
-            return pool.schedule(parse_safely, (raw,), timeout=self.timeout)
+            return pool.schedule(function, (argument,), timeout=self.timeout)
         except RuntimeError:  # the pool broke (its workers died faster than it restarts them)
             log.error("parse pool broken: starting a new one")
             self.close()
             pool = self.open()._pool
             assert pool is not None
-            return pool.schedule(parse_safely, (raw,), timeout=self.timeout)
+            return pool.schedule(function, (argument,), timeout=self.timeout)
 
     @staticmethod
     def collect(future: Future[Any]) -> ParseResult:
@@ -181,10 +188,23 @@ class ParsePool:
         results = [parse_safely(raw) if i not in futures else None for i, raw in enumerate(raws)]
         return [r if r is not None else self.collect(futures[i]) for i, r in enumerate(results)]
 
-    def submit_all(self, raws: Iterable[bytes]) -> list[Future[Any]]:
-        """Every message to the workers, whatever its size (`mailbridge ingest`: the workers
-        parse the next batch while this process commits the last one)."""
-        return [self.submit(raw) for raw in raws]
+    def submit_batch(self, raws: Sequence[bytes]) -> list[tuple[list[bytes], Future[Any]]]:
+        """A whole batch, whatever the sizes, in two chunks per worker: one round trip per
+        chunk, not per mail (`mailbridge ingest`); read the outcome with `collect_batch`."""
+        size = max(1, -(-len(raws) // (2 * self.workers)))
+        chunks = [list(raws[i : i + size]) for i in range(0, len(raws), size)]
+        return [(chunk, self._schedule(parse_chunk, chunk)) for chunk in chunks]
+
+    def collect_batch(self, submitted: list[tuple[list[bytes], Future[Any]]]) -> list[ParseResult]:
+        """Results in order. A chunk over the deadline as a whole (or whose worker died) is
+        parsed again mail by mail, so only a mail that alone overruns it is `parse timeout`."""
+        results: list[ParseResult] = []
+        for chunk, future in submitted:
+            try:
+                results.extend(future.result())
+            except Exception:
+                results.extend(self.collect(f) for f in [self.submit(raw) for raw in chunk])
+        return results
 
     async def parse_async(self, raw: bytes) -> ParseResult | None:
         """The result from a worker, or None for mail small enough to parse in the caller."""
@@ -218,11 +238,11 @@ def parse_ahead(
     if second is None:
         yield first, pool.parse_many([item[0] for item in first])
         return
-    ahead: tuple[list[Item], list[Future[Any]]] | None = None
+    ahead: tuple[list[Item], list[tuple[list[bytes], Future[Any]]]] | None = None
     for batch in itertools.chain((first, second), iterator):
-        futures = pool.submit_all(item[0] for item in batch)
+        submitted = pool.submit_batch([item[0] for item in batch])
         if ahead is not None:
-            yield ahead[0], [ParsePool.collect(f) for f in ahead[1]]
-        ahead = (batch, futures)
+            yield ahead[0], pool.collect_batch(ahead[1])
+        ahead = (batch, submitted)
     if ahead is not None:
-        yield ahead[0], [ParsePool.collect(f) for f in ahead[1]]
+        yield ahead[0], pool.collect_batch(ahead[1])
