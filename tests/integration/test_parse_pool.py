@@ -57,10 +57,15 @@ def stalling_parse(raw: bytes) -> ParseResult:
     return parse_safely(raw)
 
 
+def stalling_chunk(raws: list[bytes]) -> list[ParseResult]:
+    return [stalling_parse(raw) for raw in raws]
+
+
 @pytest.fixture
 def stalling(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the pool sends the function to its workers by name: they import it from this module
+    # the pool sends the functions to its workers by name: they import them from this module
     monkeypatch.setattr(parse_pool, "parse_safely", stalling_parse)
+    monkeypatch.setattr(parse_pool, "parse_chunk", stalling_chunk)
 
 
 def crlf(raw: bytes) -> bytes:
@@ -107,6 +112,21 @@ def test_small_mail_is_parsed_in_process_and_large_mail_by_a_worker(tmp_path: Pa
         results[2].error,
     ]
     assert results[2].error is not None and results[2].error.startswith("unparseable")
+
+
+def test_a_batch_chunk_over_the_deadline_is_parsed_again_mail_by_mail(
+    stalling: None, tmp_path: Path
+) -> None:
+    mails = [big_mail(subject=f"fine {i}") for i in range(8)]
+    mails[5] = big_mail(subject="stall", headers={STALL: str(tmp_path / "began")})
+    with ParsePool(workers=2, timeout=1.0) as pool:
+        results = pool.collect_batch(pool.submit_batch(mails))  # 4 chunks of 2
+    assert [r.parsed.subject if r.parsed else r.error for r in results] == [
+        *(f"fine {i}" for i in range(5)),
+        PARSE_TIMEOUT,
+        "fine 6",
+        "fine 7",
+    ]
 
 
 def test_parse_ahead_keeps_batches_and_order() -> None:
