@@ -53,6 +53,8 @@ def run(
             for out in app.ingestor.accept_many(items, results):
                 outcomes[out.outcome] = outcomes.get(out.outcome, 0) + 1
 
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
     started = time.perf_counter()
     if profile:
         import cProfile
@@ -66,12 +68,15 @@ def run(
     app.close()
     if pool is not None:
         pool.close()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_mb = usage.ru_maxrss / 1024
     return {
         "messages": count,
         "seconds": elapsed,
         "rate": count / elapsed,
         "peak_rss_mb": rss_mb,
+        # this process only (parse workers excluded): the work left on the committing core
+        "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
         **outcomes,
     }
 
