@@ -6,9 +6,7 @@ without it."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import re
 import smtplib
 import socket
 import threading
@@ -25,11 +23,10 @@ from mailbridge.cli import cli
 from mailbridge.parse_pool import (
     PARSE_TIMEOUT,
     ParsePool,
-    ParseResult,
     parse_ahead,
-    parse_safely,
 )
 from mailbridge.storage import repository as repo
+from tests import parse_faults
 from tests.helpers_daemon import (
     InProcessDaemon,
     free_port,
@@ -39,33 +36,13 @@ from tests.helpers_daemon import (
 from tests.mail import make_mail as make_lf_mail
 from tests.mail import message_id_of
 
-STALL = "X-Test-Parse-Stall"
-DIE = "X-Test-Parse-Die"
-
-
-def stalling_parse(raw: bytes) -> ParseResult:
-    """`parse_safely`, but in a worker process a mail with the STALL header first touches the
-    file it names (so the test knows the stall began), then holds the worker's GIL in one C
-    call that would run for hours (catastrophic backtracking), as the encoded-word bomb did;
-    a mail with the DIE header kills its worker."""
-    if multiprocessing.parent_process() is not None:
-        if (found := re.search(rb"\n" + STALL.encode() + rb":\s*(\S+)", raw)) is not None:
-            Path(found.group(1).decode()).touch()
-            re.match(r"(?:a|a)*b", "a" * 64)
-        if b"\n" + DIE.encode() + b":" in raw:
-            os._exit(3)
-    return parse_safely(raw)
-
-
-def stalling_chunk(raws: list[bytes]) -> list[ParseResult]:
-    return [stalling_parse(raw) for raw in raws]
-
 
 @pytest.fixture
 def stalling(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the pool sends the functions to its workers by name: they import them from this module
-    monkeypatch.setattr(parse_pool, "parse_safely", stalling_parse)
-    monkeypatch.setattr(parse_pool, "parse_chunk", stalling_chunk)
+    # the pool sends the functions to its workers by name: they import them (a light module,
+    # so a fresh worker starts on a task at once)
+    monkeypatch.setattr(parse_pool, "parse_safely", parse_faults.stalling_parse)
+    monkeypatch.setattr(parse_pool, "parse_chunk", parse_faults.stalling_chunk)
 
 
 def crlf(raw: bytes) -> bytes:
@@ -83,10 +60,10 @@ def big_mail(**kwargs: Any) -> bytes:
 def test_a_stalled_worker_is_killed_at_the_deadline_and_the_pool_goes_on(
     stalling: None, tmp_path: Path
 ) -> None:
-    stalled = big_mail(subject="stall", headers={STALL: str(tmp_path / "began")})
-    dying = big_mail(subject="die", headers={DIE: "now"})
+    stalled = big_mail(subject="stall", headers={parse_faults.STALL: str(tmp_path / "began")})
+    dying = big_mail(subject="die", headers={parse_faults.DIE: "now"})
     fine = [big_mail(subject=f"fine {i}") for i in range(4)]
-    with ParsePool(workers=2, timeout=1.0) as pool:
+    with ParsePool(workers=2, timeout=2.0) as pool:
         results = pool.parse_many([fine[0], stalled, fine[1], dying, fine[2]])
         assert [r.error for r in results] == [
             None,
@@ -118,8 +95,8 @@ def test_a_batch_chunk_over_the_deadline_is_parsed_again_mail_by_mail(
     stalling: None, tmp_path: Path
 ) -> None:
     mails = [big_mail(subject=f"fine {i}") for i in range(8)]
-    mails[5] = big_mail(subject="stall", headers={STALL: str(tmp_path / "began")})
-    with ParsePool(workers=2, timeout=1.0) as pool:
+    mails[5] = big_mail(subject="stall", headers={parse_faults.STALL: str(tmp_path / "began")})
+    with ParsePool(workers=2, timeout=2.0) as pool:
         results = pool.collect_batch(pool.submit_batch(mails))  # 4 chunks of 2
     assert [r.parsed.subject if r.parsed else r.error for r in results] == [
         *(f"fine {i}" for i in range(5)),
@@ -217,7 +194,7 @@ def test_a_stalling_mail_holds_neither_other_clients_nor_the_watchdog_and_is_qua
     running, watchdog, config = daemon
     port = int(running.settings.smtp.listen.rsplit(":", 1)[1])
     began = tmp_path / "stall-began"
-    bomb = big_mail(subject="the bomb", headers={STALL: str(began)})
+    bomb = big_mail(subject="the bomb", headers={parse_faults.STALL: str(began)})
     replies: dict[str, tuple[int, str]] = {}
     first = threading.Thread(target=lambda: replies.update(bomb=send(port, bomb)))
     first.start()
