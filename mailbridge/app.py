@@ -31,7 +31,11 @@ class App:
     def build(
         cls, settings: Settings, clock: Clock = system_clock, store: Store | None = None
     ) -> App:
-        store = store or open_store(settings.database.url, settings.database.pool_size)
+        store = store or open_store(
+            settings.database.url,
+            settings.database.pool_size,
+            first_queue=settings.queue_list[0].name,
+        )
         outbound = Outbound(settings, clock)
         ingestor = Ingestor(store, settings, clock, outbound)
         app = cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)

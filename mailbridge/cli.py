@@ -136,7 +136,7 @@ def db_upgrade(ctx: Ctx) -> None:
     from mailbridge.storage import open_store
 
     store = open_store(ctx.settings.database.url, migrate=False)
-    click.echo(f"database at revision {store.upgrade()}")
+    click.echo(f"database at revision {store.upgrade(ctx.settings.queue_list[0].name)}")
 
 
 @cli.command()

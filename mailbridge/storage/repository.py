@@ -22,8 +22,10 @@ from mailbridge.storage.models import (
     Outbox,
     Participant,
     Quarantine,
+    QueueCursor,
     ThreadKey,
     Ticket,
+    TicketTag,
     Tombstone,
 )
 
@@ -252,7 +254,16 @@ def count_new_tickets_from(session: Session, customer: str, since: datetime) -> 
     return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
 
 
-def list_tickets(session: Session, status: str | None = None) -> list[tuple[Ticket, int]]:
+def list_tickets(
+    session: Session,
+    status: str | None = None,
+    *,
+    queue: str | None = None,
+    owner: str | None = None,
+    unassigned: bool = False,
+    tag: str | None = None,
+    priority: str | None = None,
+) -> list[tuple[Ticket, int]]:
     counts = (
         select(Message.ticket_number, func.count().label("n"))
         .group_by(Message.ticket_number)
@@ -265,6 +276,17 @@ def list_tickets(session: Session, status: str | None = None) -> list[tuple[Tick
     )
     if status:
         stmt = stmt.where(Ticket.status == status)
+    if queue:
+        stmt = stmt.where(Ticket.queue == queue)
+    if owner:
+        stmt = stmt.where(Ticket.owner == owner.lower())
+    if unassigned:
+        stmt = stmt.where(Ticket.owner.is_(None))
+    if priority:
+        stmt = stmt.where(Ticket.priority == priority)
+    if tag:
+        tagged = select(TicketTag.ticket_number).where(TicketTag.tag == tag.lower())
+        stmt = stmt.where(Ticket.number.in_(tagged))
     return [(t, n) for t, n in session.execute(stmt)]
 
 
@@ -708,3 +730,96 @@ def all_events(session: Session) -> list[Event]:
 
 def all_tickets(session: Session) -> list[Ticket]:
     return list(session.scalars(select(Ticket).order_by(Ticket.number)))
+
+
+# --- queues, owners, tags (SPEC 7) --------------------------------------------------------
+
+_OPEN = ("new", "open", "answered", "postponed")
+
+
+def take_turn(session: Session, queue: str) -> int:
+    """Advance a queue's round-robin cursor and return the turn it was at (0 first).
+
+    The UPDATE holds the row's lock until the creating transaction ends, so nodes creating
+    tickets in one queue at once take turns one after another, and a rollback gives the turn back."""
+    _insert_ignore(session, QueueCursor, [{"queue": queue, "position": 0}])
+    stmt = (
+        update(QueueCursor)
+        .where(QueueCursor.queue == queue)
+        .values(position=QueueCursor.position + 1)
+        .returning(QueueCursor.position)
+    )
+    return int(session.execute(stmt).scalar_one()) - 1
+
+
+def open_counts(session: Session, members: Sequence[str]) -> dict[str, int]:
+    """Tickets each member owns in new/open/answered/postponed, over all queues (their workload)."""
+    stmt = (
+        select(Ticket.owner, func.count())
+        .where(Ticket.owner.in_(list(members)), Ticket.status.in_(_OPEN))
+        .group_by(Ticket.owner)
+    )
+    return {str(owner): int(n) for owner, n in session.execute(stmt)}
+
+
+def last_owner(session: Session, customer: str, queue: str, since: datetime) -> str | None:
+    """The owner of this customer's most recent owned ticket in the queue created since `since`."""
+    return session.scalar(
+        select(Ticket.owner)
+        .where(
+            Ticket.customer == customer,
+            Ticket.queue == queue,
+            Ticket.created_at >= since,
+            Ticket.owner.is_not(None),
+        )
+        .order_by(Ticket.created_at.desc(), Ticket.number.desc())
+        .limit(1)
+    )
+
+
+def add_tags(session: Session, number: int, tags: Iterable[str]) -> None:
+    _insert_ignore(session, TicketTag, [{"ticket_number": number, "tag": t} for t in tags])
+
+
+def remove_tags(session: Session, number: int, tags: Iterable[str]) -> None:
+    session.execute(
+        delete(TicketTag).where(TicketTag.ticket_number == number, TicketTag.tag.in_(list(tags)))
+    )
+
+
+def tags_of(session: Session, numbers: Sequence[int]) -> dict[int, list[str]]:
+    """Each ticket's tags, sorted; tickets without tags are absent."""
+    found: dict[int, list[str]] = {}
+    for start in range(0, len(numbers), 500):
+        chunk = list(numbers[start : start + 500])
+        rows = session.execute(
+            select(TicketTag.ticket_number, TicketTag.tag)
+            .where(TicketTag.ticket_number.in_(chunk))
+            .order_by(TicketTag.ticket_number, TicketTag.tag)
+        )
+        for n, tag in rows:
+            found.setdefault(int(n), []).append(str(tag))
+    return found
+
+
+def all_tags(session: Session) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for n, tag in session.execute(
+        select(TicketTag.ticket_number, TicketTag.tag).order_by(TicketTag.tag)
+    ):
+        found.setdefault(int(n), []).append(str(tag))
+    return found
+
+
+def queue_summary(session: Session) -> list[tuple[str, str, bool, int, datetime | None]]:
+    """(queue, status, unowned, count, oldest created_at) groups, for `mailbridge queues`."""
+    stmt = select(
+        Ticket.queue,
+        Ticket.status,
+        Ticket.owner.is_(None),
+        func.count(),
+        func.min(Ticket.created_at),
+    ).group_by(Ticket.queue, Ticket.status, Ticket.owner.is_(None))
+    return [
+        (str(q), str(s), bool(u), int(n), oldest) for q, s, u, n, oldest in session.execute(stmt)
+    ]
