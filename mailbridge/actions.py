@@ -89,7 +89,10 @@ def retry_quarantined(store: Store, ingestor: Ingestor, pk: int) -> Outcome:
         raw, envelope_json, source_name = entry.raw, entry.envelope, entry.source
     data = json.loads(envelope_json or "{}")
     envelope = Envelope(
-        data.get("mail_from"), tuple(data.get("rcpt_tos") or ()), data.get("auth_user")
+        data.get("mail_from"),
+        tuple(data.get("rcpt_tos") or ()),
+        data.get("auth_user"),
+        trusted_peer=data.get("trusted_peer", True),
     )
     outcome = ingestor.accept(raw, envelope, Source("retry", source_name, live=False))
     with store.unit() as session:

@@ -14,6 +14,8 @@ NAMES = ("resolve", "close", "postpone", "spam", "delete", "note")
 _LINE = re.compile(r"^\s*#([a-z]+)\b\s*(.*?)\s*$", re.IGNORECASE)
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# ten years: further ahead is a typo, and past year 9999 the date itself overflows
+MAX_POSTPONE = timedelta(days=3653)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +58,28 @@ def split_commands(body: str) -> Parsed:
 
 
 def postpone_until(argument: str, now: datetime) -> datetime:
-    """`3d`, `12h`, `2026-12-01` (midnight UTC) or `2026-12-01T09:00` (UTC unless an offset is given)."""
+    """`3d`, `12h`, `2026-12-01` (midnight UTC) or `2026-12-01T09:00` (UTC unless an offset is given).
+
+    Raises ValueError for anything else, and for a time more than MAX_POSTPONE ahead."""
     arg = argument.strip()
+    shown = arg if len(arg) <= 40 else arg[:40] + "…"
+    too_far = ValueError(f"{shown!r} is too far ahead (at most {MAX_POSTPONE.days} days)")
     relative = _RELATIVE.match(arg)
     if relative:
-        return now + timedelta(**{_UNITS[relative.group(2).lower()]: int(relative.group(1))})
+        try:
+            delta = timedelta(**{_UNITS[relative.group(2).lower()]: int(relative.group(1))})
+        except (OverflowError, ValueError):  # beyond timedelta, or more digits than int() reads
+            raise too_far from None
+        if delta > MAX_POSTPONE:
+            raise too_far
+        return now + delta
     try:
         when = datetime.fromisoformat(arg)
     except ValueError:
         raise ValueError(
-            f"cannot read the time {arg!r} (use 3d, 2026-12-01 or 2026-12-01T09:00)"
+            f"cannot read the time {shown!r} (use 3d, 2026-12-01 or 2026-12-01T09:00)"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when - now > MAX_POSTPONE:
+        raise too_far
+    return when

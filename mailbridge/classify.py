@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mailbridge.authres import agent_authority as header_authority
 from mailbridge.envelope import Envelope, Source
 from mailbridge.parse import ParsedMessage
 
@@ -138,32 +139,10 @@ def is_agent_address(address: str, policy: Policy) -> bool:
     return address in policy.agent_addresses or address.rsplit("@", 1)[-1] in policy.agent_domains
 
 
-def _authentication_results(msg: ParsedMessage, policy: Policy, domain: str) -> str | None:
-    """`dmarc=pass` or `dkim=pass` for the From domain, from a trusted authserv-id."""
-    for value in msg.headers.get("authentication-results", ()):
-        authserv, _, results = value.partition(";")
-        authserv_id = authserv.strip().split()[0].lower() if authserv.strip() else ""
-        if authserv_id not in policy.trusted_authserv_ids:
-            continue
-        for result in results.split(";"):
-            words = result.strip().lower().split()
-            if not words:
-                continue
-            method = words[0]
-            props = dict(w.split("=", 1) for w in words[1:] if "=" in w)
-            if method == "dmarc=pass" and props.get("header.from", domain) == domain:
-                return f"authentication-results {authserv_id}: dmarc=pass"
-            if method == "dkim=pass":
-                signer = props.get("header.d") or props.get("header.i", "").rsplit("@", 1)[-1]
-                if signer == domain:
-                    return f"authentication-results {authserv_id}: dkim=pass header.d={signer}"
-    return None
-
-
 def agent_authority(
     msg: ParsedMessage, env: Envelope, source: Source, policy: Policy
 ) -> tuple[str | None, str, bool]:
-    """(agent address, how it was authenticated, whether From merely claims an agent)."""
+    """(agent address, how it was authenticated or why not, whether From merely claims an agent)."""
     sender = msg.from_.addr.lower() if msg.from_ else ""
     if not sender or not is_agent_address(sender, policy):
         return None, "", False
@@ -173,10 +152,17 @@ def agent_authority(
     # an SMTP login vouches only for its own address: bob may not send as alice
     if login and (login == sender or ("@" not in login and login == sender.split("@", 1)[0])):
         return sender, f"smtp-auth {env.auth_user}", False
-    found = _authentication_results(msg, policy, sender.rsplit("@", 1)[-1])
-    if found:
-        return sender, found, False
-    return None, "", True
+    if not env.trusted_peer:
+        # a header any client could have written: the listener's peer is not our MTA
+        return None, f"authentication-results ignored: {env.peer} is not a trusted peer", True
+    found = header_authority(
+        msg.headers.get("authentication-results", ()),
+        policy.trusted_authserv_ids,
+        sender.rsplit("@", 1)[-1],
+    )
+    if found.granted:
+        return sender, found.reason, False
+    return None, found.reason, True
 
 
 def classify(msg: ParsedMessage, env: Envelope, source: Source, policy: Policy) -> Verdict:
@@ -194,6 +180,8 @@ def classify(msg: ParsedMessage, env: Envelope, source: Source, policy: Policy) 
     rule = "customer mail"
     if claimed:
         rule = "customer mail: agent From without authentication"
+        if authority:
+            rule += f" ({authority})"
     elif bulk:
         rule = f"customer mail: bulk ({precedence or 'list-id'}), not acknowledged"
     return Verdict(MAIL, rule, bulk, None, "", claimed)

@@ -176,6 +176,18 @@ def _subject_tag(value: str) -> str:
     return value
 
 
+def _peer(value: str) -> str:
+    if value == "unix":
+        return value
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"not an IP address or network: {value!r} (e.g. 127.0.0.1, 10.0.0.0/8, ::1 or unix)"
+        ) from None
+    return value
+
+
 def _after(value: str) -> str:
     if value not in ("seen", "delete") and not (value.startswith("move:") and value[5:].strip()):
         raise ValueError("must be one of: seen, delete, move:<folder>")
@@ -246,6 +258,12 @@ class SmtpSettings(_Section):
     max_recipients: Count = 100
     max_connections_per_client: Count = 20
     timeout: Duration = timedelta(minutes=5)
+    # clients whose Authentication-Results headers count: the MTA in front of us, not the world
+    trusted_peers: tuple[Annotated[str, AfterValidator(_peer)], ...] = (
+        "127.0.0.0/8",
+        "::1",
+        "unix",
+    )
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:
@@ -353,6 +371,7 @@ class TicketsSettings(_Section):
     ack_max_per_sender_per_hour: Annotated[int, Strict(), Field(ge=0)] = 3
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
+    max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
 
 
 class OutboundSettings(_Section):

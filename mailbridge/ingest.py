@@ -467,6 +467,9 @@ class Ingestor:
         message = self._store_message(
             session, p, ticket, direction, "agent", f"{found.rule}; {verdict.rule}", now
         )
+        if ticket.customer in recipients and not is_note:
+            # written to the customer directly: whoever else it went to is in the conversation
+            self._add_participants(session, p, ticket, now, message.id)
         actor = agent
         refusals: list[str] = [f"unknown command {u}" for u in parsed_cmds.unknown]
         if has_text and not is_note:
@@ -568,7 +571,11 @@ class Ingestor:
                 thread_index=msg.thread_index,
             ),
         )
-        message = self._store_message(session, p, ticket, direction, author_kind, rule, now)
+        # the customer first: the participant limit counts them, and their Cc may then join
+        repo.add_participants(session, ticket.number, [(ticket.customer, "customer")])
+        message = self._store_message(
+            session, p, ticket, direction, author_kind, rule, now, participants=False
+        )
         repo.add_events(
             session, ticket.number, lifecycle.create(self._actor(p), now, rule).records, message.id
         )
@@ -576,23 +583,65 @@ class Ingestor:
             self._transition(
                 session, ticket, lifecycle.Event(Kind.AGENT_REPLY, self._actor(p)), now, message.id
             )
-        repo.add_participants(
-            session,
-            ticket.number,
-            [(ticket.customer, "customer"), *self._cc_participants(msg, ticket.customer)],
-        )
+        # whoever opens a ticket is its customer, or an agent writing to one
+        self._add_participants(session, p, ticket, now, message.id)
         return ticket, message
 
-    def _cc_participants(self, msg: ParsedMessage, customer: str) -> list[tuple[str, str]]:
-        return [
-            (a.addr, "cc")
-            for a in (*msg.to, *msg.cc)
-            if a.addr
-            and "@" in a.addr
-            and a.addr.lower() != customer
-            and not self.tokens.is_ours(a.addr)
-            and not classify.is_agent_address(a.addr, self.policy)
-        ]
+    def _cc_participants(self, msg: ParsedMessage, customer: str) -> list[str]:
+        found: dict[str, None] = {}
+        for a in (*msg.to, *msg.cc):
+            address = a.addr.lower()
+            if (
+                "@" in address
+                and len(address) <= 320
+                and address != customer
+                and not self.tokens.is_ours(address)
+                and not classify.is_agent_address(address, self.policy)
+            ):
+                found[address] = None
+        return list(found)
+
+    def _may_add_participants(self, session: Session, p: Prepared, ticket: Ticket) -> bool:
+        """Only the ticket's own people widen it: anyone who knows a Message-ID can thread a mail,
+        and a stranger's Cc would then receive every later agent reply."""
+        sender = self._sender(p)
+        return bool(sender) and (
+            sender == ticket.customer or repo.is_participant(session, ticket.number, sender)
+        )
+
+    def _add_participants(
+        self, session: Session, p: Prepared, ticket: Ticket, now: datetime, message_pk: int
+    ) -> None:
+        """The mail's To/Cc join the ticket, up to `[tickets] max_participants` in all."""
+        assert p.parsed is not None
+        candidates = self._cc_participants(p.parsed, ticket.customer)
+        if not candidates:
+            return
+        present = set(repo.participants(session, ticket.number))
+        new = [a for a in candidates if a not in present]
+        limit = self.settings.tickets.max_participants
+        room = max(0, limit - len(present))
+        repo.add_participants(session, ticket.number, [(a, "cc") for a in new[:room]])
+        if len(new) > room:
+            dropped = len(new) - room
+            log.warning(
+                "ticket #%s: %d address(es) in To/Cc not added: max_participants is %d",
+                ticket.number,
+                dropped,
+                limit,
+            )
+            if not room and any(
+                e.kind == "participants-limit" for e in repo.ticket_events(session, ticket.number)
+            ):
+                return  # said once on the ticket; a thread that keeps the crowd in Cc says no more
+            detail = (
+                f"{dropped} address(es) in To/Cc not added as participants: "
+                f"the ticket has its limit of {limit} (max_participants)"
+            )
+            record = lifecycle.Record(
+                now, "participants-limit", self._actor(p), ticket.status, ticket.status, detail
+            )
+            repo.add_events(session, ticket.number, [record], message_pk)
 
     def _store_message(
         self,
@@ -603,6 +652,7 @@ class Ingestor:
         author_kind: str,
         verdict: str,
         now: datetime,
+        participants: bool = True,
     ) -> Message:
         msg = p.parsed
         assert msg is not None
@@ -635,10 +685,12 @@ class Ingestor:
         )
         if msg.message_id:
             repo.add_thread_keys(session, ticket.number, [msg.message_id])
-        if author_kind == "customer" and ticket.customer != self._sender(p):
-            repo.add_participants(
-                session, ticket.number, self._cc_participants(msg, ticket.customer)
-            )
+        if (
+            participants
+            and author_kind == "customer"
+            and self._may_add_participants(session, p, ticket)
+        ):
+            self._add_participants(session, p, ticket, now, message.id)
         ticket.updated_at = now
         return message
 
@@ -708,6 +760,7 @@ class Ingestor:
                         "mail_from": p.envelope.mail_from,
                         "rcpt_tos": list(p.envelope.rcpt_tos),
                         "auth_user": p.envelope.auth_user,
+                        "trusted_peer": p.envelope.trusted_peer,
                     }
                 ),
                 sender=self._sender(p)[:320],

@@ -347,12 +347,14 @@ class Outbound:
         return [draft]
 
     def _notify_addresses(self) -> list[Address]:
-        return list(self.notify_boxes)
+        return list(self.notify_boxes[: self.settings.smtp.max_recipients])
 
     def _customer_recipients(
         self, session: Session, ticket: Ticket
     ) -> tuple[list[Address], list[Address]]:
-        """The customer (To) and the other participants (Cc): the only addresses a relay reaches."""
+        """The customer (To) and the other participants (Cc): the only addresses a relay reaches,
+        at most `max_participants` and `max_recipients` of them (tickets from before the limit
+        may hold more)."""
         to: list[Address] = []
         cc: list[Address] = []
         for address in repo.participants(session, ticket.number):
@@ -362,7 +364,8 @@ class Outbound:
             box = mailbox(ticket.customer_name if is_customer else "", address)
             if box is not None:
                 (to if is_customer else cc).append(box)
-        return to, cc
+        limit = min(self.settings.tickets.max_participants, self.settings.smtp.max_recipients)
+        return to[:limit], cc[: max(0, limit - len(to[:limit]))]
 
     def _last_customer_id(self, session: Session, ticket: Ticket) -> str | None:
         return repo.last_customer_message_id(session, ticket.number)

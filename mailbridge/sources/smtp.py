@@ -37,7 +37,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from mailbridge.auth_users import Users, load_users
 from mailbridge.correlate import Tokens
-from mailbridge.envelope import Envelope, Outcome, Source
+from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
 
@@ -68,6 +68,7 @@ class ListenerConfig:
     listen: str
     mode: str  # smtp | lmtp
     hostname: str
+    trusted_peers: tuple[str, ...]
     tokens: Tokens
     max_recipients: int
     max_message_size: int
@@ -86,6 +87,7 @@ class ListenerConfig:
             listen=smtp.listen,
             mode=smtp.mode,
             hostname=smtp.hostname or socket.gethostname(),
+            trusted_peers=smtp.trusted_peers,
             tokens=Tokens(smtp.addresses, settings.tickets.plus_separator),
             max_recipients=smtp.max_recipients,
             max_message_size=smtp.max_message_size,
@@ -296,6 +298,7 @@ class Handler:
             rcpt_tos=tuple(env.rcpt_tos),
             auth_user=session.auth_data if session.authenticated else None,
             peer=server.peer_text,
+            trusted_peer=peer_trusted(session.peer, self.config.trusted_peers),
         )
         return envelope, Source(self.config.mode, self.config.listen)
 

@@ -158,6 +158,7 @@ def test_pure_modules_import_only_stdlib_and_each_other() -> None:
     pure = [
         "parse",
         "classify",
+        "authres",
         "correlate",
         "lifecycle",
         "agent_commands",
