@@ -55,10 +55,11 @@ class App:
         self.settings = settings
         self.install_webhooks()
 
-    def reply_to(self, token: str) -> str:
-        return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(
-            token
-        )
+    def reply_to(self, token: str, queue: str | None = None) -> str:
+        """The ticket's token address, on its queue's from address (SPEC 7)."""
+        tokens = Tokens(self.settings.accepted_addresses, self.settings.tickets.plus_separator)
+        base = self.settings.queue_sender(queue)[0] if queue else None
+        return tokens.address(token, base)
 
     def close(self) -> None:
         self.store.close()

@@ -281,7 +281,7 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
             repo.ticket_messages(session, number),
             repo.ticket_events(session, number),
         )
-        reply_to = app.reply_to(t.token)
+        reply_to = app.reply_to(t.token, t.queue)
         if as_json:
             emit_json(views.ticket_detail(t, reply_to, messages, events))
         else:

@@ -606,6 +606,28 @@ class Settings(_Section):
         found = [*self.smtp.addresses, *(a for q in self.queues for a in q.addresses)]
         return tuple(dict.fromkeys(found))
 
+    def queue(self, name: str | None) -> Queue:
+        """A queue by name; the first queue for an unknown name (e.g. one removed from the config)."""
+        queues = self.queue_list
+        return next((q for q in queues if q.name == name), queues[0])
+
+    def queue_sender(self, name: str | None) -> tuple[str, str]:
+        """(from address, from name) of a queue's outbound mail."""
+        queue = self.queue(name)
+        fallback = self.outbound.from_address or self.smtp.addresses[0]
+        address = queue.from_address or (
+            queue.addresses[0] if self.queues and queue.addresses else fallback
+        )
+        return address.lower(), queue.from_name or self.outbound.from_name
+
+    def queue_members(self, name: str | None) -> tuple[str, ...]:
+        """Who may own the queue's tickets: its members, else every agent listed by address."""
+        return self.queue(name).members or self.agents.addresses
+
+    def queue_notify(self, name: str | None) -> tuple[str, ...]:
+        notify = self.queue(name).notify
+        return self.agents.notify if notify is None else notify
+
     def is_agent(self, address: str) -> bool:
         address = address.lower()
         return address in self.agents.addresses or address.rpartition("@")[2] in self.agents.domains

@@ -182,6 +182,10 @@ class Router:
             for f in filters
         ]
 
+    @property
+    def needs_body(self) -> bool:
+        return any(f.body is not None for f in self.filters)
+
     def queue_of_address(self, address: str) -> str | None:
         """The queue an address (or its plus-token form) belongs to."""
         address = address.strip().lower()
