@@ -10,13 +10,15 @@ StorageUnavailable (the SMTP source turns it into 451).
 from __future__ import annotations
 
 import base64
+import email.policy
 import json
 import logging
 import secrets
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +37,7 @@ from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, ParseError, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.lifecycle import Kind, Status, TicketState
-from mailbridge.parse import Address, ParsedMessage, parse
+from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, parse
 from mailbridge.storage import repository as repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
@@ -583,7 +585,13 @@ class Ingestor:
     def _route(self, p: Prepared) -> routing.Route:
         msg = p.parsed
         assert msg is not None
-        headers = msg.headers
+        headers: Mapping[str, Sequence[str]] = msg.headers
+        wanted = self.router.header_names - CLASSIFY_HEADERS
+        if wanted:
+            # a filter on a header the parser does not keep: read the header block once more
+            block = BytesHeaderParser(policy=email.policy.default).parsebytes(p.raw)
+            extra = {n: tuple(str(v) for v in block.get_all(n, ())) for n in wanted}
+            headers = {**headers, **extra}
         imap = p.source.name if p.source.kind in ("imap", "imap-sent") else None
         return self.router.route(
             routing.Facts(

@@ -183,6 +183,11 @@ class Router:
         ]
 
     @property
+    def header_names(self) -> frozenset[str]:
+        """The (lowercase) headers the filters look at."""
+        return frozenset(f.header for f in self.filters if f.header is not None)
+
+    @property
     def needs_body(self) -> bool:
         return any(f.body is not None for f in self.filters)
 
