@@ -15,6 +15,7 @@ Logins compare case-insensitively (they are mail addresses); hashes never leave 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import getpass
 import hashlib
@@ -22,6 +23,7 @@ import hmac
 import secrets
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,10 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(_b64(digest), expected)
 
 
+# One thread of its own: a burst of password guesses then costs at most one core and never
+# queues ahead of the database commits in the default executor (threads start on first use).
+_HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbridge-password-hash")
+
 # verifying an unknown login costs as much as a known one, so timing does not reveal logins
 _DUMMY_HASH = f"scrypt${SCRYPT_N}$timing-equaliser${SCRYPT_R}${SCRYPT_P}$AAAA"
 
@@ -106,6 +112,11 @@ class Users:
         stored = self.hashes.get(login.strip().lower())
         ok = verify_password(password, stored or _DUMMY_HASH)
         return ok and stored is not None
+
+    async def verify_async(self, login: str, password: str) -> bool:
+        """`verify` on the hashing thread, leaving the event loop and the database threads free."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_HASHING, self.verify, login, password)
 
     def __len__(self) -> int:
         return len(self.hashes)

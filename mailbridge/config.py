@@ -257,13 +257,20 @@ class SmtpSettings(_Section):
     max_message_size: Size = 25 * MB
     max_recipients: Count = 100
     max_connections_per_client: Count = 20
-    timeout: Duration = timedelta(minutes=5)
     # clients whose Authentication-Results headers count: the MTA in front of us, not the world
     trusted_peers: tuple[Annotated[str, AfterValidator(_peer)], ...] = (
         "127.0.0.0/8",
         "::1",
         "unix",
     )
+    # fits the unit's LimitNOFILE=65536 with room to spare; see SmtpListener.start
+    max_connections: Count = 1000
+    timeout: Duration = timedelta(minutes=5)  # idle: no bytes from the client for this long
+    # DATA may last data_timeout + bytes received / data_min_rate (bytes per second)
+    data_timeout: Duration = timedelta(minutes=10)
+    data_min_rate: Size = 1024
+    auth_max_failures: Count = 5  # per client address (IPv6: per /64) and per login
+    auth_lockout: Duration = timedelta(minutes=5)
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:

@@ -98,7 +98,7 @@ def components_for(app: App, settings: Settings) -> list[Component]:
         sender,
         Scheduler(sweeps, app.clock),
         ImapPollers(app, settings),
-        SmtpListener(app.ingestor, settings, ingest_workers=workers),
+        SmtpListener(app.ingestor, settings, ingest_workers=workers, metrics=metrics),
     ]
 
 
