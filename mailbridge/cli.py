@@ -228,27 +228,38 @@ class _progress:
         ["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]
     ),
 )
+@click.option("--queue", metavar="Q", help="only this queue's tickets")
+@click.option("--owner", metavar="A", help="only tickets this agent owns")
+@click.option("--unassigned", is_flag=True, help="only tickets nobody owns")
+@click.option("--tag", metavar="T", help="only tickets with this tag")
+@click.option("--priority", type=click.Choice(["low", "normal", "high", "urgent"]))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @handled
-def tickets(ctx: Ctx, status: str | None, as_json: bool) -> None:
+def tickets(ctx: Ctx, status: str | None, as_json: bool, **filters: Any) -> None:
     """List tickets."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
     with ctx.app.store.unit() as session:
-        rows = [views.ticket_summary(t, n) for t, n in repo.list_tickets(session, status)]
+        found = repo.list_tickets(session, status, **filters)
+        tags = repo.tags_of(session, [t.number for t, _ in found])
+        rows = [views.ticket_summary(t, n, tags.get(t.number)) for t, n in found]
     if as_json:
         emit_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("#", "status", "subject", "customer", "msgs", "updated", box=None)
+    table = Table(
+        "#", "status", "queue", "owner", "subject", "customer", "msgs", "updated", box=None
+    )
     for r in rows:
         table.add_row(
             str(r["number"]),
             r["status"],
+            r["queue"],
+            r["owner"] or "-",
             r["subject"][:60],
             r["customer"],
             str(r["message_count"]),
@@ -282,8 +293,9 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
             repo.ticket_events(session, number),
         )
         reply_to = app.reply_to(t.token, t.queue)
+        tags = repo.tags_of(session, [number]).get(number, [])
         if as_json:
-            emit_json(views.ticket_detail(t, reply_to, messages, events))
+            emit_json(views.ticket_detail(t, reply_to, messages, events, tags))
         else:
             click.echo("\n".join(views.thread_lines(t, reply_to, messages, events)))
 
@@ -484,6 +496,11 @@ def _report_when(value: str, now: datetime) -> datetime:
     # a duration looks back here ("7d": a week ago), where for postpone it looks ahead
     relative = re.fullmatch(r"\s*\d+\s*[a-zA-Z]+\s*", value)
     return now - (when - now) if relative else when
+
+
+from mailbridge import cli_queues  # noqa: E402  (registers its commands on `cli` and `ticket`)
+
+cli_queues.register(cli, ticket, pass_ctx, handled, actor, emit_json)
 
 
 def main(argv: list[str] | None = None) -> int:

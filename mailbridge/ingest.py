@@ -657,7 +657,8 @@ class Ingestor:
         route = self._route(p)
         spam = route.spam is not None or verdict.kind == classify.BLOCKED
         chosen = None if spam else self._assign(session, route, customer, now)
-        routed = "; ".join((route.explain(), *([chosen.rule] if chosen else [])))
+        explained = chosen is not None and (chosen.owner or chosen.strategy != "none")
+        routed = "; ".join((route.explain(), *([chosen.rule] if chosen and explained else [])))
         ticket = repo.add_ticket(
             session,
             Ticket(

@@ -812,13 +812,13 @@ def all_tags(session: Session) -> dict[int, list[str]]:
 
 
 def queue_summary(session: Session) -> list[tuple[str, str, bool, int, datetime | None]]:
-    """(queue, status, unowned, count, oldest created_at) groups, for `mailbridge queues`."""
+    """(queue, status, unowned, count, oldest last activity) groups, for `mailbridge queues`."""
     stmt = select(
         Ticket.queue,
         Ticket.status,
         Ticket.owner.is_(None),
         func.count(),
-        func.min(Ticket.created_at),
+        func.min(Ticket.last_activity_at),
     ).group_by(Ticket.queue, Ticket.status, Ticket.owner.is_(None))
     return [
         (str(q), str(s), bool(u), int(n), oldest) for q, s, u, n, oldest in session.execute(stmt)
