@@ -467,13 +467,23 @@ def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
 @click.option("--html", "html_file", metavar="FILE", help="write a self-contained page of charts")
 @click.option("--since", metavar="WHEN", help="only tickets created from then on (e.g. 2026-11-01)")
 @click.option("--until", metavar="WHEN", help="only tickets created before then")
+@click.option(
+    "--by",
+    type=click.Choice(["queue", "owner", "tag", "priority"]),
+    help="show only this breakdown (default: all four)",
+)
 @pass_ctx
 @handled
 def report(
-    ctx: Ctx, as_json: bool, html_file: str | None, since: str | None, until: str | None
+    ctx: Ctx,
+    as_json: bool,
+    html_file: str | None,
+    since: str | None,
+    until: str | None,
+    by: str | None,
 ) -> None:
     """Lifecycle analytics: tickets per status, response and resolution times, reopen rate."""
-    from mailbridge.report import build_report, render
+    from mailbridge.report import BY, build_report, render
 
     app = ctx.app
     now = app.clock()
@@ -488,7 +498,7 @@ def report(
     if as_json:
         emit_json(data)
     elif not html_file:
-        click.echo(render(data), nl=False)
+        click.echo(render(data, by=(by,) if by else BY), nl=False)
 
 
 def _report_when(value: str, now: datetime) -> datetime:
