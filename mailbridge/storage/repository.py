@@ -823,3 +823,12 @@ def queue_summary(session: Session) -> list[tuple[str, str, bool, int, datetime 
     return [
         (str(q), str(s), bool(u), int(n), oldest) for q, s, u, n, oldest in session.execute(stmt)
     ]
+
+
+def unassigned_counts(session: Session) -> dict[str, int]:
+    stmt = (
+        select(Ticket.queue, func.count())
+        .where(Ticket.owner.is_(None), Ticket.status.in_(_OPEN))
+        .group_by(Ticket.queue)
+    )
+    return {str(q): int(n) for q, n in session.execute(stmt)}
