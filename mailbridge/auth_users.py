@@ -15,6 +15,7 @@ Logins compare case-insensitively (they are mail addresses); hashes never leave 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import getpass
@@ -156,10 +157,17 @@ def load_users(path: Path) -> Users:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mailbridge.auth_users LOGIN`: prompt for a password, print `LOGIN:hash`."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or ":" in args[0]:
-        print("usage: python -m mailbridge.auth_users LOGIN  (prints LOGIN:hash)", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m mailbridge.auth_users",
+        description="Print one `LOGIN:hash` line for auth_users_file. The password is prompted "
+        "for twice on a terminal, else read from the first line of stdin.",
+        epilog="example: python -m mailbridge.auth_users alice@example.com "
+        ">> /etc/mailbridge/smtp-users",
+    )
+    parser.add_argument("login", metavar="LOGIN", help="the agent's login, usually a mail address")
+    login = parser.parse_args(argv).login
+    if ":" in login:
+        parser.error("LOGIN cannot contain ':'")
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
         if password != getpass.getpass("again: "):
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         print("empty password refused", file=sys.stderr)
         return 1
-    print(f"{args[0].lower()}:{hash_password(password)}")
+    print(f"{login.lower()}:{hash_password(password)}")
     return 0
 
 
