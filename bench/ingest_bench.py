@@ -1,14 +1,19 @@
 """Offline ingest throughput: a generated 10,000-mail mix through the same pipeline as `mailbridge ingest`.
 
     python bench/ingest_bench.py [--count 10000] [--database URL] [--batch 200] [--profile]
+    python bench/ingest_bench.py --queues [--rounds 3]
 
 Prints messages/s and peak RSS. Uses group commits like the CLI (`[database] batch_size`).
+`--queues` compares the plain config with one of two queues (round-robin assignment) and five
+filters (SPEC 7): runs alternate between the two so a loaded machine weighs on both alike, and
+the medians are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -21,15 +26,52 @@ from mailbridge.app import App
 from mailbridge.config import parse_settings
 from mailbridge.envelope import Envelope, Source
 
+# two queues, five filters: the mix goes to support@, so every mail runs every filter and the
+# support queue assigns round robin (a cursor row update per new ticket)
+QUEUES = """
+[agents]
+addresses = ["alice@example.com", "bob@example.com"]
+[[queues]]
+name = "support"
+addresses = ["support@example.com"]
+members = ["alice@example.com", "bob@example.com"]
+assign = "round_robin"
+[[queues]]
+name = "billing"
+addresses = ["billing@example.com"]
+[[filters]]
+name = "vip"
+match = { from = "@bigcustomer.example" }
+set = { tags = ["vip"], priority = "high" }
+[[filters]]
+name = "invoices"
+match = { subject = "invoice|refund|payment" }
+set = { queue = "billing", tags = ["billing"] }
+[[filters]]
+name = "outage"
+match = { subject = "down|outage|urgent", to = "support@example.com" }
+set = { priority = "urgent" }
+[[filters]]
+name = "spamassassin"
+match = { header = "X-Spam-Status", regex = "^Yes," }
+set = { status = "spam" }
+[[filters]]
+name = "rspamd"
+match = { header = "X-Spam", regex = "^yes" }
+set = { status = "spam" }
+"""
 
-def build(url: str, batch: int) -> App:
+
+def build(url: str, batch: int, queues: bool = False) -> App:
     text = f'[database]\nurl = "{url}"\nbatch_size = {batch}\n[smtp]\naddresses = ["support@example.com"]\n'
-    return App.build(parse_settings(text, "bench.toml"))
+    return App.build(parse_settings(text + (QUEUES if queues else ""), "bench.toml"))
 
 
-def run(url: str, count: int, batch: int, profile: bool = False) -> dict[str, float]:
+def run(
+    url: str, count: int, batch: int, profile: bool = False, queues: bool = False
+) -> dict[str, float]:
     mails = list(generate(count))
-    app = build(url, batch)
+    app = build(url, batch, queues)
     source = Source("file", "bench", live=False)
     env = Envelope()
     outcomes: dict[str, int] = {}
@@ -68,13 +110,35 @@ def main() -> None:
     ap.add_argument("--database", default="")
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--queues", action="store_true", help="compare without and with queues")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.queues:
+        compare(args.count, args.batch, args.rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite:///{tmp}/bench.db"
         result = run(url, args.count, args.batch, args.profile)
     print(
         " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     )
+
+
+def compare(count: int, batch: int, rounds: int) -> None:
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for queues in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                result = run(f"sqlite:///{tmp}/bench.db", count, batch, queues=queues)
+            rates[queues].append(result["rate"])
+    plain, routed = statistics.median(rates[False]), statistics.median(rates[True])
+    print(
+        f"without queues: {plain:.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates[False])})"
+    )
+    print(
+        f"two queues, five filters: {routed:.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates[True])})"
+    )
+    print(f"difference: {(routed - plain) / plain:+.1%}")
 
 
 if __name__ == "__main__":
