@@ -37,7 +37,13 @@ from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, ParseError, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.lifecycle import Kind, Status, TicketState
-from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, parse
+from mailbridge.parse import (
+    CLASSIFY_HEADERS,
+    Address,
+    ParsedMessage,
+    decode_header_text,
+    parse,
+)
 from mailbridge.storage import repository as repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
@@ -589,8 +595,8 @@ class Ingestor:
         wanted = self.router.header_names - CLASSIFY_HEADERS
         if wanted:
             # a filter on a header the parser does not keep: read the header block once more
-            block = BytesHeaderParser(policy=email.policy.default).parsebytes(p.raw)
-            extra = {n: tuple(str(v) for v in block.get_all(n, ())) for n in wanted}
+            block = _HEADERS.parsebytes(_header_block(p.raw))
+            extra = {n: tuple(decode_header_text(v) for v in block.get_all(n, ())) for n in wanted}
             headers = {**headers, **extra}
         imap = p.source.name if p.source.kind in ("imap", "imap-sent") else None
         return self.router.route(
@@ -926,6 +932,16 @@ class Ingestor:
 
     def _actor(self, p: Prepared) -> str:
         return self._sender(p) or "unknown"
+
+
+# compat32 hands back the raw values, which decode_header_text decodes like the parser does;
+# the default policy's header objects cost several times more
+_HEADERS = BytesHeaderParser(policy=email.policy.compat32)
+
+
+def _header_block(raw: bytes) -> bytes:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[: min(ends)] if ends else raw
 
 
 def _author(msg: ParsedMessage | None) -> Address | None:

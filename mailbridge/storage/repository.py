@@ -742,14 +742,21 @@ def take_turn(session: Session, queue: str) -> int:
 
     The UPDATE holds the row's lock until the creating transaction ends, so nodes creating
     tickets in one queue at once take turns one after another, and a rollback gives the turn back."""
-    _insert_ignore(session, QueueCursor, [{"queue": queue, "position": 0}])
-    stmt = (
-        update(QueueCursor)
-        .where(QueueCursor.queue == queue)
-        .values(position=QueueCursor.position + 1)
-        .returning(QueueCursor.position)
-    )
-    return int(session.execute(stmt).scalar_one()) - 1
+    position = session.execute(_TAKE_TURN, {"q": queue}).scalar()
+    if position is None:  # the queue's first ticket: make its row, then take the turn
+        _insert_ignore(session, QueueCursor, [{"queue": queue, "position": 0}])
+        position = session.execute(_TAKE_TURN, {"q": queue}).scalar_one()
+    return int(position) - 1
+
+
+# built once, on the Core table: it runs for every new ticket of a round-robin queue
+_CURSORS = QueueCursor.__table__
+_TAKE_TURN = (
+    update(_CURSORS)
+    .where(_CURSORS.c.queue == bindparam("q"))
+    .values(position=_CURSORS.c.position + 1)
+    .returning(_CURSORS.c.position)
+)
 
 
 def open_counts(session: Session, members: Sequence[str]) -> dict[str, int]:
