@@ -28,9 +28,11 @@ from mailbridge.envelope import Envelope, Source
 
 # two queues, five filters: the mix goes to support@, so every mail runs every filter and the
 # support queue assigns round robin (a cursor row update per new ticket)
-QUEUES = """
+AGENTS = """
 [agents]
 addresses = ["alice@example.com", "bob@example.com"]
+"""
+QUEUES = """
 [[queues]]
 name = "support"
 addresses = ["support@example.com"]
@@ -64,7 +66,8 @@ set = { status = "spam" }
 
 def build(url: str, batch: int, queues: bool = False) -> App:
     text = f'[database]\nurl = "{url}"\nbatch_size = {batch}\n[smtp]\naddresses = ["support@example.com"]\n'
-    return App.build(parse_settings(text + (QUEUES if queues else ""), "bench.toml"))
+    # the same agents either way: members must be agents, and agents cost classification time
+    return App.build(parse_settings(text + AGENTS + (QUEUES if queues else ""), "bench.toml"))
 
 
 def run(

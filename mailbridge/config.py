@@ -605,6 +605,7 @@ class Settings(_Section):
     queues: tuple[Queue, ...] = ()
     filters: tuple[Filter, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)
+    _queue_list: tuple[Queue, ...] = PrivateAttr(default=())
 
     @property
     def source_path(self) -> Path | None:
@@ -614,9 +615,12 @@ class Settings(_Section):
     @property
     def queue_list(self) -> tuple[Queue, ...]:
         """The queues in effect: the configured ones, else one `support` holding [smtp] addresses."""
-        if self.queues:
-            return self.queues
-        return (Queue(name="support", addresses=self.smtp.addresses),)
+        # built once: ingest asks for it for every new ticket
+        if not self._queue_list:
+            self._queue_list = self.queues or (
+                Queue(name="support", addresses=self.smtp.addresses),
+            )
+        return self._queue_list
 
     @property
     def accepted_addresses(self) -> tuple[str, ...]:

@@ -742,10 +742,12 @@ def take_turn(session: Session, queue: str) -> int:
 
     The UPDATE holds the row's lock until the creating transaction ends, so nodes creating
     tickets in one queue at once take turns one after another, and a rollback gives the turn back."""
-    position = session.execute(_TAKE_TURN, {"q": queue}).scalar()
+    # Core on the session's connection: the ORM's statement handling costs more than the UPDATE
+    connection = session.connection()
+    position = connection.execute(_TAKE_TURN, {"q": queue}).scalar()
     if position is None:  # the queue's first ticket: make its row, then take the turn
         _insert_ignore(session, QueueCursor, [{"queue": queue, "position": 0}])
-        position = session.execute(_TAKE_TURN, {"q": queue}).scalar_one()
+        position = connection.execute(_TAKE_TURN, {"q": queue}).scalar_one()
     return int(position) - 1
 
 
@@ -785,7 +787,18 @@ def last_owner(session: Session, customer: str, queue: str, since: datetime) -> 
 
 
 def add_tags(session: Session, number: int, tags: Iterable[str]) -> None:
-    _insert_ignore(session, TicketTag, [{"ticket_number": number, "tag": t} for t in tags])
+    rows = [{"ticket_number": number, "tag": t} for t in tags]
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    stmt = _ADD_TAGS.get(dialect)
+    if stmt is None:
+        make = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = _ADD_TAGS[dialect] = make(TicketTag.__table__).on_conflict_do_nothing()
+    session.connection().execute(stmt, rows)
+
+
+_ADD_TAGS: dict[str, Any] = {}
 
 
 def remove_tags(session: Session, number: int, tags: Iterable[str]) -> None:
