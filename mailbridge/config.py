@@ -143,6 +143,23 @@ def _smtp_listen(value: str, info: ValidationInfo) -> str:
     return f"unix:{_base_dir(info) / where}" if isinstance(where, Path) else value
 
 
+def _socket_mode(value: str) -> str:
+    # a string, as chmod writes it: a TOML integer 0660 would be read as decimal 660
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"invalid socket mode {value!r} (use octal permissions, e.g. '0660')")
+    return value
+
+
+def _group(value: str) -> str:
+    import grp
+
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        raise ValueError(f"no such group: {value!r}") from None
+    return value
+
+
 def _metrics_listen(value: str) -> str:
     if isinstance(split_listen(value), Path):
         raise ValueError(f"invalid address {value!r} (use host:port)")
@@ -282,6 +299,9 @@ class SmtpSettings(_Section):
     data_min_rate: Size = 1024
     auth_max_failures: Count = 5  # per client address (IPv6: per /64) and per login
     auth_lockout: Duration = timedelta(minutes=5)
+    # a unix: listen socket's permissions, set before READY; group: who may deliver (Postfix)
+    socket_mode: Annotated[str, AfterValidator(_socket_mode)] = "0660"
+    socket_group: Annotated[str, AfterValidator(_group)] | None = None
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:
@@ -387,6 +407,9 @@ class TicketsSettings(_Section):
     acknowledge: Bool = False
     ack_template: FilePath | None = None
     ack_max_per_sender_per_hour: Annotated[int, Strict(), Field(ge=0)] = 3
+    # backscatter: forged senders spread over one domain, or over many, are bounded too
+    ack_max_per_domain_per_hour: Annotated[int, Strict(), Field(ge=0)] = 20
+    ack_max_per_hour: Annotated[int, Strict(), Field(ge=0)] = 200
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
     max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
@@ -586,7 +609,7 @@ class MetricsSettings(_Section):
 
 
 class ClusterSettings(_Section):
-    node_id: str | None = None  # None: hostname and pid
+    node_id: str | None = None  # None: the host name (mailbridge.node)
     lease_ttl: Duration = timedelta(seconds=30)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import grp
 import ipaddress
 import logging
 import os
@@ -818,6 +819,7 @@ class SmtpListener:
         self.handler = Handler(ingest, ListenerConfig.from_settings(settings), metrics)
         self.metrics = metrics
         self.endpoint: tuple[str, int] | Path = settings.smtp.endpoint
+        self.socket_access = (int(settings.smtp.socket_mode, 8), settings.smtp.socket_group)
         self.shutdown_grace = shutdown_grace
         self.server: asyncio.AbstractServer | None = None
         self.sessions: set[Connection] = set()
@@ -840,8 +842,7 @@ class SmtpListener:
         if isinstance(self.endpoint, Path):
             _clear_stale_socket(self.endpoint)
             self.server = await loop.create_unix_server(self._new_session, path=str(self.endpoint))
-            # like a TCP port on 127.0.0.1, any local user may connect; restrict via the directory
-            os.chmod(self.endpoint, 0o666)
+            _restrict_socket(self.endpoint, *self.socket_access)
         else:
             host, port = self.endpoint
             self.server = await loop.create_server(
@@ -947,6 +948,23 @@ class SmtpListener:
 
 def _keep_endpoint(new: ListenerConfig, old: ListenerConfig) -> ListenerConfig:
     return replace(new, listen=old.listen, mode=old.mode)
+
+
+def _restrict_socket(path: Path, mode: int, group: str | None) -> None:
+    """Who may deliver over the Unix socket: its mode and group, set before READY is announced.
+
+    Until then the socket has the umask's mode (0755 under the usual 022: only we can connect,
+    since connecting needs write permission), so there is no moment open to every local user.
+    """
+    if group is not None:
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, PermissionError) as exc:
+            # a non-root daemon may only hand the socket to a group it is a member of
+            raise OSError(
+                f"cannot give {path} to group {group!r} (is this user a member of it?): {exc}"
+            ) from exc
+    os.chmod(path, mode)
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -3,16 +3,16 @@
 Existing tickets land in the first configured queue (handed in by `Store.upgrade` as the
 `first_queue` attribute; `support` without a config), priority normal, unowned.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01 22:15:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
