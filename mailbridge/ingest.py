@@ -13,6 +13,7 @@ import base64
 import email.policy
 import json
 import logging
+import re
 import secrets
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +123,14 @@ class Ingestor:
         self.tokens = correlate.Tokens(support, settings.tickets.plus_separator)
         self.router = routing.Router(
             settings.queue_list, settings.filters, settings.tickets.plus_separator
+        )
+        extra = sorted(self.router.header_names - CLASSIFY_HEADERS)
+        self._extra_headers = (
+            re.compile(
+                b"^(?:" + b"|".join(re.escape(n.encode()) for n in extra) + b"):", re.I | re.M
+            )
+            if extra
+            else None
         )
         self.tagger = correlate.Tagger(settings.tickets.subject_tag)
         self.policy = classify.Policy(
@@ -592,11 +601,14 @@ class Ingestor:
         msg = p.parsed
         assert msg is not None
         headers: Mapping[str, Sequence[str]] = msg.headers
-        wanted = self.router.header_names - CLASSIFY_HEADERS
-        if wanted:
-            # a filter on a header the parser does not keep: read the header block once more
-            block = _HEADERS.parsebytes(_header_block(p.raw))
-            extra = {n: tuple(decode_header_text(v) for v in block.get_all(n, ())) for n in wanted}
+        if self._extra_headers is not None and self._extra_headers.search(
+            block := _header_block(p.raw)
+        ):
+            # a filter on a header the parser does not keep, and the mail has it: read the
+            # header block once more
+            wanted = self.router.header_names - CLASSIFY_HEADERS
+            found = _HEADERS.parsebytes(block)
+            extra = {n: tuple(decode_header_text(v) for v in found.get_all(n, ())) for n in wanted}
             headers = {**headers, **extra}
         imap = p.source.name if p.source.kind in ("imap", "imap-sent") else None
         return self.router.route(

@@ -79,7 +79,6 @@ class Ticket(Base):
         Index("ix_tickets_customer_created", "customer", "created_at"),
         Index("ix_tickets_queue_status", "queue", "status"),
         Index("ix_tickets_owner_status", "owner", "status"),
-        Index("ix_tickets_priority", "priority"),
         {"sqlite_autoincrement": True},
     )
 

@@ -29,7 +29,6 @@ def upgrade() -> None:
         )
         batch_op.create_index("ix_tickets_queue_status", ["queue", "status"], unique=False)
         batch_op.create_index("ix_tickets_owner_status", ["owner", "status"], unique=False)
-        batch_op.create_index("ix_tickets_priority", ["priority"], unique=False)
     op.create_table(
         "ticket_tags",
         sa.Column(
@@ -53,7 +52,6 @@ def downgrade() -> None:
     op.drop_index("ix_ticket_tags_tag", table_name="ticket_tags")
     op.drop_table("ticket_tags")
     with op.batch_alter_table("tickets", schema=None) as batch_op:
-        batch_op.drop_index("ix_tickets_priority")
         batch_op.drop_index("ix_tickets_owner_status")
         batch_op.drop_index("ix_tickets_queue_status")
         batch_op.drop_column("priority")
