@@ -268,7 +268,9 @@ class _progress:
 @click.option("--owner", metavar="A", help="only tickets this agent owns")
 @click.option("--unassigned", is_flag=True, help="only tickets nobody owns")
 @click.option("--tag", metavar="T", help="only tickets with this tag")
-@click.option("--priority", type=click.Choice(["low", "normal", "high", "urgent"]))
+@click.option(
+    "--priority", type=click.Choice(["low", "normal", "high", "urgent"]), help="only this priority"
+)
 @click.option("--json", "as_json", is_flag=True, help="a JSON array instead of a table")
 @pass_ctx
 @handled

@@ -123,7 +123,7 @@ def register(
         click.echo(f"ticket #{number}: priority {priority}")
 
     @cli.command("queues")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per queue")
     @pass_ctx
     @handled
     def queues(ctx: Any, as_json: bool) -> None:
