@@ -613,6 +613,13 @@ class ClusterSettings(_Section):
     lease_ttl: Duration = timedelta(seconds=30)
 
 
+class ParseSettings(_Section):
+    # worker processes that parse; None: one per CPU; 0: parse in process, without a deadline
+    workers: Annotated[int, Strict(), Field(ge=0)] | None = None
+    timeout: Duration = timedelta(seconds=30)  # per message; then quarantined "parse timeout"
+    inline_max_size: Size = 4 * 1024  # mail up to this size is parsed in process
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     smtp: SmtpSettings = SmtpSettings()
@@ -627,6 +634,7 @@ class Settings(_Section):
     webhooks: tuple[Webhook, ...] = ()
     queues: tuple[Queue, ...] = ()
     filters: tuple[Filter, ...] = ()
+    parse: ParseSettings = ParseSettings()
     _source_path: Path | None = PrivateAttr(default=None)
     _queue_list: tuple[Queue, ...] = PrivateAttr(default=())
 

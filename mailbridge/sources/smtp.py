@@ -47,6 +47,7 @@ from mailbridge.correlate import Tokens
 from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
+from mailbridge.parse_pool import ParsePool, ParseResult
 
 if TYPE_CHECKING:
     from mailbridge.metrics import Metrics
@@ -278,11 +279,20 @@ class GroupCommit:
     its busy handler), more for PostgreSQL.
     """
 
-    def __init__(self, ingestor: Ingestor, workers: int = 1, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        workers: int = 1,
+        max_batch: int = MAX_BATCH,
+        parser: ParsePool | None = None,
+    ) -> None:
         self.ingestor = ingestor
         self.workers = max(1, workers)
         self.max_batch = max_batch
-        self.pending: list[tuple[bytes, Envelope, Source, asyncio.Future[Outcome]]] = []
+        self.parser = parser
+        self.pending: list[
+            tuple[bytes, Envelope, Source, ParseResult | None, asyncio.Future[Outcome]]
+        ] = []
         self.in_flight = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -300,8 +310,11 @@ class GroupCommit:
 
     async def submit(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
         """The outcome once committed; raises StorageUnavailable if the bytes could not be stored."""
+        # parsed by a worker process before it queues, so a slow parse holds neither the event
+        # loop nor the commit of other mail (small mail is parsed in the commit thread)
+        parsed = await self.parser.parse_async(raw) if self.parser else None
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.pending.append((raw, envelope, source, future))
+        self.pending.append((raw, envelope, source, parsed, future))
         self._wakeup.set()
         return await future
 
@@ -315,7 +328,7 @@ class GroupCommit:
                 continue
             self.in_flight += 1
             try:
-                results = await asyncio.to_thread(self._commit, [item[:3] for item in batch])
+                results = await asyncio.to_thread(self._commit, [item[:4] for item in batch])
             finally:
                 self.in_flight -= 1
             for (*_, future), result in zip(batch, results, strict=True):
@@ -326,9 +339,11 @@ class GroupCommit:
                 else:
                     future.set_result(result)
 
-    def _commit(self, items: list[tuple[bytes, Envelope, Source]]) -> list[Outcome | BaseException]:
+    def _commit(
+        self, items: list[tuple[bytes, Envelope, Source, ParseResult | None]]
+    ) -> list[Outcome | BaseException]:
         try:
-            return list(self.ingestor.accept_many(items))
+            return list(self.ingestor.accept_many([i[:3] for i in items], [i[3] for i in items]))
         except Exception as exc:
             if len(items) == 1:
                 return [exc]
@@ -814,8 +829,9 @@ class SmtpListener:
         ingest_workers: int = 1,
         shutdown_grace: float = SHUTDOWN_GRACE,
         metrics: Metrics | None = None,
+        parser: ParsePool | None = None,
     ) -> None:
-        ingest = GroupCommit(ingestor, ingest_workers)
+        ingest = GroupCommit(ingestor, ingest_workers, parser=parser)
         self.handler = Handler(ingest, ListenerConfig.from_settings(settings), metrics)
         self.metrics = metrics
         self.endpoint: tuple[str, int] | Path = settings.smtp.endpoint
