@@ -120,14 +120,15 @@ class BlockedSender:
     name = BLOCKED
 
     def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
+        # SpamAssassin's verdict stands on its own, with or without a blocked list
+        if _first(msg, "x-spam-flag").lower() == "yes":
+            return "spam: X-Spam-Flag yes"
         sender = msg.from_.addr.lower() if msg.from_ else ""
         if not sender or not policy.blocked:
             return None
         domain = "@" + sender.rsplit("@", 1)[-1]
         if sender in policy.blocked or domain in policy.blocked:
             return f"blocked-sender: {sender}"
-        if _first(msg, "x-spam-flag").lower() == "yes":
-            return "spam: X-Spam-Flag yes"
         return None
 
 

@@ -165,7 +165,7 @@ def db_upgrade(ctx: Ctx) -> None:
     from mailbridge.storage import open_store
 
     store = open_store(ctx.settings.database.url, migrate=False)
-    click.echo(f"database at revision {store.upgrade()}")
+    click.echo(f"database at revision {store.upgrade(ctx.settings.queue_list[0].name)}")
 
 
 @cli.command()
@@ -271,27 +271,40 @@ class _progress:
     ),
     help="only tickets in this status",
 )
+@click.option("--queue", metavar="Q", help="only this queue's tickets")
+@click.option("--owner", metavar="A", help="only tickets this agent owns")
+@click.option("--unassigned", is_flag=True, help="only tickets nobody owns")
+@click.option("--tag", metavar="T", help="only tickets with this tag")
+@click.option(
+    "--priority", type=click.Choice(["low", "normal", "high", "urgent"]), help="only this priority"
+)
 @click.option("--json", "as_json", is_flag=True, help="a JSON array instead of a table")
 @pass_ctx
 @handled
-def tickets(ctx: Ctx, status: str | None, as_json: bool) -> None:
+def tickets(ctx: Ctx, status: str | None, as_json: bool, **filters: Any) -> None:
     """List tickets."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
     with ctx.app.store.unit() as session:
-        rows = [views.ticket_summary(t, n) for t, n in repo.list_tickets(session, status)]
+        found = repo.list_tickets(session, status, **filters)
+        tags = repo.tags_of(session, [t.number for t, _ in found])
+        rows = [views.ticket_summary(t, n, tags.get(t.number)) for t, n in found]
     if as_json:
         emit_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("#", "status", "subject", "customer", "msgs", "updated", box=None)
+    table = Table(
+        "#", "status", "queue", "owner", "subject", "customer", "msgs", "updated", box=None
+    )
     for r in rows:
         table.add_row(
             str(r["number"]),
             r["status"],
+            r["queue"],
+            r["owner"] or "-",
             r["subject"][:60],
             r["customer"],
             str(r["message_count"]),
@@ -324,9 +337,10 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
             repo.ticket_messages(session, number),
             repo.ticket_events(session, number),
         )
-        reply_to = app.reply_to(t.token)
+        reply_to = app.reply_to(t.token, t.queue)
+        tags = repo.tags_of(session, [number]).get(number, [])
         if as_json:
-            emit_json(views.ticket_detail(t, reply_to, messages, events))
+            emit_json(views.ticket_detail(t, reply_to, messages, events, tags))
         else:
             click.echo("\n".join(views.thread_lines(t, reply_to, messages, events)))
 
@@ -535,13 +549,23 @@ def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
 @click.option("--html", "html_file", metavar="FILE", help="write a self-contained page of charts")
 @click.option("--since", metavar="WHEN", help="only tickets created from then on (e.g. 2026-11-01)")
 @click.option("--until", metavar="WHEN", help="only tickets created before then")
+@click.option(
+    "--by",
+    type=click.Choice(["queue", "owner", "tag", "priority"]),
+    help="show only this breakdown (default: all four)",
+)
 @pass_ctx
 @handled
 def report(
-    ctx: Ctx, as_json: bool, html_file: str | None, since: str | None, until: str | None
+    ctx: Ctx,
+    as_json: bool,
+    html_file: str | None,
+    since: str | None,
+    until: str | None,
+    by: str | None,
 ) -> None:
     """Lifecycle analytics: tickets per status, response and resolution times, reopen rate."""
-    from mailbridge.report import build_report, render
+    from mailbridge.report import BY, build_report, render
 
     app = ctx.app
     now = app.clock()
@@ -556,7 +580,7 @@ def report(
     if as_json:
         emit_json(data)
     elif not html_file:
-        click.echo(render(data), nl=False)
+        click.echo(render(data, by=(by,) if by else BY), nl=False)
 
 
 def _report_when(value: str, now: datetime) -> datetime:
@@ -671,6 +695,11 @@ def _accept_config_anywhere(group: click.Group) -> None:
         )
         if isinstance(command, click.Group):
             _accept_config_anywhere(command)
+
+
+from mailbridge import cli_queues  # noqa: E402  (registers its commands on `cli` and `ticket`)
+
+cli_queues.register(cli, ticket, pass_ctx, handled, actor, emit_json)
 
 
 _accept_config_anywhere(cli)

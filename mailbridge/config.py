@@ -520,6 +520,85 @@ class Webhook(_Section):
         return self
 
 
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9-]+", value):
+        raise ValueError(f"invalid queue name {value!r} (use [a-z0-9-]+)")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _tag(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", value):
+        raise ValueError(f"invalid tag {value!r} (lowercase words: [a-z0-9_-]+)")
+    return value
+
+
+def _match_address(value: str) -> str:
+    # a filter matches a whole address, or every address of a domain when written `@example.com`
+    return "@" + _domain(value) if value.startswith("@") else _address(value)
+
+
+Priority = Literal["low", "normal", "high", "urgent"]
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class Queue(_Section):
+    """A department (SPEC 7): where mail to its addresses or IMAP accounts lands, and who owns it."""
+
+    name: Annotated[str, AfterValidator(_queue_name)]
+    addresses: tuple[Address, ...] = ()
+    imap: tuple[str, ...] = ()
+    from_address: Address | None = None  # default: the first address, else [outbound]'s
+    from_name: str | None = None  # default: [outbound] from_name
+    notify: tuple[Address, ...] | None = None  # default: [agents] notify
+    members: tuple[Address, ...] = ()  # empty: every agent
+    assign: Literal["none", "round_robin", "least_open", "sticky"] = "none"
+    assign_on_reply: Bool = False
+    ack_template: FilePath | None = None
+
+
+class FilterMatch(_Section):
+    from_: Annotated[str, AfterValidator(_match_address)] | None = Field(None, alias="from")
+    to: Annotated[str, AfterValidator(_match_address)] | None = None
+    subject: Regex | None = None
+    body: Regex | None = None
+    header: str | None = None
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FilterMatch:
+        if (self.header is None) != (self.regex is None):
+            _reject(
+                "filters",
+                [(("header" if self.header is None else "regex",), "header and regex go together")],
+            )
+        if not any((self.from_, self.to, self.subject, self.body, self.header)):
+            _reject("filters", [((), "match at least one of from, to, subject, body, header")])
+        return self
+
+
+class FilterSet(_Section):
+    queue: str | None = None
+    tags: tuple[Annotated[str, AfterValidator(_tag)], ...] = ()
+    priority: Priority | None = None
+    owner: Address | None = None
+    status: Literal["spam"] | None = None
+
+
+class Filter(_Section):
+    name: str
+    match: FilterMatch
+    set_: FilterSet = Field(alias="set")
+    stop: Bool = False
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -553,13 +632,90 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
     webhooks: tuple[Webhook, ...] = ()
+    queues: tuple[Queue, ...] = ()
+    filters: tuple[Filter, ...] = ()
     parse: ParseSettings = ParseSettings()
     _source_path: Path | None = PrivateAttr(default=None)
+    _queue_list: tuple[Queue, ...] = PrivateAttr(default=())
 
     @property
     def source_path(self) -> Path | None:
         """The file these settings came from; None for the embedded default."""
         return self._source_path
+
+    @property
+    def queue_list(self) -> tuple[Queue, ...]:
+        """The queues in effect: the configured ones, else one `support` holding [smtp] addresses."""
+        # built once: ingest asks for it for every new ticket
+        if not self._queue_list:
+            self._queue_list = self.queues or (
+                Queue(name="support", addresses=self.smtp.addresses),
+            )
+        return self._queue_list
+
+    @property
+    def accepted_addresses(self) -> tuple[str, ...]:
+        """Every address the listener accepts (plus-tokens on them too): [smtp] and the queues'."""
+        found = [*self.smtp.addresses, *(a for q in self.queues for a in q.addresses)]
+        return tuple(dict.fromkeys(found))
+
+    def queue(self, name: str | None) -> Queue:
+        """A queue by name; the first queue for an unknown name (e.g. one removed from the config)."""
+        queues = self.queue_list
+        return next((q for q in queues if q.name == name), queues[0])
+
+    def queue_sender(self, name: str | None) -> tuple[str, str]:
+        """(from address, from name) of a queue's outbound mail."""
+        queue = self.queue(name)
+        fallback = self.outbound.from_address or self.smtp.addresses[0]
+        address = queue.from_address or (
+            queue.addresses[0] if self.queues and queue.addresses else fallback
+        )
+        return address.lower(), queue.from_name or self.outbound.from_name
+
+    def queue_members(self, name: str | None) -> tuple[str, ...]:
+        """Who may own the queue's tickets: its members, else every agent listed by address."""
+        return self.queue(name).members or self.agents.addresses
+
+    def queue_notify(self, name: str | None) -> tuple[str, ...]:
+        notify = self.queue(name).notify
+        return self.agents.notify if notify is None else notify
+
+    def is_agent(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.agents.addresses or address.rpartition("@")[2] in self.agents.domains
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> Settings:
+        problems: list[tuple[Loc, str]] = []
+        owner_of: dict[str, str] = {}
+        imap_names = {account.name for account in self.imap}
+        for i, queue in enumerate(self.queues):
+            for j, address in enumerate(queue.addresses):
+                other = owner_of.setdefault(address, queue.name)
+                if other != queue.name:
+                    problems.append(
+                        (
+                            ("queues", i, "addresses", j),
+                            f"{address} is also an address of queue {other!r}",
+                        )
+                    )
+            for j, name in enumerate(queue.imap):
+                if name not in imap_names:
+                    problems.append((("queues", i, "imap", j), f"no [[imap]] named {name!r}"))
+            for j, member in enumerate(queue.members):
+                if not self.is_agent(member):
+                    problems.append(
+                        (("queues", i, "members", j), f"{member} is not an agent ([agents])")
+                    )
+        names = {q.name for q in self.queue_list}
+        for i, rule in enumerate(self.filters):
+            if rule.set_.queue is not None and rule.set_.queue not in names:
+                problems.append((("filters", i, "set"), f"unknown queue {rule.set_.queue!r}"))
+            if rule.set_.owner is not None and not self.is_agent(rule.set_.owner):
+                problems.append((("filters", i, "set"), f"{rule.set_.owner} is not an agent"))
+        _reject("queues", problems)
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -717,7 +873,7 @@ def _without(data: dict[str, Any], locs: list[Loc]) -> tuple[dict[str, Any], lis
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     # checked on the raw tables, so a duplicate is reported even beside other errors
     problems: list[tuple[Loc, str]] = []
-    for section in ("imap", "rules", "webhooks"):
+    for section in ("imap", "rules", "webhooks", "queues", "filters"):
         items, seen = data.get(section), set()
         for index, item in enumerate(items if isinstance(items, list) else []):
             name = item.get("name") if isinstance(item, dict) else None

@@ -78,8 +78,9 @@ async def _watchdog(interval: float) -> None:
 
 def components_for(app: App, settings: Settings) -> list[Component]:
     """What `run` runs, in start order (stopped in reverse): metrics and workers first, intake last."""
-    metrics = Metrics(app.store, settings.metrics.listen)
+    metrics = Metrics(app.store, settings.metrics.listen, [q.name for q in settings.queue_list])
     app.metrics = metrics
+    app.ingestor.on_assign = metrics.assigned
     sender = OutboxSender(
         app, settings, on_delivery=metrics.delivery, on_webhook=metrics.webhook_delivery
     )

@@ -120,7 +120,7 @@ class Outbound:
         self.from_address = (out.from_address or settings.smtp.addresses[0]).lower()
         self.domain = self.from_address.rpartition("@")[2]
         self.identity = out.identity or self.from_address
-        self.tokens = correlate.Tokens(settings.smtp.addresses, tickets.plus_separator)
+        self.tokens = correlate.Tokens(settings.accepted_addresses, tickets.plus_separator)
         self.tagger = correlate.Tagger(tickets.subject_tag)
         self.agents = classify.Policy(
             agent_addresses=frozenset(a.lower() for a in agents.addresses),
@@ -128,9 +128,17 @@ class Outbound:
         )
         self.trusted_authserv_ids = frozenset(a.lower() for a in agents.trusted_authserv_ids)
         self.notify = [a for a in agents.notify if not self.tokens.is_ours(a)]
-        self.notify_boxes = [a for a in (mailbox("", n) for n in self.notify) if a]
         custom = tickets.ack_template
         self.ack_template = Path(custom).read_text("utf-8") if custom else _template("ack")
+        # per queue (SPEC 7): who hears of its tickets, and its own acknowledgement text
+        self.queue_notify: dict[str, list[str]] = {}
+        self.queue_ack: dict[str, str] = {}
+        for queue in settings.queue_list:
+            notify = settings.queue_notify(queue.name)
+            self.queue_notify[queue.name] = [a for a in notify if not self.tokens.is_ours(a)]
+            if queue.ack_template is not None:
+                self.queue_ack[queue.name] = Path(queue.ack_template).read_text("utf-8")
+        self.all_notify = {a for n in self.queue_notify.values() for a in n} | set(self.notify)
 
     # --- the hooks ---------------------------------------------------------------------
 
@@ -191,7 +199,7 @@ class Outbound:
             )
             return
         name = parsed.from_.name if parsed.from_ and parsed.from_.name else agent.partition("@")[0]
-        from_name = self.settings.outbound.from_name
+        from_name = self._from_name(ticket)
         if self.settings.agents.display_names:
             from_name = f"{name} via {from_name}"
         # addresses only SMTPUTF8 can carry go as a mail of their own: should the smarthost
@@ -242,7 +250,7 @@ class Outbound:
             to=[to],
             subject=subject or reply_subject(parsed.subject or ticket.subject),
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=parsed.message_id,
             auto_submitted="auto-replied",
             verdict=f"refused: {'; '.join(reasons)}",
@@ -264,7 +272,7 @@ class Outbound:
             cc=cc,
             subject=subject or reply_subject(ticket.subject),
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=self._last_customer_id(session, ticket),
             auto_submitted="auto-generated",
             verdict=f"rule:{rule}",
@@ -315,7 +323,7 @@ class Outbound:
         author: str | None,
         now: datetime,
     ) -> None:
-        to = self._notify_addresses()
+        to = self._notify_addresses(ticket)
         box = mailbox("", author) if author else None
         if box is not None and all(a.addr_spec.lower() != box.addr_spec.lower() for a in to):
             to.append(box)
@@ -332,7 +340,7 @@ class Outbound:
             to=to,
             subject=subject or f"Undelivered reply: {ticket.subject}",
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=None,
             auto_submitted="auto-generated",
             verdict=f"delivery failed: {error}"[:500],
@@ -359,7 +367,7 @@ class Outbound:
             return "acknowledgements are off"
         if verdict.kind != classify.MAIL or verdict.bulk:
             return f"not personal mail ({verdict.rule})"
-        if self.tokens.is_ours(customer) or customer in self.notify:
+        if self.tokens.is_ours(customer) or customer in self.all_notify:
             return f"{customer} is our own address"
         if verdict.claimed_agent or classify.is_agent_address(customer, self.agents):
             return f"{customer} is an agent address"
@@ -379,7 +387,8 @@ class Outbound:
         return None
 
     def _ack(self, ticket: Ticket, message: Message) -> Draft:
-        subject, body = render(self.ack_template, self._values(ticket))
+        template = self.queue_ack.get(ticket.queue, self.ack_template)
+        subject, body = render(template, self._values(ticket))
         to = mailbox(ticket.customer_name, ticket.customer)
         assert to is not None  # _no_ack_reason checked it
         return Draft(
@@ -388,7 +397,7 @@ class Outbound:
             to=[to],
             subject=subject or reply_subject(ticket.subject),
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=message.message_id,
             auto_submitted="auto-replied",
             verdict="acknowledgement",
@@ -400,7 +409,9 @@ class Outbound:
         """The customer's mail with its attachments, from "<customer> via Support", to the agents."""
         # nobody is notified of their own mail: a notify list's naive autoresponder cannot loop
         to = [
-            a for a in self._notify_addresses() if a.addr_spec.lower() != message.from_addr.lower()
+            a
+            for a in self._notify_addresses(ticket)
+            if a.addr_spec.lower() != message.from_addr.lower()
         ]
         if not to:
             return []
@@ -415,7 +426,7 @@ class Outbound:
             to=to,
             subject=header_safe(message.subject) or ticket.subject or "(no subject)",
             body=f"{body}\n\n{footer}" if body else footer,
-            from_name=f"{sender} via {self.settings.outbound.from_name}",
+            from_name=f"{sender} via {self._from_name(ticket)}",
             in_reply_to=message.message_id,
             auto_submitted="auto-generated",
             attach_pk=message.id,
@@ -423,8 +434,20 @@ class Outbound:
         )
         return [draft]
 
-    def _notify_addresses(self) -> list[Address]:
-        return list(self.notify_boxes[: self.settings.smtp.max_recipients])
+    def _notify_addresses(self, ticket: Ticket) -> list[Address]:
+        """The owner when the ticket has one, else its queue's notify list (SPEC 7)."""
+        if ticket.owner:
+            addresses = [ticket.owner]
+        else:
+            addresses = self.queue_notify.get(ticket.queue, self.notify)
+        boxes = [a for a in (mailbox("", n) for n in addresses) if a]
+        return boxes[: self.settings.smtp.max_recipients]
+
+    def _from(self, ticket: Ticket) -> str:
+        return self.settings.queue_sender(ticket.queue)[0]
+
+    def _from_name(self, ticket: Ticket) -> str:
+        return self.settings.queue_sender(ticket.queue)[1]
 
     def _relay_recipients(
         self, session: Session, ticket: Ticket
@@ -477,8 +500,8 @@ class Outbound:
             "status": ticket.status,
             "customer": ticket.customer,
             "name": header_safe(ticket.customer_name) or ticket.customer,
-            "reply_to": self.tokens.address(ticket.token),
-            "from_name": self.settings.outbound.from_name,
+            "reply_to": self.tokens.address(ticket.token, self._from(ticket)),
+            "from_name": self._from_name(ticket),
         }
 
     # --- headers, storage, outbox -------------------------------------------------------
@@ -507,7 +530,7 @@ class Outbound:
                     # unique until the bytes exist; the sender puts the real key in place
                     "dedup_key": dedup_key(message_id, ""),
                     "content_hash": "",
-                    "from_addr": self.from_address,
+                    "from_addr": self._from(ticket),
                     "from_name": pending.from_name,
                     "to_addrs": ", ".join(a.addr_spec for a in draft.to),
                     "cc_addrs": ", ".join(a.addr_spec for a in draft.cc),
@@ -525,7 +548,7 @@ class Outbound:
                 {
                     "ticket_number": ticket.number,
                     "kind": draft.kind,
-                    "mail_from": self.from_address,
+                    "mail_from": self._from(ticket),
                     "rcpt_tos": ",".join(recipients),
                     "rcpt_key": recipients[0][:320],
                     "spec": pending.to_json(),
@@ -551,13 +574,13 @@ class Outbound:
             ticket=ticket.number,
             message_id=message_id,
             at=now,
-            from_address=self.from_address,
+            from_address=self._from(ticket),
             from_name=header_safe(draft.from_name, 200),
             to=[box_of(a) for a in draft.to],
             cc=[box_of(a) for a in draft.cc],
             subject=header_safe(self.tagger.tagged(header_safe(draft.subject), ticket.number)),
-            reply_name=header_safe(self.settings.outbound.from_name, 200),
-            reply_to=self.tokens.address(ticket.token),
+            reply_name=header_safe(self._from_name(ticket), 200),
+            reply_to=self.tokens.address(ticket.token, self._from(ticket)),
             topic=header_safe(ticket.subject) or "(no subject)",
             conversation=_conversation(ticket).hex(),
             loop=header_safe(self.identity),

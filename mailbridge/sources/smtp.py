@@ -109,7 +109,7 @@ class ListenerConfig:
             mode=smtp.mode,
             hostname=smtp.hostname or socket.gethostname(),
             trusted_peers=smtp.trusted_peers,
-            tokens=Tokens(smtp.addresses, settings.tickets.plus_separator),
+            tokens=Tokens(settings.accepted_addresses, settings.tickets.plus_separator),
             max_recipients=smtp.max_recipients,
             max_message_size=smtp.max_message_size,
             max_connections_per_client=smtp.max_connections_per_client,

@@ -77,6 +77,8 @@ class Ticket(Base):
     __table_args__ = (
         Index("ix_tickets_status_activity", "status", "last_activity_at"),
         Index("ix_tickets_customer_created", "customer", "created_at"),
+        Index("ix_tickets_queue_status", "queue", "status"),
+        Index("ix_tickets_owner_status", "owner", "status"),
         {"sqlite_autoincrement": True},
     )
 
@@ -98,10 +100,35 @@ class Ticket(Base):
         ForeignKey("tickets.number", ondelete="SET NULL"), index=True
     )
     thread_index: Mapped[str | None] = mapped_column(CleanString(64), index=True)
+    # SPEC 7: the department, its one owning agent (None: unowned), and the priority
+    queue: Mapped[str] = mapped_column(CleanString(64), default="support")
+    owner: Mapped[str | None] = mapped_column(CleanString(320))
+    priority: Mapped[str] = mapped_column(CleanString(8), default="normal")
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class TicketTag(Base):
+    """A ticket's tags (lowercase words), a row each so `tickets --tag` is an index lookup."""
+
+    __tablename__ = "ticket_tags"
+
+    ticket_number: Mapped[int] = mapped_column(
+        ForeignKey("tickets.number", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(CleanString(64), primary_key=True, index=True)
+
+
+class QueueCursor(Base):
+    """A queue's round-robin position: bumped by `UPDATE ... RETURNING` in the transaction that
+    creates the ticket, so the row lock orders concurrent nodes and a rollback returns the turn."""
+
+    __tablename__ = "queue_cursors"
+
+    queue: Mapped[str] = mapped_column(CleanString(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Participant(Base):

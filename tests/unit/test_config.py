@@ -353,3 +353,50 @@ def test_unsupported_database_and_absurd_sizes_are_refused() -> None:
         "ok.toml",
     )
     assert ok.smtp.max_message_size == 1024**3
+
+
+QUEUES = """
+[agents]
+addresses = ["alice@example.com"]
+domains = ["staff.example.com"]
+
+[[imap]]
+name = "billing-box"
+host = "imap.example.com"
+username = "billing"
+password_env = "PW"
+
+[[queues]]
+name = "support"
+addresses = ["support@example.com"]
+
+[[queues]]
+name = "billing"
+addresses = ["billing@example.com", "support@example.com"]
+imap = ["billing-box", "nobox"]
+members = ["alice@example.com", "joe@staff.example.com", "mallory@elsewhere.example"]
+
+[[filters]]
+name = "vip"
+match = { from = "@bigcustomer.example" }
+set = { queue = "sales" }
+"""
+
+
+def test_queue_errors_name_file_line_and_key() -> None:
+    assert problems(QUEUES, env={"PW": "x"}) == [
+        "mailbridge.toml:18: queues[1].addresses[1]: support@example.com is also an address of queue 'support'",
+        "mailbridge.toml:19: queues[1].imap[1]: no [[imap]] named 'nobox'",
+        "mailbridge.toml:20: queues[1].members[2]: mallory@elsewhere.example is not an agent ([agents])",
+        "mailbridge.toml:25: filters[0].set: unknown queue 'sales'",
+    ]
+
+
+def test_queues_and_filters_parse() -> None:
+    text = QUEUES.replace(', "support@example.com"]', "]").replace(', "nobox"', "")
+    text = text.replace(', "mallory@elsewhere.example"', "").replace('"sales"', '"billing"')
+    settings = parse_settings(text, "t.toml", env={"PW": "x"})
+    assert [q.name for q in settings.queue_list] == ["support", "billing"]
+    assert settings.filters[0].set_.queue == "billing"
+    assert settings.filters[0].match.from_ == "@bigcustomer.example"
+    assert "billing@example.com" in settings.accepted_addresses
