@@ -173,6 +173,7 @@ def test_pure_modules_import_only_stdlib_and_each_other() -> None:
         "mime_payload",
         "attachment_names",
         "mime_walk",
+        "business_time",
     ]
     root = Path(L.__file__).parent
     for name in pure:
