@@ -372,6 +372,12 @@ class TicketsSettings(_Section):
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
     max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
+    # a customer reply to a resolved ticket whose first line is one of these closes it (SPEC 8)
+    customer_close_words: tuple[Annotated[str, Field(min_length=1)], ...] = (
+        "close",
+        "#close",
+        "solved",
+    )
 
 
 class OutboundSettings(_Section):

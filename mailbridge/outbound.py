@@ -238,7 +238,8 @@ class Outbound:
         to, cc = self._customer_recipients(session, ticket)
         if not to:
             return
-        subject, body = render(_template("rule"), self._values(ticket) | {"rule": rule})
+        values = self._values(ticket) | {"rule": rule, "confirm": self._confirm_hint(ticket)}
+        subject, body = render(_template("rule"), values)
         draft = Draft(
             kind="rule",
             author_kind="system",
@@ -252,6 +253,16 @@ class Outbound:
             verdict=f"rule:{rule}",
         )
         self._queue(session, ticket, [draft], now)
+
+    def _confirm_hint(self, ticket: Ticket) -> str:
+        """How the customer closes a resolved ticket themselves (SPEC 8), else nothing."""
+        words = self.settings.tickets.customer_close_words
+        if ticket.status != "resolved" or not words:
+            return ""
+        return (
+            f'If your problem is solved, reply with just the word "{words[0]}" to close the '
+            "ticket.\n"
+        )
 
     def delivery_failed(
         self, session: Session, ticket: Ticket, row: Outbox, error: str, now: datetime

@@ -24,6 +24,9 @@ JSON keys (durations are seconds, floats rounded to milliseconds; times ISO 8601
   every ticket is in the one queue `support` (`queue_of`).
 - `transitions`: `[{from, to, count}]`, how often each status change happened (events with a
   from and a to status that differ; `created` counts as from null), most frequent first.
+- `closed_by`: `{customer, agent, rule}`: closes (a change to `closed`) by the customer's
+  confirmation (detail `confirmed by customer`), by a `[[rules]]` rule (actor `rule:...`), and
+  by anyone else (an agent's `#close` or the CLI). A confirmation is a close, not a reopen.
 - `sla`: `{configured, met, breached}`; `configured` stays false until SLAs exist (SPEC 8).
 """
 
@@ -36,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mailbridge.lifecycle import Kind, Status
+from mailbridge.lifecycle import CONFIRMED, Kind, Status
 from mailbridge.storage import repository as repo
 from mailbridge.views import iso
 
@@ -125,6 +128,7 @@ def summarize(
         "created_per_day": _created_per_day(tickets, since, until),
         "queues": _queues(tickets, by_ticket),
         "transitions": _transitions(by_ticket),
+        "closed_by": _closed_by(by_ticket),
         "sla": {"configured": False, "met": 0, "breached": 0},
     }
 
@@ -213,6 +217,21 @@ def _transitions(by_ticket: dict[int, list[EventRow]]) -> list[dict[str, Any]]:
     )
     ordered = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
     return [{"from": a, "to": b, "count": n} for (a, b), n in ordered]
+
+
+def _closed_by(by_ticket: dict[int, list[EventRow]]) -> dict[str, int]:
+    counts = {"customer": 0, "agent": 0, "rule": 0}
+    for history in by_ticket.values():
+        for e in history:
+            if e.to_status != Status.CLOSED.value or e.from_status == Status.CLOSED.value:
+                continue
+            if getattr(e, "detail", None) == CONFIRMED:
+                counts["customer"] += 1
+            elif str(getattr(e, "actor", "")).startswith("rule:"):
+                counts["rule"] += 1
+            else:
+                counts["agent"] += 1
+    return counts
 
 
 def _reopen(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
