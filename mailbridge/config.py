@@ -13,7 +13,7 @@ import re
 import tomllib
 from bisect import bisect_right
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from mailbridge import business_time
 from mailbridge.errors import ConfigError
 
 ENV_VAR = "MAILBRIDGE_CONFIG"
@@ -494,6 +495,46 @@ class MetricsSettings(_Section):
     listen: Annotated[str, AfterValidator(_metrics_listen)] | None = None  # None: no endpoint
 
 
+class CalendarSettings(_Section):
+    """`[[calendars]]`: working time for SLA targets (SPEC 8)."""
+
+    name: str
+    timezone: str
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    hours: str = "09:00-17:00"
+    holidays: tuple[date, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> CalendarSettings:
+        self.calendar()  # every ValueError names the bad value
+        return self
+
+    def calendar(self) -> business_time.Calendar:
+        return business_time.make_calendar(
+            self.name, self.timezone, self.days, self.hours, self.holidays
+        )
+
+
+SlaPriority = Literal["low", "normal", "high", "urgent"]
+
+
+class SlaSettings(_Section):
+    """`[[sla]]`: targets for the tickets of some queues and/or priorities; first match wins."""
+
+    name: str
+    queues: tuple[str, ...] = ()
+    priorities: tuple[SlaPriority, ...] = ()
+    calendar: str | None = None
+    first_response: Duration | None = None
+    next_response: Duration | None = None
+    resolution: Duration | None = None
+
+    def applies(self, queue: str, priority: str) -> bool:
+        return (not self.queues or queue in self.queues) and (
+            not self.priorities or priority in self.priorities
+        )
+
+
 class ClusterSettings(_Section):
     node_id: str | None = None  # None: hostname and pid
     lease_ttl: Duration = timedelta(seconds=30)
@@ -511,12 +552,33 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
     webhooks: tuple[Webhook, ...] = ()
+    calendars: tuple[CalendarSettings, ...] = ()
+    sla: tuple[SlaSettings, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)
 
     @property
     def source_path(self) -> Path | None:
         """The file these settings came from; None for the embedded default."""
         return self._source_path
+
+    @model_validator(mode="after")
+    def _check_sla(self) -> Settings:
+        names = {c.name for c in self.calendars}
+        _reject(
+            "settings",
+            [
+                (("sla", i, "calendar"), f"unknown calendar {sla.calendar!r}")
+                for i, sla in enumerate(self.sla)
+                if sla.calendar is not None and sla.calendar not in names
+            ],
+        )
+        return self
+
+    def calendar_for(self, sla: SlaSettings) -> business_time.Calendar | None:
+        for entry in self.calendars:
+            if entry.name == sla.calendar:
+                return entry.calendar()
+        return None
 
     @model_validator(mode="before")
     @classmethod
@@ -596,7 +658,7 @@ def parse_settings(
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     # checked on the raw tables, so a duplicate is reported even beside other errors
     problems: list[tuple[Loc, str]] = []
-    for section in ("imap", "rules", "webhooks"):
+    for section in ("imap", "rules", "webhooks", "calendars", "sla"):
         items, seen = data.get(section), set()
         for index, item in enumerate(items if isinstance(items, list) else []):
             name = item.get("name") if isinstance(item, dict) else None

@@ -199,6 +199,7 @@ def test_pure_modules_import_only_stdlib_and_each_other() -> None:
         "attachment_names",
         "mime_walk",
         "business_time",
+        "sla",
     ]
     root = Path(L.__file__).parent
     for name in pure:
