@@ -229,15 +229,20 @@ class _progress:
     ),
 )
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--breached", is_flag=True, help="only tickets that missed an SLA target")
 @pass_ctx
 @handled
-def tickets(ctx: Ctx, status: str | None, as_json: bool) -> None:
+def tickets(ctx: Ctx, status: str | None, as_json: bool, breached: bool = False) -> None:
     """List tickets."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
     with ctx.app.store.unit() as session:
-        rows = [views.ticket_summary(t, n) for t, n in repo.list_tickets(session, status)]
+        rows = [
+            views.ticket_summary(t, n)
+            for t, n in repo.list_tickets(session, status)
+            if not breached or t.sla_breached
+        ]
     if as_json:
         emit_json(rows)
         return
@@ -282,10 +287,25 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
             repo.ticket_events(session, number),
         )
         reply_to = app.reply_to(t.token)
+        from mailbridge.sweeps import sla_clock
+
+        sla = views.sla_view(t, *sla_clock(app.settings, t, events))
         if as_json:
-            emit_json(views.ticket_detail(t, reply_to, messages, events))
+            emit_json(views.ticket_detail(t, reply_to, messages, events) | {"sla": sla})
         else:
-            click.echo("\n".join(views.thread_lines(t, reply_to, messages, events)))
+            lines = views.thread_lines(t, reply_to, messages, events)
+            if sla is not None:
+                missed = ", ".join(sla["breached"]) or "none"
+                dues = ", ".join(
+                    f"{k.removesuffix('_due')} {v}"
+                    for k, v in sla.items()
+                    if k.endswith("_due") and v
+                )
+                lines.insert(
+                    4,
+                    f"  sla:       {sla['name']}: {dues or 'no due time running'}; breached: {missed}",
+                )
+            click.echo("\n".join(lines))
 
 
 def _action(name: str) -> None:

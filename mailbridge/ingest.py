@@ -830,6 +830,7 @@ def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
     ticket.postponed_until = state.postponed_until
     ticket.updated_at = now
     ticket.last_activity_at = now
+    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
 
 
 def ticket_state(ticket: Ticket) -> TicketState:

@@ -93,6 +93,12 @@ class Metrics:
         self.rule_changes = Counter(
             "mailbridge_rule_changes", "Tickets a rule changed or purged.", ["rule"], registry=r
         )
+        self.sla_breaches = Counter(
+            "mailbridge_sla_breaches",
+            "SLA targets missed (one per ticket and target, SPEC 8).",
+            ["queue", "target"],
+            registry=r,
+        )
         self.registry.register(DatabaseCollector(store))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -121,6 +127,10 @@ class Metrics:
         """`Sweeps(on_rule=...)`: one call per rule per sweep."""
         self.rule_runs.labels(rule).inc()
         self.rule_changes.labels(rule).inc(changes)
+
+    def sla_breach(self, queue: str, target: str) -> None:
+        """`Sweeps(on_breach=...)`: one call per recorded `sla-breach` event."""
+        self.sla_breaches.labels(queue, target).inc()
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -254,6 +254,31 @@ class Outbound:
         )
         self._queue(session, ticket, [draft], now)
 
+    def sla_breach_notice(
+        self, session: Session, ticket: Ticket, values: dict[str, object], now: datetime
+    ) -> None:
+        """Tell the agents a ticket missed an SLA target (SPEC 8), in the breach's transaction.
+
+        Goes to the ticket's owner when tickets have one, else to the queue's (for now the
+        `[agents] notify`) addresses."""
+        owner = getattr(ticket, "owner", None)
+        boxes = [b for b in [mailbox("", owner)] if b] if owner else self._notify_addresses()
+        if not boxes:
+            return
+        subject, body = render(_template("sla_breach"), self._values(ticket) | values)
+        draft = Draft(
+            kind="notice",
+            author_kind="system",
+            to=boxes,
+            subject=subject or reply_subject(ticket.subject),
+            body=body,
+            from_name=self.settings.outbound.from_name,
+            in_reply_to=None,
+            auto_submitted="auto-generated",
+            verdict=f"sla breach: {values.get('target')}",
+        )
+        self._queue(session, ticket, [draft], now)
+
     def _confirm_hint(self, ticket: Ticket) -> str:
         """How the customer closes a resolved ticket themselves (SPEC 8), else nothing."""
         words = self.settings.tickets.customer_close_words

@@ -27,7 +27,10 @@ JSON keys (durations are seconds, floats rounded to milliseconds; times ISO 8601
 - `closed_by`: `{customer, agent, rule}`: closes (a change to `closed`) by the customer's
   confirmation (detail `confirmed by customer`), by a `[[rules]]` rule (actor `rule:...`), and
   by anyone else (an agent's `#close` or the CLI). A confirmation is a close, not a reopen.
-- `sla`: `{configured, met, breached}`; `configured` stays false until SLAs exist (SPEC 8).
+- `sla`: `{configured, met, breached, rate, queues: {queue: {met, breached, rate}}}` over the
+  tickets an `[[sla]]` applies to (SPEC 8): `breached` tickets have an `sla-breach` event,
+  `met` ones do not (yet); `rate` = met / (met + breached), or null. `configured` is false
+  while no ticket has an SLA.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 
 STATUSES = tuple(s.value for s in Status)
 ENDED = frozenset({Status.RESOLVED.value, Status.CLOSED.value})
+SLA_BREACH = "sla-breach"  # the event kind the SLA sweep records
 NOT_WAITING = frozenset({Status.SPAM.value, Status.DELETED.value})
 PERCENTILES = (50, 90, 99)
 DEFAULT_QUEUE = "support"
@@ -129,7 +133,7 @@ def summarize(
         "queues": _queues(tickets, by_ticket),
         "transitions": _transitions(by_ticket),
         "closed_by": _closed_by(by_ticket),
-        "sla": {"configured": False, "met": 0, "breached": 0},
+        "sla": _sla(tickets, by_ticket),
     }
 
 
@@ -217,6 +221,28 @@ def _transitions(by_ticket: dict[int, list[EventRow]]) -> list[dict[str, Any]]:
     )
     ordered = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
     return [{"from": a, "to": b, "count": n} for (a, b), n in ordered]
+
+
+def _sla(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for t in tickets:
+        if not getattr(t, "sla_name", None):
+            continue
+        missed = any(e.kind == SLA_BREACH for e in by_ticket.get(t.number, []))
+        counts[queue_of(t)]["breached" if missed else "met"] += 1
+
+    def rates(met: int, breached: int) -> dict[str, Any]:
+        rate = round(met / (met + breached), 4) if met + breached else None
+        return {"met": met, "breached": breached, "rate": rate}
+
+    total = rates(
+        sum(c["met"] for c in counts.values()), sum(c["breached"] for c in counts.values())
+    )
+    return {
+        "configured": bool(counts),
+        **total,
+        "queues": {q: rates(c["met"], c["breached"]) for q, c in sorted(counts.items())},
+    }
 
 
 def _closed_by(by_ticket: dict[int, list[EventRow]]) -> dict[str, int]:

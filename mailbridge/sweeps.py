@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from mailbridge import lifecycle
+from mailbridge import lifecycle, sla
 from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import IllegalTransition
 from mailbridge.ingest import apply_state, ticket_state
@@ -36,9 +36,13 @@ log = logging.getLogger("mailbridge.sweeps")
 WAKE = "wake"  # the built-in rule that ends postponements
 PURGED = "purged"  # `to_status` of a Change that removed the ticket
 _KINDS = {"resolved": Kind.RESOLVE, "closed": Kind.CLOSE}
+_FINISHED = frozenset({Status.CLOSED, Status.SPAM, Status.DELETED})
 
 # (rule name, changes made) after each rule's pass; metrics count rule runs with it
 RuleObserver = Callable[[str, int], None]
+# (queue, target) for each recorded SLA breach
+BreachObserver = Callable[[str, str], None]
+SLA_BREACH = "sla-breach"  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +53,12 @@ class Change:
     from_status: str
     to_status: str
     rule: str
+    action: str = "status"  # status | sla_breach
+    detail: str | None = None
 
     def describe(self) -> str:
+        if self.action != "status":
+            return f"#{self.number} {self.action}: {self.detail} ({self.rule})"
         return f"#{self.number} {self.from_status} -> {self.to_status} (rule {self.rule})"
 
     def as_json(self) -> dict[str, Any]:
@@ -59,6 +67,8 @@ class Change:
             "from_status": self.from_status,
             "to_status": self.to_status,
             "rule": self.rule,
+            # status changes keep the shape scripts already read; other actions say what they are
+            **({"action": self.action, "detail": self.detail} if self.action != "status" else {}),
         }
 
 
@@ -71,12 +81,14 @@ class Sweeps:
         outbound: Any = None,
         on_rule: RuleObserver | None = None,
         batch_size: int = 200,
+        on_breach: BreachObserver | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.outbound = outbound
         self.on_rule = on_rule
+        self.on_breach = on_breach
         self.batch_size = batch_size
 
     def reload(self, settings: Settings) -> None:
@@ -99,6 +111,27 @@ class Sweeps:
             lambda s, limit: repo.due_postponed(s, at, limit),
             lambda number: self._wake(number, at, dry_run),
         )
+        if self.settings.sla:
+            # due times of tickets that changed, then the targets that ran out: both claim
+            # each ticket on its own, so a second run or node records nothing twice
+            changes += self._pass(
+                "sla",
+                dry_run,
+                halt,
+                lambda s, limit: repo.sla_stale_tickets(s, limit),
+                lambda number: self._sla(number, at, dry_run),
+            )
+            changes += self._pass(
+                "sla",
+                dry_run,
+                halt,
+                lambda s, limit: repo.sla_due_tickets(s, at, limit),
+                lambda number: self._sla(number, at, dry_run),
+            )
+            if dry_run:
+                # nothing is written in a dry run, so a stale ticket is also still due: list once
+                unique = {(c.number, c.action, c.detail): c for c in changes}
+                changes = list(unique.values())
         for rule in rules:
             changes += self._pass(
                 rule.name,
@@ -117,13 +150,15 @@ class Sweeps:
         dry_run: bool,
         halt: threading.Event | None,
         candidates: Callable[[Session, int], list[int]],
-        one: Callable[[int], Change | None],
+        one: Callable[[int], Change | list[Change] | None],
     ) -> list[Change]:
-        changes = [
-            change
-            for number in self._candidates(candidates, halt)
-            if (change := one(number)) is not None
-        ]
+        changes: list[Change] = []
+        for number in self._candidates(candidates, halt):
+            result = one(number)
+            if isinstance(result, list):
+                changes += result
+            elif result is not None:
+                changes.append(result)
         if not dry_run and self.on_rule is not None:
             self.on_rule(rule, len(changes))
         return changes
@@ -187,6 +222,61 @@ class Sweeps:
             log.info("%s; %d messages removed, tombstones kept", change.describe(), removed)
         return change
 
+    # --- SLA ---------------------------------------------------------------------------------
+
+    def _sla(self, number: int, at: datetime, dry_run: bool) -> list[Change]:
+        """Recompute the ticket's due times from its events; record each newly missed target."""
+        with self.store.unit() as session:
+            ticket = repo.lock_ticket(session, number)
+            if ticket is None:
+                return []
+            clock, policy = sla_clock(self.settings, ticket, repo.ticket_events(session, number))
+            recorded = [t for t in (ticket.sla_breached or "").split(",") if t]
+            changes = []
+            # a ticket that left normal life keeps its history: enabling an SLA on an old
+            # database must not report every closed ticket of the past as a breach today
+            live = ticket.status not in _FINISHED
+            for target, by in (clock.breaches(at) if clock and live else {}).items():
+                if target in recorded:
+                    continue
+                detail = f"{target} by {sla.describe(by)}"
+                changes.append(
+                    Change(
+                        number, ticket.status, ticket.status, f"sla {policy}", "sla_breach", detail
+                    )
+                )
+                recorded.append(target)
+                if dry_run:
+                    continue
+                record = lifecycle.Record(
+                    at, SLA_BREACH, f"sla:{policy}", ticket.status, ticket.status, detail
+                )
+                repo.add_events(session, number, [record], None)
+                log.warning("ticket #%d: SLA %s missed %s", number, policy, detail)
+                notice = getattr(self.outbound, "sla_breach_notice", None)
+                if notice is not None:
+                    due = clock.target(target).due if clock else None
+                    values = {
+                        "target": target,
+                        "sla": policy,
+                        "due": due.isoformat() if due else "",
+                        "detail": f"missed by {sla.describe(by)}",
+                    }
+                    notice(session, ticket, values, at)
+                if self.on_breach is not None:
+                    self.on_breach(queue_of(ticket), target)
+            if dry_run:
+                session.rollback()
+                return changes
+            ticket.sla_name = policy
+            ticket.first_response_due = _due(clock, "first_response")
+            ticket.next_response_due = _due(clock, "next_response")
+            ticket.resolution_due = _due(clock, "resolution")
+            ticket.sla_due = clock.next_due(at, recorded) if clock and live else None
+            ticket.sla_breached = ",".join(recorded) or None
+            ticket.sla_stale = False
+            return changes
+
     # --- building blocks -------------------------------------------------------------------
 
     def _transition(
@@ -221,6 +311,42 @@ class Sweeps:
             log.debug("rule %s: notify is set but outbound cannot send rule notices", rule)
             return
         notice(session, ticket, rule, at)
+
+
+def queue_of(ticket: Ticket) -> str:
+    """The ticket's queue; `support` for every ticket until queues exist (SPEC 7)."""
+    return getattr(ticket, "queue", None) or "support"
+
+
+def policy_for(settings: Settings, ticket: Ticket) -> sla.Policy | None:
+    """The first `[[sla]]` whose queues and priorities take the ticket."""
+    priority = getattr(ticket, "priority", None) or "normal"
+    for entry in settings.sla:
+        if entry.applies(queue_of(ticket), priority):
+            return sla.Policy(
+                entry.name,
+                settings.calendar_for(entry),
+                entry.first_response,
+                entry.next_response,
+                entry.resolution,
+            )
+    return None
+
+
+def sla_clock(
+    settings: Settings, ticket: Ticket, events: Iterable[Any]
+) -> tuple[sla.Clock | None, str | None]:
+    """The ticket's SLA targets from its stored events (pure computation in `mailbridge.sla`)."""
+    policy = policy_for(settings, ticket)
+    if policy is None:
+        return None, None
+    history = [sla.HistoryEvent(e.at, e.kind, e.to_status) for e in events]
+    return sla.compute(policy, ticket.created_at, history), policy.name
+
+
+def _due(clock: sla.Clock | None, name: str) -> datetime | None:
+    target = clock.target(name) if clock else None
+    return target.due if target else None
 
 
 def _span(delta: timedelta) -> str:

@@ -378,6 +378,35 @@ def idle_tickets(
     )
 
 
+def sla_stale_tickets(session: Session, limit: int = 500) -> list[int]:
+    """Tickets whose SLA due times need recomputing (created, or a status change since)."""
+    return list(
+        session.scalars(
+            select(Ticket.number)
+            .where(Ticket.sla_stale.is_(True))
+            .order_by(Ticket.number)
+            .limit(limit)
+        )
+    )
+
+
+def sla_due_tickets(session: Session, now: datetime, limit: int = 500) -> list[int]:
+    """Tickets with an SLA target due by `now` that is not recorded as breached yet."""
+    return list(
+        session.scalars(
+            select(Ticket.number).where(Ticket.sla_due <= now).order_by(Ticket.sla_due).limit(limit)
+        )
+    )
+
+
+def lock_ticket(session: Session, number: int) -> Ticket | None:
+    """Claim a ticket whatever its status (SKIP LOCKED on PostgreSQL, as `lock_ticket_if`)."""
+    stmt = select(Ticket).where(Ticket.number == number)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalar(stmt)
+
+
 def lock_ticket_if(session: Session, number: int, status: str) -> Ticket | None:
     """Claim a ticket for a sweep: locked, and only if it still has the status the sweep expects.
 
