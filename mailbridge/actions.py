@@ -109,3 +109,24 @@ def retry_quarantined(store: Store, ingestor: Ingestor, pk: int) -> Outcome:
         if outcome.outcome not in ("quarantined", "ignored"):
             entry.state, entry.released_at = "released", ingestor.clock()
     return outcome
+
+
+def retry_outbox(store: Store, pk: int, actor: str, now: datetime) -> str:
+    """Make an outbox row due now: a failed one is queued again with a fresh set of attempts
+    (so one more 5xx does not fail it at once), a waiting one skips its back-off."""
+    with store.unit() as session:
+        row = repo.get_outbox(session, pk)
+        if row is None:
+            raise NotFound(f"no outbox entry {pk}")
+        if row.state == "sent":
+            raise Refused(f"outbox entry {pk} was already sent")
+        before = row.state
+        row.state, row.next_attempt_at = "queued", now
+        if before == "failed":
+            row.attempts = 0
+            if row.ticket_number is not None:
+                record = lifecycle.Record(
+                    now, "delivery-retry", actor, None, None, f"{row.kind} to {row.rcpt_tos}"
+                )
+                repo.add_events(session, row.ticket_number, [record], row.message_pk)
+    return f"outbox {pk}: {before} -> queued, due now"

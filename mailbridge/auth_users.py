@@ -15,6 +15,8 @@ Logins compare case-insensitively (they are mail addresses); hashes never leave 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import base64
 import getpass
 import hashlib
@@ -22,6 +24,7 @@ import hmac
 import secrets
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +93,10 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(_b64(digest), expected)
 
 
+# One thread of its own: a burst of password guesses then costs at most one core and never
+# queues ahead of the database commits in the default executor (threads start on first use).
+_HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbridge-password-hash")
+
 # verifying an unknown login costs as much as a known one, so timing does not reveal logins
 _DUMMY_HASH = f"scrypt${SCRYPT_N}$timing-equaliser${SCRYPT_R}${SCRYPT_P}$AAAA"
 
@@ -106,6 +113,11 @@ class Users:
         stored = self.hashes.get(login.strip().lower())
         ok = verify_password(password, stored or _DUMMY_HASH)
         return ok and stored is not None
+
+    async def verify_async(self, login: str, password: str) -> bool:
+        """`verify` on the hashing thread, leaving the event loop and the database threads free."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_HASHING, self.verify, login, password)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -145,10 +157,17 @@ def load_users(path: Path) -> Users:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mailbridge.auth_users LOGIN`: prompt for a password, print `LOGIN:hash`."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or ":" in args[0]:
-        print("usage: python -m mailbridge.auth_users LOGIN  (prints LOGIN:hash)", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m mailbridge.auth_users",
+        description="Print one `LOGIN:hash` line for auth_users_file. The password is prompted "
+        "for twice on a terminal, else read from the first line of stdin.",
+        epilog="example: python -m mailbridge.auth_users alice@example.com "
+        ">> /etc/mailbridge/smtp-users",
+    )
+    parser.add_argument("login", metavar="LOGIN", help="the agent's login, usually a mail address")
+    login = parser.parse_args(argv).login
+    if ":" in login:
+        parser.error("LOGIN cannot contain ':'")
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
         if password != getpass.getpass("again: "):
@@ -159,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         print("empty password refused", file=sys.stderr)
         return 1
-    print(f"{args[0].lower()}:{hash_password(password)}")
+    print(f"{login.lower()}:{hash_password(password)}")
     return 0
 
 

@@ -8,9 +8,9 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -39,7 +39,7 @@ class Ctx:
         return self._app
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"mailbridge: {message}", err=True)
     sys.exit(code)
 
@@ -72,25 +72,52 @@ def actor() -> str:
         return "cli:unknown"
 
 
-def parse_when(value: str, now: datetime | None = None) -> datetime:
+WHEN_HELP = "+2d, +3h, 3d, tomorrow 09:00, 2026-12-01 or 2026-12-01T09:00 (UTC)"
+MAX_AHEAD = timedelta(days=3660)  # ten years: anything later is a typo, not a plan
+_PLUS = re.compile(r"\+\s*(\d+\s*[mhdw])", re.IGNORECASE)
+_DAY_WORD = re.compile(r"(today|tomorrow)(?:\s+(\d{1,2}):(\d\d))?", re.IGNORECASE)
+
+
+def parse_when(value: str, now: datetime | None = None, option: str = "--until") -> datetime:
+    """A time as people type it; a bad or absurd one ends the command with one line, exit 2."""
     from mailbridge.agent_commands import postpone_until
 
+    now = now or datetime.now(UTC)
+    text = value.strip()
     try:
-        return postpone_until(value, now or datetime.now(UTC))
+        if plus := _PLUS.fullmatch(text):
+            text = plus[1]
+        if day := _DAY_WORD.fullmatch(text):
+            hour, minute = int(day[2] or 0), int(day[3] or 0)
+            base = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            when = base + timedelta(days=day[1].lower() == "tomorrow", hours=hour, minutes=minute)
+            if hour > 23 or minute > 59:
+                raise ValueError(f"no such time of day: {day[2]}:{day[3]}")
+        else:
+            when = postpone_until(text, now)
+        if when - now > MAX_AHEAD:
+            raise OverflowError
+    except OverflowError:
+        fail(f"{option} {value!r}: out of range (at most ten years ahead)", 2)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        fail(f"{option} {value!r}: {exc} (use {WHEN_HELP})", 2)
+    return when
 
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+CONFIG_HELP = (
+    "config file (default: $MAILBRIDGE_CONFIG, then ./config/mailbridge.toml, "
+    "then the embedded default)"
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config",
-    metavar="PATH",
-    help="config file (default: $MAILBRIDGE_CONFIG, then ./config/mailbridge.toml)",
+@click.option("--config", "config", metavar="PATH", help=CONFIG_HELP)
+@click.version_option(
+    package_name="mailbridge", prog_name="mailbridge", message="%(prog)s %(version)s"
 )
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
@@ -116,11 +143,12 @@ def run(ctx: Ctx) -> None:
 @handled
 def check_config(ctx: Ctx) -> None:
     """Validate the config: exit 0, or 2 with `file:line: key: message` per error."""
-    from mailbridge.config import resolve_config_path
+    from mailbridge.config import describe
 
-    settings = ctx.settings
-    where = resolve_config_path(ctx.config_path)
-    click.echo(f"{where or 'embedded default'}: ok (database {settings.database.url})")
+    seen = describe(ctx.settings)
+    click.echo(f"{seen['config']}: ok")
+    click.echo(f"  database:  {seen['database']}")
+    click.echo(f"  addresses: {seen['addresses']}")
 
 
 @cli.group()
@@ -148,17 +176,24 @@ def db_upgrade(ctx: Ctx) -> None:
 def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
     """Ingest .eml files, directories, mbox files or Maildirs."""
     from mailbridge.envelope import Envelope, Source
-    from mailbridge.sources.files import count_messages, iter_messages
+    from mailbridge.sources.files import Skipped, count_messages, iter_messages
 
     app = ctx.app
     batch_size = max(1, app.settings.database.batch_size)
     unreadable: list[str] = []
+    skipped: list[str] = []
     counts: dict[str, int] = {}
+
+    limit = app.settings.smtp.max_message_size  # what the listener would refuse, ingest refuses
+
+    def skip(exc: Skipped) -> None:
+        skipped.append(str(exc))
+        click.echo(f"mailbridge: skipped {exc}", err=True)
 
     def messages() -> Iterator[tuple[bytes, str]]:
         for path in paths:
             try:
-                yield from iter_messages(path)
+                yield from iter_messages(path, limit, skip)
             except OSError as exc:
                 unreadable.append(f"{path}: {exc.strerror or exc}")
 
@@ -195,7 +230,7 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
         click.echo(f"{'would ingest' if dry_run else 'ingested'}: {summary}", err=True)
     for problem in unreadable:
         click.echo(f"mailbridge: cannot read {problem}", err=True)
-    if unreadable:
+    if unreadable or skipped:  # an input left unread was not handled (SPEC section 5)
         sys.exit(1)
 
 
@@ -227,8 +262,9 @@ class _progress:
     type=click.Choice(
         ["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]
     ),
+    help="only tickets in this status",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON array instead of a table")
 @click.option("--breached", is_flag=True, help="only tickets that missed an SLA target")
 @pass_ctx
 @handled
@@ -269,7 +305,7 @@ def ticket() -> None:
 
 @ticket.command("show")
 @click.argument("number", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object (SPEC section 5)")
 @pass_ctx
 @handled
 def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
@@ -331,14 +367,14 @@ for _name in ("resolve", "close", "spam", "delete", "restore"):
     "until",
     required=True,
     metavar="WHEN",
-    help="3d, 12h, 2026-12-01 or 2026-12-01T09:00 (UTC)",
+    help=WHEN_HELP,
 )
 @pass_ctx
 @handled
 def ticket_postpone(ctx: Ctx, number: int, until: str) -> None:
     """Postpone a ticket until WHEN."""
-    app = ctx.app
-    changed = app.actions.act(number, "postpone", actor(), parse_when(until, app.clock()))
+    when = parse_when(until)
+    changed = ctx.app.actions.act(number, "postpone", actor(), when)
     click.echo(f"ticket #{number}: {changed.from_status} -> {changed.to_status}")
 
 
@@ -359,10 +395,11 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.option("--all", "show_all", is_flag=True, help="include ignored and released entries")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON array")
 @pass_ctx
 @handled
 def quarantine_list(ctx: Ctx, show_all: bool, as_json: bool) -> None:
+    """Held messages: id, time, kind, state, sender, reason."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
@@ -384,6 +421,7 @@ def quarantine_list(ctx: Ctx, show_all: bool, as_json: bool) -> None:
 @pass_ctx
 @handled
 def quarantine_show(ctx: Ctx, pk: int) -> None:
+    """One entry: where it came from, why it is held, and the error's detail."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
@@ -400,17 +438,47 @@ def quarantine_show(ctx: Ctx, pk: int) -> None:
 
 
 @quarantine.command("retry")
-@click.argument("pk", metavar="ID", type=int)
+@click.argument("pks", metavar="ID...", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="every held entry (see --reason)")
+@click.option(
+    "--reason",
+    metavar="R",
+    help="with --all: only entries whose reason starts with R (e.g. flood)",
+)
 @pass_ctx
 @handled
-def quarantine_retry(ctx: Ctx, pk: int) -> None:
+def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: str | None) -> None:
+    """Run held messages through the pipeline again (exit 1 if any stays quarantined)."""
     from mailbridge.actions import retry_quarantined
+    from mailbridge.storage import repository as repo
 
-    app = ctx.app
-    outcome = retry_quarantined(app.store, app.ingestor, pk)
-    where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
-    click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
-    if outcome.outcome == "quarantined":
+    if bool(pks) == retry_all:
+        fail("give quarantine IDs or --all, not both", 2)
+    if reason is not None and not retry_all:
+        fail("--reason selects entries for --all", 2)
+    app = ctx.app  # built once: releasing a flood of 200 entries is one process, not 200
+    if retry_all:
+        with app.store.unit() as session:
+            pks = tuple(
+                q.id
+                for q in repo.list_quarantine(session, False, False)
+                if reason is None or q.reason.startswith(reason)
+            )
+    counts: dict[str, int] = {}
+    for pk in pks:
+        try:
+            outcome = retry_quarantined(app.store, app.ingestor, pk)
+        except (NotFound, Refused) as exc:
+            click.echo(f"mailbridge: {exc}", err=True)
+            counts["refused"] = counts.get("refused", 0) + 1
+            continue
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+        where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
+        click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
+    if retry_all or len(pks) > 1:
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing held"
+        click.echo(f"retried: {summary}", err=True)
+    if counts.get("quarantined") or counts.get("refused"):
         sys.exit(1)
 
 
@@ -446,9 +514,7 @@ def rules() -> None:
 
 
 @rules.command("run")
-@click.option(
-    "--at", "at", metavar="TIME", help="as of TIME (2026-12-01T09:00, 2026-12-01, 3d); default now"
-)
+@click.option("--at", "at", metavar="TIME", help=f"as of TIME ({WHEN_HELP}); default now")
 @click.option("--dry-run", is_flag=True, help="show what would change, change nothing")
 @click.option("--json", "as_json", is_flag=True, help="a JSON array of the changes")
 @pass_ctx
@@ -458,7 +524,7 @@ def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
     from mailbridge.sweeps import Sweeps
 
     app = ctx.app
-    when = parse_when(at, app.clock()) if at else app.clock()
+    when = parse_when(at, app.clock(), "--at") if at else app.clock()
     sweeps = Sweeps(app.store, app.settings, app.clock, app.outbound)
     changes = sweeps.run(when, dry_run=dry_run)
     if as_json:
@@ -471,7 +537,7 @@ def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object")
 @click.option("--html", "html_file", metavar="FILE", help="write a self-contained page of charts")
 @click.option("--since", metavar="WHEN", help="only tickets created from then on (e.g. 2026-11-01)")
 @click.option("--until", metavar="WHEN", help="only tickets created before then")
@@ -504,6 +570,116 @@ def _report_when(value: str, now: datetime) -> datetime:
     # a duration looks back here ("7d": a week ago), where for postpone it looks ahead
     relative = re.fullmatch(r"\s*\d+\s*[a-zA-Z]+\s*", value)
     return now - (when - now) if relative else when
+
+
+@cli.group()
+def outbox() -> None:
+    """Outgoing mail: acknowledgements, notifications and relayed replies."""
+
+
+def _outbox_view(row: Any) -> dict[str, Any]:
+    from mailbridge.views import iso
+
+    return {
+        "id": row.id,
+        "ticket": row.ticket_number,
+        "kind": row.kind,
+        "state": row.state,
+        "mail_from": row.mail_from,
+        "rcpt_tos": [a for a in row.rcpt_tos.split(",") if a],
+        "attempts": row.attempts,
+        "next_attempt_at": iso(row.next_attempt_at) if row.state == "queued" else None,
+        "last_error": row.last_error,
+        "created_at": iso(row.created_at),
+        "sent_at": iso(row.sent_at),
+    }
+
+
+@outbox.command("list")
+@click.option("--failed", is_flag=True, help="only mail that was given up on")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array")
+@pass_ctx
+@handled
+def outbox_list(ctx: Ctx, failed: bool, as_json: bool) -> None:
+    """Outbox rows: id, state, kind, ticket, attempts, recipients, last error."""
+    from mailbridge.storage import repository as repo
+
+    with ctx.app.store.unit() as session:
+        rows = [_outbox_view(r) for r in repo.list_outbox(session, "failed" if failed else None)]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        ticket = f"#{r['ticket']}" if r["ticket"] else "-"
+        click.echo(
+            f"{r['id']:>6}  {r['state']:<6} {r['kind']:<6} {ticket:<6} "
+            f"{r['attempts']:>2}x  {','.join(r['rcpt_tos'])}  {r['last_error'] or ''}".rstrip()
+        )
+    if not rows:
+        click.echo("no failed mail in the outbox" if failed else "the outbox is empty")
+
+
+@outbox.command("show")
+@click.argument("pk", metavar="ID", type=int)
+@pass_ctx
+@handled
+def outbox_show(ctx: Ctx, pk: int) -> None:
+    """One outbox row, with the smarthost's last reply."""
+    from mailbridge.storage import repository as repo
+
+    with ctx.app.store.unit() as session:
+        row = repo.get_outbox(session, pk)
+        if row is None:
+            raise NotFound(f"no outbox entry {pk}")
+        data = _outbox_view(row)
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(value)
+        click.echo(f"{key + ':':<16} {'-' if value is None else value}")
+
+
+@outbox.command("retry")
+@click.argument("pks", metavar="ID...", nargs=-1, type=int, required=True)
+@pass_ctx
+@handled
+def outbox_retry(ctx: Ctx, pks: tuple[int, ...]) -> None:
+    """Make failed (or waiting) mail due now; the running daemon sends it (exit 1 if any is refused)."""
+    from mailbridge.actions import retry_outbox
+
+    refused = False
+    for pk in pks:
+        try:
+            click.echo(retry_outbox(ctx.app.store, pk, actor(), ctx.app.clock()))
+        except (NotFound, Refused) as exc:
+            click.echo(f"mailbridge: {exc}", err=True)
+            refused = True
+    if refused:
+        sys.exit(1)
+
+
+def _accept_config_anywhere(group: click.Group) -> None:
+    """`mailbridge run --config x` as well as `mailbridge --config x run`: the option is added to
+    every subcommand and stored where the group's own option goes."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.ensure_object(Ctx).config_path = value
+
+    for command in group.commands.values():
+        command.params.append(
+            click.Option(
+                ["--config"],
+                metavar="PATH",
+                help=CONFIG_HELP,
+                expose_value=False,
+                callback=remember,
+            )
+        )
+        if isinstance(command, click.Group):
+            _accept_config_anywhere(command)
+
+
+_accept_config_anywhere(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

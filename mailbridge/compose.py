@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -22,12 +23,21 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
+from mailbridge.attachment_names import sanitize_filename
 from mailbridge.mailtext import header_safe
 
 log = logging.getLogger("mailbridge.outbound")
 
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 MAX_REFERENCES = 20
+# RFC 5322 3.6.4 msg-id: printable ASCII without space or angle brackets, one "@". Bounded so
+# that "In-Reply-To: <id>" stays one line: a longer id would be folded into encoded-words.
+MAX_MESSAGE_ID = 250
+_MSG_ID = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")
+# Raw header strings (our threading headers, written pre-folded) go out as they are: the email
+# package would otherwise turn a long id into encoded-words. Header objects fold as before.
+SMTP = policy.SMTP.clone(refold_source="none")
+SMTPUTF8 = policy.SMTPUTF8.clone(refold_source="none")
 Box = tuple[str, str, str]  # display name, local part, domain: an Address, as JSON can hold it
 
 
@@ -59,9 +69,24 @@ def thread_index(conversation: bytes, now: datetime) -> str:
     return base64.b64encode(conversation + child).decode("ascii")
 
 
+def valid_message_id(value: str | None) -> str | None:
+    """The id without its angle brackets when it may go into In-Reply-To/References, else None.
+
+    Ids come from customers' mail: control characters, spaces or a 5,000-character id must not
+    reach a header (nor be encoded into one): such an id is dropped, not repaired."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1]
+    if len(value) > MAX_MESSAGE_ID or not _MSG_ID.fullmatch(value):
+        return None
+    return value
+
+
 def trim_references(ids: Sequence[str]) -> list[str]:
-    """RFC 5322 3.6.4: keep the thread's first id and the most recent ones."""
-    ids = list(dict.fromkeys(i for i in ids if i))
+    """RFC 5322 3.6.4: keep the thread's first id and the most recent ones; invalid ids dropped."""
+    ids = list(dict.fromkeys(v for i in ids if (v := valid_message_id(i))))
     if len(ids) <= MAX_REFERENCES:
         return ids
     return [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
@@ -88,9 +113,7 @@ def attachments_of(raw: bytes) -> list[Part]:
         if ctype == "message/rfc822":
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
-                found.append(
-                    Part(inner[0], ctype, header_safe(part.get_filename() or "message.eml", 200))
-                )
+                found.append(Part(inner[0], ctype, _safe_name(part.get_filename(), "message.eml")))
             return
         if part.is_multipart():
             for sub in part.get_payload():
@@ -100,14 +123,18 @@ def attachments_of(raw: bytes) -> list[Part]:
         if ctype in ("text/plain", "text/html") and not filename and not part.is_attachment():
             return  # a body part: its text is in the mail we write
         data = part.get_payload(decode=True) or b""
-        name = header_safe(filename or f"attachment-{len(found) + 1}", 200)
-        found.append(Part(data, ctype, name))
+        found.append(Part(data, ctype, _safe_name(filename, f"attachment-{len(found) + 1}")))
 
     try:
         visit(message_from_bytes(raw, policy=policy.default))
     except Exception:  # a MIME structure the email package chokes on: notify without them
         log.warning("cannot take the attachments out of a message", exc_info=True)
     return found
+
+
+def _safe_name(name: str | None, default: str) -> str:
+    """The inbound rules on the way out: no directories, control or bidi characters."""
+    return header_safe(sanitize_filename(name or ""), 255) or default
 
 
 # --- the queued mail -----------------------------------------------------------------------
@@ -174,7 +201,7 @@ def compose(p: Pending, known: Sequence[str], parts: Sequence[Part]) -> EmailMes
     Our own Message-ID ends our References, so a reply still threads when a relay on the
     way rewrote the Message-ID header.
     """
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=SMTPUTF8 if needs_smtputf8(p) else SMTP)
     msg["From"] = Address(p.from_name, addr_spec=p.from_address)
     msg["To"] = [Address(n, u, d) for n, u, d in p.to]
     if p.cc:
@@ -184,9 +211,11 @@ def compose(p: Pending, known: Sequence[str], parts: Sequence[Part]) -> EmailMes
     msg["Date"] = format_datetime(p.at.astimezone(UTC))
     msg["Message-ID"] = f"<{p.message_id}>"
     references = trim_references([*known, p.message_id])
-    if p.in_reply_to:
-        msg["In-Reply-To"] = f"<{p.in_reply_to}>"
-    msg["References"] = " ".join(f"<{r}>" for r in references)
+    in_reply_to = valid_message_id(p.in_reply_to)
+    if in_reply_to:
+        msg.set_raw("In-Reply-To", f"<{in_reply_to}>")
+    # one id per line: every line stays short whatever the ids' lengths
+    msg.set_raw("References", "\r\n ".join(f"<{r}>" for r in references))
     msg["Thread-Index"] = thread_index(bytes.fromhex(p.conversation), p.at)
     msg["Thread-Topic"] = p.topic
     if p.auto_submitted:
@@ -196,10 +225,26 @@ def compose(p: Pending, known: Sequence[str], parts: Sequence[Part]) -> EmailMes
     msg["X-Loop"] = p.loop
     msg["X-Mailbridge-Ticket"] = str(p.ticket)
     # a lone surrogate (undecodable bytes in the source mail) cannot be encoded: replace it
-    msg.set_content(p.body.encode("utf-8", "replace").decode("utf-8"))
+    body = p.body.encode("utf-8", "replace").decode("utf-8")
+    msg.set_content(body, cte=body_encoding(body))
     for part in parts:
         _attach(msg, part)
     return msg
+
+
+def body_encoding(body: str) -> str | None:
+    """A transfer encoding for text with NUL or 8-bit characters; None (7bit) for plain ASCII.
+
+    The email package would send NUL as 7bit and UTF-8 as 8bit; neither survives every relay."""
+    if body.isascii() and "\x00" not in body:
+        return None
+    mostly_ascii = sum(not c.isascii() for c in body) * 4 < len(body)
+    return "quoted-printable" if mostly_ascii else "base64"
+
+
+def needs_smtputf8(p: Pending) -> bool:
+    """A recipient's address that only SMTPUTF8 can carry (RFC 6531)."""
+    return any(not (local + domain).isascii() for _, local, domain in (*p.to, *p.cc))
 
 
 def write(p: Pending, known: Sequence[str], parts: Sequence[Part]) -> Written | None:
@@ -209,7 +254,7 @@ def write(p: Pending, known: Sequence[str], parts: Sequence[Part]) -> Written | 
     for attempt in range(2):
         try:
             msg = compose(p, known, parts)
-            raw = msg.as_bytes(policy=policy.SMTP)
+            raw = msg.as_bytes(policy=msg.policy)
             return Written(msg, raw, str(msg["Subject"]), p.body, parts)
         except Exception:
             log.exception("ticket #%s: cannot write the %s mail", p.ticket, p.kind)

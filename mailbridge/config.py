@@ -38,6 +38,9 @@ from mailbridge.errors import ConfigError
 ENV_VAR = "MAILBRIDGE_CONFIG"
 DEFAULT_PATH = Path("config/mailbridge.toml")
 MB = 1024 * 1024
+MAX_SIZE = 1024 * MB
+# what storage/engine.py can open with the declared dependencies (the psycopg extra for PostgreSQL)
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 Loc = tuple[str | int, ...]  # a key path as pydantic reports it: ("imap", 1, "port")
 
 
@@ -98,6 +101,9 @@ def _size(value: Any) -> Any:
         raise ValueError(f"invalid size {value!r} (use e.g. 512KB, 25MB, 1GB)")
     if size <= 0:
         raise ValueError("must be a positive size")
+    if size > MAX_SIZE:
+        # a whole mail is held in memory while it is parsed and stored: beyond 1 GB is a typo
+        raise ValueError(f"must be at most 1GB (got {value!r})")
     return size
 
 
@@ -162,8 +168,13 @@ def _env_set(value: str, info: ValidationInfo) -> str:
 
 
 def _database_url(value: str) -> str:
-    if not re.match(r"[a-z][a-z0-9+.-]*://", value):
+    scheme = re.match(r"([a-z][a-z0-9+.-]*)://", value)
+    if not scheme:
         raise ValueError(f"not a database URL: {value!r} (e.g. sqlite:///var/mailbridge.db)")
+    if scheme[1] not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"unsupported database {scheme[1]}:// (use sqlite:///path or postgresql://user@host/db)"
+        )
     return value
 
 
@@ -258,13 +269,20 @@ class SmtpSettings(_Section):
     max_message_size: Size = 25 * MB
     max_recipients: Count = 100
     max_connections_per_client: Count = 20
-    timeout: Duration = timedelta(minutes=5)
     # clients whose Authentication-Results headers count: the MTA in front of us, not the world
     trusted_peers: tuple[Annotated[str, AfterValidator(_peer)], ...] = (
         "127.0.0.0/8",
         "::1",
         "unix",
     )
+    # fits the unit's LimitNOFILE=65536 with room to spare; see SmtpListener.start
+    max_connections: Count = 1000
+    timeout: Duration = timedelta(minutes=5)  # idle: no bytes from the client for this long
+    # DATA may last data_timeout + bytes received / data_min_rate (bytes per second)
+    data_timeout: Duration = timedelta(minutes=10)
+    data_min_rate: Size = 1024
+    auth_max_failures: Count = 5  # per client address (IPv6: per /64) and per login
+    auth_lockout: Duration = timedelta(minutes=5)
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:
@@ -370,6 +388,9 @@ class TicketsSettings(_Section):
     acknowledge: Bool = False
     ack_template: FilePath | None = None
     ack_max_per_sender_per_hour: Annotated[int, Strict(), Field(ge=0)] = 3
+    # backscatter: forged senders spread over one domain, or over many, are bounded too
+    ack_max_per_domain_per_hour: Annotated[int, Strict(), Field(ge=0)] = 20
+    ack_max_per_hour: Annotated[int, Strict(), Field(ge=0)] = 200
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
     max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
@@ -536,7 +557,7 @@ class SlaSettings(_Section):
 
 
 class ClusterSettings(_Section):
-    node_id: str | None = None  # None: hostname and pid
+    node_id: str | None = None  # None: the host name (mailbridge.node)
     lease_ttl: Duration = timedelta(seconds=30)
 
 
@@ -611,6 +632,22 @@ def resolve_config_path(path: str | Path | None) -> Path | None:
     return DEFAULT_PATH if DEFAULT_PATH.is_file() else None
 
 
+def redact_url(url: str) -> str:
+    """A database URL fit for logs: the password replaced by ***."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """Which config is in force, for `run`'s startup log and `check-config`: a first run must
+    show which file it read and where mail is accepted, not leave the user guessing."""
+    where = settings.source_path
+    return {
+        "config": str(where) if where else "embedded default (no config file found)",
+        "database": redact_url(settings.database.url),
+        "addresses": ", ".join(settings.smtp.addresses) + " (and their plus-tokens)",
+    }
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read and validate the config (see `resolve_config_path`); no file: the embedded default."""
     resolved = resolve_config_path(path)
@@ -643,16 +680,78 @@ def parse_settings(
     base_dir = source_path.absolute().parent if source_path else Path.cwd()
     context = {"base_dir": base_dir, "env": os.environ if env is None else env}
     problems = _duplicate_names(data)
-    try:
-        settings = Settings.model_validate(data, context=context)
-    except ValidationError as exc:
-        problems += [(error["loc"], _message(error)) for error in exc.errors()]
-    if problems:
+    settings, invalid = _validate(data, context)
+    problems += invalid
+    if problems or settings is None:
         lines = _locate(text)
         found = sorted((_line(lines, loc), _key(loc), msg) for loc, msg in problems)
         raise ConfigError([f"{filename}:{n}: {key}: {msg}" for n, key, msg in found])
     settings._source_path = source_path
     return settings
+
+
+def _validate(
+    data: dict[str, Any], context: dict[str, Any]
+) -> tuple[Settings | None, list[tuple[Loc, str]]]:
+    """Validate, and report every problem in one run: pydantic skips a table's cross-key checks
+    while one of its keys is invalid, so invalid keys are set aside and the rest validated again.
+    A cross-key problem that names a key set aside is only an echo of that key's own problem
+    ("needs a password source" after "password_file: file not found") and is left out."""
+    problems: list[tuple[Loc, str]] = []
+    removed: list[Loc] = []
+    for _ in range(8):  # each round removes at least one key; a config has few layers of checks
+        try:
+            return Settings.model_validate(data, context=context), problems
+        except ValidationError as exc:
+            errors = exc.errors()
+        fresh = [
+            (loc, message)
+            for loc, message in ((tuple(e["loc"]), _message(e)) for e in errors)
+            if (loc, message) not in problems  # e.g. a missing key, reported again each round
+            and not any(_echoes(loc, message, r) for r in removed)
+        ]
+        problems += fresh
+        data, dropped = _without(data, [loc for loc, _ in fresh])
+        if not dropped:
+            break
+        removed += dropped
+    return None, problems
+
+
+def _echoes(loc: Loc, message: str, removed: Loc) -> bool:
+    if loc[: len(removed)] == removed:
+        return True
+    table, key = removed[:-1], removed[-1]
+    return loc[: len(table)] == table and isinstance(key, str) and key in f"{loc} {message}"
+
+
+def _without(data: dict[str, Any], locs: list[Loc]) -> tuple[dict[str, Any], list[Loc]]:
+    """A copy of data without the values at `locs` (a bad list item takes its whole list)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    dropped: list[Loc] = []
+    for loc in locs:
+        parent: Any = None
+        node: Any = data
+        key: str | int | None = None
+        path: Loc = ()
+        owner: tuple[Any, Any, Loc] | None = None  # the dict holding the innermost list
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                if isinstance(node[part], list):
+                    owner = (node, part, (*path, part))
+            elif not (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+                break  # a cross-key problem: its key is not in the file, nothing to set aside
+            parent, key, node, path = node, part, node[part], (*path, part)
+        else:
+            if isinstance(parent, dict):
+                del parent[key]
+                dropped.append(path)
+            elif owner is not None and owner[1] in owner[0]:
+                del owner[0][owner[1]]
+                dropped.append(owner[2])
+    return data, dropped
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:

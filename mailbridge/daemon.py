@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 import socket
 import time
@@ -24,7 +23,7 @@ from mailbridge import logging_setup
 from mailbridge.app import App
 from mailbridge.clock import Clock, system_clock
 from mailbridge.component import Component
-from mailbridge.config import Settings, load_settings
+from mailbridge.config import Settings, describe, load_settings
 from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.metrics import Metrics
@@ -105,17 +104,13 @@ def components_for(app: App, settings: Settings) -> list[Component]:
         sender,
         Scheduler(sweeps, app.clock),
         ImapPollers(app, settings),
-        SmtpListener(app.ingestor, settings, ingest_workers=workers),
+        SmtpListener(app.ingestor, settings, ingest_workers=workers, metrics=metrics),
     ]
 
 
 def _executor_size(settings: Settings) -> int:
     # storage work runs in these threads; more than the pool has connections would only queue
     return max(4, min(32, settings.database.pool_size * 2))
-
-
-def redact_url(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
 # settings that need a restart: the reload keeps the old values and says so
@@ -174,11 +169,14 @@ class Daemon:
         await self.start()
         interval = watchdog_interval()
         watchdog = asyncio.create_task(_watchdog(interval)) if interval else None
+        seen = describe(self.settings)
         log.info(
-            "mailbridge running: database %s, %s on %s",
-            redact_url(self.settings.database.url),
+            "mailbridge running: config %s; database %s; %s on %s for %s",
+            seen["config"],
+            seen["database"],
             self.settings.smtp.mode.upper(),
             self.settings.smtp.listen,
+            seen["addresses"],
         )
         sd_notify("READY=1", f"STATUS=listening on {self.settings.smtp.listen}")
         if on_ready:

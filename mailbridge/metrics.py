@@ -93,6 +93,27 @@ class Metrics:
         self.rule_changes = Counter(
             "mailbridge_rule_changes", "Tickets a rule changed or purged.", ["rule"], registry=r
         )
+        self.smtp_auth_failures = Counter(
+            "mailbridge_smtp_auth_failures",
+            "SMTP AUTH attempts refused for a wrong login or password.",
+            registry=r,
+        )
+        self.smtp_auth_lockouts = Counter(
+            "mailbridge_smtp_auth_lockouts",
+            "SMTP AUTH lockouts begun, by what is locked out (client address or login).",
+            ["scope"],
+            registry=r,
+        )
+        self.smtp_refused = Counter(
+            "mailbridge_smtp_connections_refused",
+            "SMTP connections answered 421 at connect, by the limit hit (total or client).",
+            ["limit"],
+            registry=r,
+        )
+        for label in ("client", "login"):
+            self.smtp_auth_lockouts.labels(label)  # the series exist at 0 for alerts
+        for label in ("total", "client"):
+            self.smtp_refused.labels(label)
         self.sla_breaches = Counter(
             "mailbridge_sla_breaches",
             "SLA targets missed (one per ticket and target, SPEC 8).",
@@ -127,6 +148,15 @@ class Metrics:
         """`Sweeps(on_rule=...)`: one call per rule per sweep."""
         self.rule_runs.labels(rule).inc()
         self.rule_changes.labels(rule).inc(changes)
+
+    def smtp_auth_failure(self) -> None:
+        self.smtp_auth_failures.inc()
+
+    def smtp_auth_lockout(self, scope: str) -> None:
+        self.smtp_auth_lockouts.labels(scope).inc()
+
+    def smtp_connection_refused(self, limit: str) -> None:
+        self.smtp_refused.labels(limit).inc()
 
     def sla_breach(self, queue: str, target: str) -> None:
         """`Sweeps(on_breach=...)`: one call per recorded `sla-breach` event."""

@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailbridge import classify, correlate
+from mailbridge import classify, correlate, lifecycle
 from mailbridge.clock import Clock, system_clock
 from mailbridge.compose import (
     MAX_REFERENCES,
@@ -126,6 +126,7 @@ class Outbound:
             agent_addresses=frozenset(a.lower() for a in agents.addresses),
             agent_domains=frozenset(d.lower().lstrip("@") for d in agents.domains),
         )
+        self.trusted_authserv_ids = frozenset(a.lower() for a in agents.trusted_authserv_ids)
         self.notify = [a for a in agents.notify if not self.tokens.is_ours(a)]
         self.notify_boxes = [a for a in (mailbox("", n) for n in self.notify) if a]
         custom = tickets.ack_template
@@ -144,7 +145,7 @@ class Outbound:
     ) -> None:
         """Acknowledge to the customer (when allowed) and notify agents."""
         drafts = []
-        why_not = self._no_ack_reason(session, ticket, verdict, now)
+        why_not = self._no_ack_reason(session, ticket, verdict, parsed, now)
         if why_not:
             log.info("ticket #%s: no acknowledgement: %s", ticket.number, why_not)
         else:
@@ -175,10 +176,15 @@ class Outbound:
         agent: str,
         now: datetime,
     ) -> None:
-        """Relay an agent's reply to the ticket's customer and participants, and nobody else."""
-        to, cc = self._customer_recipients(session, ticket)
+        """Relay an agent's reply to the ticket's customer and participants, and nobody else.
+
+        An address the reply cannot go to is never passed over in silence: the agent gets a
+        notice saying why, and the ticket an event."""
+        to, cc, unreachable = self._relay_recipients(session, ticket)
         if not to:  # the customer's address is unusable: the first participant takes its place
             to, cc = cc[:1], cc[1:]
+        if unreachable:
+            self._not_relayed(session, ticket, message, agent, unreachable, bool(to), now)
         if not to:
             log.warning(
                 "ticket #%s: no deliverable customer address; reply not relayed", ticket.number
@@ -188,20 +194,32 @@ class Outbound:
         from_name = self.settings.outbound.from_name
         if self.settings.agents.display_names:
             from_name = f"{name} via {from_name}"
-        draft = Draft(
-            kind="relay",
-            author_kind="agent",
-            to=to,
-            cc=cc,
-            subject=reply_subject(ticket.subject),
-            body=text.rstrip() + "\n",
-            from_name=from_name,
-            in_reply_to=self._last_customer_id(session, ticket),
-            auto_submitted=None,
-            attach_pk=message.id,
-            verdict=f"relayed reply of {agent}",
-        )
-        self._queue(session, ticket, [draft], now)
+        # addresses only SMTPUTF8 can carry go as a mail of their own: should the smarthost
+        # not offer it, that mail fails (with a notice) and the others still get the reply
+        everyone = [*to, *cc]
+        groups = [
+            [a for a in everyone if a.addr_spec.isascii()],
+            [a for a in everyone if not a.addr_spec.isascii()],
+        ]
+        in_reply_to = self._last_customer_id(session, ticket)
+        drafts = [
+            Draft(
+                kind="relay",
+                author_kind="agent",
+                to=group[:1],
+                cc=group[1:],
+                subject=reply_subject(ticket.subject),
+                body=text.rstrip() + "\n",
+                from_name=from_name,
+                in_reply_to=in_reply_to,
+                auto_submitted=None,
+                attach_pk=message.id,
+                verdict=f"{_RELAYED_BY}{agent}",
+            )
+            for group in groups
+            if group
+        ]
+        self._queue(session, ticket, drafts, now)
 
     def refused(
         self,
@@ -292,18 +310,62 @@ class Outbound:
     def delivery_failed(
         self, session: Session, ticket: Ticket, row: Outbox, error: str, now: datetime
     ) -> None:
-        """Tell the agents that a relayed reply never reached the customer."""
-        if row.kind != "relay" or not self._notify_addresses():
+        """Tell the agents, and the one who wrote it, that a relayed reply never reached the
+        customer."""
+        if row.kind != "relay":
             return  # only replies matter to agents; and never a notice about a notice
+        author = None
+        if row.message_pk is not None and (copy := repo.get_message(session, row.message_pk)):
+            author = copy.verdict.removeprefix(_RELAYED_BY) if copy.verdict else None
+        self._failure_notice(session, ticket, row.rcpt_tos, error, author, now)
+
+    def _not_relayed(
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: Message,
+        agent: str,
+        unreachable: list[tuple[str, str]],
+        others: bool,
+        now: datetime,
+    ) -> None:
+        """Record on the ticket, and tell the agent, whom a reply cannot reach and why."""
+        for address, why in unreachable:
+            log.warning("ticket #%s: reply not relayed to %s: %s", ticket.number, address, why)
+        error = "; ".join(f"{a}: {why}" for a, why in unreachable)
+        if others:
+            error += " (the other recipients get the reply)"
+        detail = f"relay to {', '.join(a for a, _ in unreachable)}: {error}"
+        record = lifecycle.Record(now, "delivery-failed", "outbox", None, None, detail[:2000])
+        repo.add_events(session, ticket.number, [record], message.id)
+        self._failure_notice(
+            session, ticket, ", ".join(a for a, _ in unreachable), error, agent, now
+        )
+
+    def _failure_notice(
+        self,
+        session: Session,
+        ticket: Ticket,
+        recipients: str,
+        error: str,
+        author: str | None,
+        now: datetime,
+    ) -> None:
+        to = self._notify_addresses()
+        box = mailbox("", author) if author else None
+        if box is not None and all(a.addr_spec.lower() != box.addr_spec.lower() for a in to):
+            to.append(box)
+        if not to:
+            return
         values = self._values(ticket) | {
-            "recipients": row.rcpt_tos,
+            "recipients": recipients,
             "error": header_safe(error, 500),
         }
         subject, body = render(_template("failed"), values)
         draft = Draft(
             kind="notice",
             author_kind="system",
-            to=self._notify_addresses(),
+            to=to,
             subject=subject or f"Undelivered reply: {ticket.subject}",
             body=body,
             from_name=self.settings.outbound.from_name,
@@ -319,10 +381,16 @@ class Outbound:
     # --- what to send --------------------------------------------------------------------
 
     def _no_ack_reason(
-        self, session: Session, ticket: Ticket, verdict: Verdict, now: datetime
+        self,
+        session: Session,
+        ticket: Ticket,
+        verdict: Verdict,
+        parsed: ParsedMessage | None,
+        now: datetime,
     ) -> str | None:
         customer = ticket.customer
-        limit = self.settings.tickets.ack_max_per_sender_per_hour
+        settings = self.settings.tickets
+        limit = settings.ack_max_per_sender_per_hour
         if not self.settings.tickets.acknowledge:
             return "acknowledgements are off"
         if verdict.kind != classify.MAIL or verdict.bulk:
@@ -333,8 +401,17 @@ class Outbound:
             return f"{customer} is an agent address"
         if _NO_AUTO_REPLY.search(customer.partition("@")[0]) or mailbox("", customer) is None:
             return f"{customer} must not get automatic replies"
-        if repo.count_outbox_to(session, "ack", customer, now - _HOUR) >= limit:
+        if dmarc_failed(verdict, parsed, self.trusted_authserv_ids):
+            return "the From domain failed DMARC: the sender is likely forged"
+        since = now - _HOUR
+        if repo.count_outbox_to(session, "ack", customer, since) >= limit:
             return f"already {limit} acknowledgements to {customer} this hour"
+        domain = customer.rpartition("@")[2]
+        per_domain = settings.ack_max_per_domain_per_hour
+        if repo.count_outbox_kind(session, "ack", since, domain) >= per_domain:
+            return f"already {per_domain} acknowledgements to @{domain} this hour"
+        if repo.count_outbox_kind(session, "ack", since) >= settings.ack_max_per_hour:
+            return f"already {settings.ack_max_per_hour} acknowledgements this hour"
         return None
 
     def _ack(self, ticket: Ticket, message: Message) -> Draft:
@@ -384,6 +461,27 @@ class Outbound:
 
     def _notify_addresses(self) -> list[Address]:
         return list(self.notify_boxes[: self.settings.smtp.max_recipients])
+
+    def _relay_recipients(
+        self, session: Session, ticket: Ticket
+    ) -> tuple[list[Address], list[Address], list[tuple[str, str]]]:
+        """Like `_customer_recipients`, also with addresses only SMTPUTF8 can carry (the sender
+        fails them with a notice when the smarthost does not offer it); the addresses that
+        cannot be written at all come third, with the reason."""
+        to: list[Address] = []
+        cc: list[Address] = []
+        unreachable: list[tuple[str, str]] = []
+        for address in repo.participants(session, ticket.number):
+            if self.tokens.is_ours(address) or classify.is_agent_address(address, self.agents):
+                continue
+            is_customer = address == ticket.customer
+            name = ticket.customer_name if is_customer else ""
+            box = mailbox(name, address) or utf8_mailbox(name, address)
+            if box is None:
+                unreachable.append((address, "the address cannot be written safely in a header"))
+            else:
+                (to if is_customer else cc).append(box)
+        return to, cc, unreachable
 
     def _customer_recipients(
         self, session: Session, ticket: Ticket
@@ -516,6 +614,51 @@ class Outbound:
         """Build and serialise, as the sender does (with its fallback for unwritable parts)."""
         written = write(self.pending(ticket, draft, message_id, now), known, draft.attachments)
         return (written.message, written.raw) if written else None
+
+
+_RELAYED_BY = "relayed reply of "  # the verdict of a relay's copy names its agent
+# an internationalised address (RFC 6531): any non-ASCII, none of the characters that need
+# quoting or could end the address
+_UTF8_ATOM = re.compile(r"[^\x00-\x20\x7f\x85\u2028\u2029\"(),:;<>@\[\\\]]+")
+
+
+def utf8_mailbox(name: str, address: str) -> Address | None:
+    """An address with non-ASCII characters that SMTPUTF8 can carry as it is, else None."""
+    local, at, domain = address.rpartition("@")
+    if address.isascii() or not at or not local or not domain:
+        return None
+    if not all(_UTF8_ATOM.fullmatch(p) for p in (*local.split("."), *domain.split("."))):
+        return None
+    try:
+        return Address(display_name=header_safe(name, 200), username=local, domain=domain)
+    except Exception:  # the email package raises several kinds for malformed addresses
+        return None
+
+
+_AR_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def dmarc_failed(verdict: Verdict, parsed: ParsedMessage | None, trusted: frozenset[str]) -> bool:
+    """Whether the mail failed DMARC by the word of an Authentication-Results header we trust.
+
+    The classifier's own fact wins when it offers one. Otherwise only the topmost header with a
+    trusted authserv-id counts (RFC 8601 section 5: the border MTA adds it on top; anything
+    below may be the sender's own), read with its comments removed."""
+    known = getattr(verdict, "dmarc_failed", None)
+    if known is not None:
+        return bool(known)
+    if parsed is None or not trusted:
+        return False
+    for value in parsed.headers.get("authentication-results", ()):
+        text = value
+        while (stripped := _AR_COMMENT.sub(" ", text)) != text:  # comments nest
+            text = stripped
+        authserv, *results = text.split(";")
+        words = authserv.split()
+        if not words or words[0].lower() not in trusted:
+            continue
+        return any(r.split() and r.split()[0].lower().startswith("dmarc=fail") for r in results)
+    return False
 
 
 def _conversation(ticket: Ticket) -> bytes:

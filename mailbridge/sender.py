@@ -1,9 +1,14 @@
 """Outbox delivery: claim due rows, hand them to the smarthost, record what happened.
 
 Exactly once, also with several senders on one PostgreSQL database: a row is claimed in its own
-transaction (`claim_outbox` pushes `next_attempt_at` past a lease, SKIP LOCKED), which commits
-before any SMTP traffic; the result is recorded in a second transaction per row. Only a crash
-between the smarthost's 250 and that second commit can send a row twice, after the lease.
+transaction (`claim_outbox` pushes `next_attempt_at` past a short lease, SKIP LOCKED), which
+commits before any SMTP traffic; a heartbeat renews the lease while the batch is being sent, so a
+dead node's rows come free after `LEASE`, not after the worst case of a whole batch. The result
+is recorded in a second transaction per row; when that commit fails, the result is kept in
+memory and recorded before anything else is claimed, and the row is never sent again by this
+node. What remains: the smarthost said 250, the commit of "sent" failed, and the process died
+(or lost the database for longer than the lease) before it could record it: then the row is sent
+again once the lease runs out.
 
 Queued mail arrives without its bytes (see `outbound.py`): after claiming a batch the sender writes
 the MIME bytes of such rows from their spec, outside any transaction, and stores them on the row
@@ -22,6 +27,7 @@ import ipaddress
 import logging
 import random
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -52,7 +58,8 @@ BACKOFF_CAP = timedelta(hours=2)
 JITTER = 0.1  # up to +10%, so rows that failed together do not retry in lockstep
 BATCH_SIZE = 20
 POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody kicks us
-SMTP_STEPS = 8  # connect, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA
+# a claim lives this long unless renewed; the heartbeat renews it three times per lease
+LEASE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class Job:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     raw: bytes | None  # None: the mail could not be written
+    attempts: int = 0  # as claimed: a result is recorded only onto the attempt it belongs to
     delivery_id: str = ""  # webhooks: the id receivers de-duplicate by
 
 
@@ -101,6 +109,95 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host.lower() == "localhost"
+
+
+class Claim:
+    """Rows this sender claimed and has not recorded yet; `renew` keeps them ours."""
+
+    def __init__(
+        self,
+        sender: OutboxSender,
+        stamp: datetime,
+        jobs: list[Job],
+        unwritten: dict[int, Unwritten],
+    ) -> None:
+        self.sender = sender
+        self.jobs, self.unwritten = jobs, unwritten
+        self.ids = {j.id for j in jobs}
+        self.stamp = stamp  # their next_attempt_at: whoever holds the rows under this stamp
+        self.renewed = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def renew(self) -> None:
+        """Push the lease of the rows still being sent one `LEASE` past now."""
+        until = self.sender.clock() + self.sender.lease
+        with self.sender.store.unit() as session:
+            kept = repo.renew_outbox(session, sorted(self.ids), self.stamp, until)
+        lost = self.ids - kept
+        if lost:
+            log.warning("outbox: claim of %s ran out; another sender has them", sorted(lost))
+        self.ids &= kept
+        self.stamp, self.renewed = until, time.monotonic()
+
+    def holds(self, pk: int) -> bool:
+        """Whether `pk` may still be sent by us: claimed, not lost, and the lease renewed
+        recently enough that no other sender can have taken it yet."""
+        fresh = time.monotonic() - self.renewed < self.sender.lease.total_seconds() / 2
+        return fresh and pk in self.ids
+
+    def done(self, pk: int) -> None:
+        self.ids.discard(pk)
+
+    def __enter__(self) -> Claim:
+        self._thread = threading.Thread(target=self._beat, name="outbox-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        interval = self.sender.lease.total_seconds() / 3
+        while not self._stop.wait(interval):
+            if not self.ids:
+                continue
+            try:
+                self.renew()
+            except Exception as exc:  # the database is away: holds() stops sending in time
+                log.warning("outbox: cannot renew the claim: %s", exc)
+
+
+_BODY_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:")
+
+
+def reference_copy(written: Written, original: str | None) -> tuple[bytes, str]:
+    """What the ticket keeps of a notification: its header block as sent, byte for byte, and
+    instead of the customer's text and attachments (stored once, with the customer's mail) a
+    line saying where they are. The bytes sent are kept on the outbox row until delivery."""
+    head, _, _ = written.raw.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    kept = [f for f in fields if not f.lower().startswith(_BODY_FIELDS)]
+    names = ", ".join(p.filename for p in written.attachments)
+    text = (
+        f"This notification carried the text of message <{original}>"
+        + (f" and its attachments ({names})" if names else "")
+        + ", stored with that message on this ticket; they are not stored again here.\n"
+    )
+    mime = [
+        b"MIME-Version: 1.0",
+        b'Content-Type: text/plain; charset="utf-8"',
+        b"Content-Transfer-Encoding: 8bit",
+    ]
+    body = text.encode("utf-8", "replace").replace(b"\n", b"\r\n")
+    return b"\r\n".join([*kept, *mime]) + b"\r\n\r\n" + body, text
 
 
 def log_delivery(
@@ -152,20 +249,22 @@ class OutboxSender:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        # results the smarthost gave that could not be committed yet: recorded before anything
+        # else, and never sent again by this sender
+        self._unrecorded: dict[int, tuple[Job, Result]] = {}
+        self.lease = LEASE
         self.reload(settings)
 
     def reload(self, settings: Any) -> None:
         self.settings = settings
         self.outbound = Outbound(settings, self.clock)
-        timeout = settings.outbound.timeout.total_seconds()
-        # one delivery is a handful of SMTP round trips, each bounded by the timeout; a batch
-        # starts no delivery that could outlast its lease (else another sender could claim it)
-        self.worst_delivery = SMTP_STEPS * timeout
-        # a node that dies holding claimed rows delays them by at most this long
-        self.lease = timedelta(seconds=max(60.0, 2 * self.worst_delivery))
+        # smtplib would say EHLO [127.0.0.1] when the host's name has no dot: name ourselves
+        self.helo_name = settings.smtp.hostname or socket.getfqdn()
+        self.lease = LEASE
         if settings.webhooks or self.poster is not None:
             self.poster = self.poster or Poster(settings.webhooks)
             self.poster.configure(settings.webhooks)
+            # a post must end well inside the lease even if the heartbeat stalls
             self.lease = max(self.lease, timedelta(seconds=2 * self.poster.worst))
         out = settings.outbound
         if (
@@ -225,25 +324,50 @@ class OutboxSender:
         only = None if self.settings.outbound.smarthost else WEBHOOK
         if only and not self.settings.webhooks:
             return 0
-        sent = 0
+        sent = self._record_unrecorded(now)
         while not self._stopping.is_set():
-            at = now or self.clock()
-            with self.store.unit() as session:
-                rows = repo.claim_outbox(session, at, self.lease, self.batch_size, only)
-                jobs = [
-                    Job(r.id, r.kind, r.mail_from, tuple(r.rcpt_tos.split(",")), r.raw, r.rcpt_key)
-                    for r in rows
-                ]
-                unwritten = self._unwritten(session, rows)
-            if not jobs:
+            claim = self.claim(now, only)
+            if claim is None:
                 break
-            if unwritten:
-                jobs = self._write(jobs, unwritten)
-            claimed, started = len(jobs), time.monotonic()
-            sent += self._deliver_batch([j for j in jobs if j.kind != WEBHOOK], now)
-            sent += self._post_batch([j for j in jobs if j.kind == WEBHOOK], now, started)
-            if claimed < self.batch_size:
+            jobs, unwritten = claim.jobs, claim.unwritten
+            with claim:
+                if unwritten:  # a database error here ends the round: nothing was sent yet
+                    jobs = self._write(jobs, unwritten)
+                sent += self._deliver_batch([j for j in jobs if j.kind != WEBHOOK], now, claim)
+                sent += self._post_batch([j for j in jobs if j.kind == WEBHOOK], now, claim)
+            if len(jobs) < self.batch_size:
                 break
+        return sent
+
+    def claim(self, now: datetime | None = None, only: str | None = None) -> Claim | None:
+        """Claim the due rows of one batch (committed before any SMTP traffic); None: none due."""
+        at = now or self.clock()
+        with self.store.unit() as session:
+            rows = repo.claim_outbox(session, at, self.lease, self.batch_size, only)
+            jobs = [
+                Job(
+                    r.id,
+                    r.kind,
+                    r.mail_from,
+                    tuple(r.rcpt_tos.split(",")),
+                    r.raw,
+                    r.attempts,
+                    r.rcpt_key if r.kind == WEBHOOK else "",
+                )
+                for r in rows
+            ]
+            unwritten = self._unwritten(session, rows)
+        if not jobs:
+            return None
+        return Claim(self, at + self.lease, jobs, unwritten)
+
+    def _record_unrecorded(self, now: datetime | None) -> int:
+        """Record the results whose commit failed before; raises while the database is away."""
+        sent = 0
+        for pk, (job, result) in list(self._unrecorded.items()):
+            self._record(job, result, now)
+            del self._unrecorded[pk]
+            sent += result.sent
         return sent
 
     def _unwritten(self, session: Any, rows: list[Any]) -> dict[int, Unwritten]:
@@ -285,18 +409,22 @@ class OutboxSender:
             if w is None or u.pending is None:
                 continue
             chash = content_hash(w.raw)
+            copy_raw, body = w.raw, w.body
+            if u.pending.kind == "notify" and u.attach_raw is not None:
+                # the customer's mail, text and attachments, is on the ticket already
+                copy_raw, body = reference_copy(w, u.pending.in_reply_to)
             copy = {
                 "dedup_key": dedup_key(u.pending.message_id, chash),
                 "content_hash": chash,
-                "size": len(w.raw),
+                "size": len(copy_raw),
                 "subject": w.subject,
-                "body_text": w.body,
+                "body_text": body,
             }
             files = [
                 Attachment(filename=p.filename, content_type=p.content_type, size=size_of(p))
                 for p in w.attachments
             ]
-            saved.append(repo.Written(pk, w.raw, u.message_pk, copy, files))
+            saved.append(repo.Written(pk, w.raw, u.message_pk, copy, files, copy_raw))
         with self.store.unit() as session:
             repo.save_written(session, saved)
         return [
@@ -306,18 +434,17 @@ class OutboxSender:
             for job in jobs
         ]
 
-    def _deliver_batch(self, jobs: list[Job], now: datetime | None) -> int:
+    def _deliver_batch(self, jobs: list[Job], now: datetime | None, claim: Claim) -> int:
         """One connection for the batch; reconnect after any error, since its state is unknown."""
         sent = 0
-        started = time.monotonic()
         conn: smtplib.SMTP | None = None
         connect_error: Result | None = None
         try:
             for index, job in enumerate(jobs):
-                elapsed = time.monotonic() - started
-                out_of_time = elapsed + self.worst_delivery > self.lease.total_seconds()
-                if index and (out_of_time or self._stopping.is_set()):
-                    self._release(jobs[index:], now)
+                if job.id in self._unrecorded or not claim.holds(job.id):
+                    continue  # sent already, or no longer surely ours: never twice from here
+                if index and self._stopping.is_set():
+                    self._release([j for j in jobs[index:] if claim.holds(j.id)], now)
                     break
                 if job.raw is None:
                     result = Result(False, "the mail could not be written", permanent=True)
@@ -333,28 +460,40 @@ class OutboxSender:
                             connect_error = result
                     if not result.sent:
                         conn = self._close(conn)
-                self._record(job, result, now)
+                try:
+                    self._record(job, result, now)
+                except Exception:
+                    # keep what the smarthost said; the rest of the batch waits for its lease
+                    self._unrecorded[job.id] = (job, result)
+                    raise
+                finally:
+                    claim.done(job.id)
                 sent += result.sent
         finally:
             self._close(conn, polite=True)
         return sent
 
-    def _post_batch(self, jobs: list[Job], now: datetime | None, started: float) -> int:
-        """Webhook rows: one POST each (see `webhooks.py`), none that could outlast the lease
-        taken at `started` (the mail of the same claim may have used some of it)."""
+    def _post_batch(self, jobs: list[Job], now: datetime | None, claim: Claim) -> int:
+        """Webhook rows: one POST each (see `webhooks.py`), only while the claim is surely ours."""
         sent = 0
-        for job in jobs:
-            worst = self.poster.worst if self.poster else 0.0
-            out_of_time = time.monotonic() - started + worst > self.lease.total_seconds()
-            if out_of_time or self._stopping.is_set():
-                self._release(jobs[jobs.index(job) :], now)
+        for index, job in enumerate(jobs):
+            if job.id in self._unrecorded or not claim.holds(job.id):
+                continue  # posted already, or no longer surely ours: never twice from here
+            if self._stopping.is_set():
+                self._release([j for j in jobs[index:] if claim.holds(j.id)], now)
                 break
             if self.poster is None or job.raw is None:
                 result = Result(False, "no webhook is configured", permanent=True)
             else:
                 posted = self.poster.post(job.mail_from, job.raw, job.delivery_id)
                 result = Result(posted.sent, posted.error, posted.permanent)
-            self._record(job, result, now)
+            try:
+                self._record(job, result, now)
+            except Exception:
+                self._unrecorded[job.id] = (job, result)
+                raise
+            finally:
+                claim.done(job.id)
             sent += result.sent
         return sent
 
@@ -368,10 +507,16 @@ class OutboxSender:
         try:
             if out.port == 465 and not out.starttls:  # submissions: TLS from the first byte
                 conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    out.smarthost, out.port, timeout=timeout, context=context
+                    out.smarthost,
+                    out.port,
+                    local_hostname=self.helo_name,
+                    timeout=timeout,
+                    context=context,
                 )
             else:
-                conn = smtplib.SMTP(out.smarthost, out.port, timeout=timeout)
+                conn = smtplib.SMTP(
+                    out.smarthost, out.port, local_hostname=self.helo_name, timeout=timeout
+                )
             conn.ehlo()
             if out.starttls:
                 conn.starttls(context=context)
@@ -400,6 +545,17 @@ class OutboxSender:
         assert job.raw is not None
         # 8-bit content (a forwarded message/rfc822, say) needs BODY=8BITMIME where offered
         options = ["BODY=8BITMIME"] if not job.raw.isascii() and conn.has_extn("8bitmime") else []
+        utf8 = [r for r in job.rcpt_tos if not r.isascii()]
+        if utf8 and not conn.has_extn("smtputf8"):
+            # a retry would not make the smarthost offer it: fail now, so the agent hears why
+            return Result(
+                False,
+                f"not deliverable: {', '.join(utf8)} needs SMTPUTF8, "
+                "which the smarthost does not offer",
+                permanent=True,
+            )
+        if utf8:
+            options.append("SMTPUTF8")
         try:
             refused = conn.sendmail(
                 job.mail_from, list(job.rcpt_tos), job.raw, mail_options=options
@@ -438,6 +594,8 @@ class OutboxSender:
             row = repo.get_outbox(session, job.id)
             if row is None:  # purged with its ticket meanwhile
                 return
+            if row.state != "queued" or row.attempts != job.attempts:
+                return  # recorded already: the commit that seemed to fail had gone through
             outcome = self._apply(session, row, result, at)
         log_delivery(row.id, row.kind, row.attempts, outcome, result, row.next_attempt_at)
         report = self.on_webhook if row.kind == WEBHOOK else self.on_delivery
@@ -449,6 +607,7 @@ class OutboxSender:
         row.attempts += 1
         if result.sent:
             row.state, row.sent_at = "sent", at
+            row.raw = None  # sent: the ticket's copy is what remains of it
             partly = "partly refused: " + "; ".join(result.refused)
             row.last_error = partly[:2000] if result.refused else None
             return "sent"

@@ -133,9 +133,14 @@ def thread_lines(
         if m.verdict:
             extra.insert(0, f"      why: {m.verdict}")
         items.append((m.stored_at, 0, "\n".join([head, *extra])))
+    verdicts = {m.id: m.verdict for m in messages}
     for e in events:
         change = f"{e.from_status or '-'} -> {e.to_status or '-'}"
-        items.append((e.at, 1, f"{iso(e.at)}  ** {e.kind}: {change} by {e.actor}"))
+        line = f"{iso(e.at)}  ** {e.kind}: {change} by {e.actor}"
+        if e.detail and (e.message_pk is None or e.detail != verdicts.get(e.message_pk)):
+            # why a delivery failed, which rule acted (unless its message says so already)
+            line += "\n" + "\n".join(f"      {part}" for part in e.detail.splitlines())
+        items.append((e.at, 1, line))
     items.sort(key=lambda item: (item[0], item[1]))
     lines.extend(text for _, _, text in items)
     return lines

@@ -7,27 +7,31 @@ batch, which ingest recognises as duplicates (and they get their after-action th
 
 Each poller runs on its own thread (imapclient blocks) and holds the DB lease
 `imap:<account>:<folder>` while it works, so in a cluster exactly one node polls a folder and
-another takes over when that node stops heartbeating.
+another takes over when that node stops heartbeating. The same node restarted after a crash takes
+it back at once (see `mailbridge.node`).
+
+Folder names in the config are resolved against the server's personal namespace at every
+connection (`move:Processed` is `INBOX/Processed` on Cyrus); the lease and the checkpoint keep the
+configured name, so they do not change when the server's layout does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from mailbridge import node
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ImapError, StorageUnavailable
-from mailbridge.sources.imap_session import ImapSession
+from mailbridge.sources.imap_session import FolderMissing, ImapSession
 from mailbridge.storage import repository as repo
 
 if TYPE_CHECKING:
@@ -103,7 +107,7 @@ def watches(account: ImapAccount) -> list[Watch]:
 
 
 def default_node_id(settings: Settings) -> str:
-    return settings.cluster.node_id or f"{socket.gethostname()}:{os.getpid()}"
+    return node.default_node_id(settings.cluster.node_id)
 
 
 class FolderPoller:
@@ -117,8 +121,10 @@ class FolderPoller:
         lease_ttl: timedelta,
         clock: Clock | None = None,
         backoff: Backoff | None = None,
+        incarnation: node.Incarnation | None = None,
     ) -> None:
         self.app, self.watch, self.node_id = app, watch, node_id
+        self.incarnation = incarnation or node.current()
         self.account = watch.account
         self.lease_ttl = lease_ttl
         self.clock = clock or app.clock
@@ -131,6 +137,8 @@ class FolderPoller:
         self._next_renewal = 0.0
         self._failures = 0
         self._standby_logged: str | None = None
+        self._move_to: str | None = None  # the after-action's folder as the server names it
+        self._folder_notes: dict[str, str | None] = {}  # configured name -> last thing logged
 
     # --- thread body --------------------------------------------------------------------
 
@@ -199,8 +207,9 @@ class FolderPoller:
         self._session = session
         try:
             session.open()
+            session.folder = self._spelled(self.watch.folder, session.find_folder)
             if self.account.after_action == "move" and not self.watch.sent:
-                session.ensure_folder(self.account.after_folder or "")
+                self._move_to = self._move_target(session)
             self.status.state = "active"
             yield session
         except BaseException:
@@ -286,9 +295,38 @@ class FolderPoller:
         if action == "seen":
             session.mark_seen(uids)
         elif action == "move":
-            session.move(uids, self.account.after_folder or "")
+            if self._move_to is not None:
+                session.move(uids, self._move_to)
+            # else the folder cannot be created (logged once): the mail stays, already ingested
         else:
             session.delete(uids)
+
+    # --- folder names on this server -----------------------------------------------------
+
+    def _spelled(self, folder: str, lookup: Callable[[str], str]) -> str:
+        found = lookup(folder)
+        if found != folder and self._folder_notes.get(folder) != found:
+            self._say(logging.INFO, "folder %s is %s on this server", folder, found)
+        self._folder_notes[folder] = found
+        return found
+
+    def _move_target(self, session: ImapSession) -> str | None:
+        """The folder for `after = move:...`, or None (reported once) when it cannot exist."""
+        wanted = self.account.after_folder or ""
+        try:
+            return self._spelled(wanted, session.ensure_folder)
+        except FolderMissing as exc:
+            problem = str(exc)
+            if self._folder_notes.get(wanted) != problem:
+                self._say(
+                    logging.WARNING,
+                    "%s; after = move:%s leaves ingested mail in %s until that folder exists",
+                    problem,
+                    wanted,
+                    session.folder,
+                )
+            self._folder_notes[wanted] = problem
+            return None
 
     # --- database: checkpoint and lease -------------------------------------------------
 
@@ -311,16 +349,38 @@ class FolderPoller:
         """Take or renew the folder's lease (every ttl/3); False when this node must not poll."""
         if self._holding and not force and time.monotonic() < self._next_renewal:
             return True
+        reclaimed: list[node.Incarnation] = []
+
+        def gone(incarnation: str | None) -> bool:
+            # only ever asked about an earlier process with this node's id
+            earlier = node.Incarnation.parse(incarnation)
+            if earlier is None or not earlier.is_gone():
+                return False
+            reclaimed.append(earlier)
+            return True
+
         try:
             with self.app.store.unit() as session:
                 held = repo.acquire_lease(
-                    session, self.watch.lease, self.node_id, self.clock(), self.lease_ttl
+                    session,
+                    self.watch.lease,
+                    self.node_id,
+                    self.clock(),
+                    self.lease_ttl,
+                    incarnation=str(self.incarnation),
+                    reclaim=gone,
                 )
         except StorageUnavailable as exc:
             self._say(logging.WARNING, "cannot renew lease: %s", exc)
             held = False
         if held:
             self._next_renewal = time.monotonic() + self._renew_every
+            if reclaimed:
+                self._say(
+                    logging.INFO,
+                    "took the lease back from this node's earlier process (%s, no longer running)",
+                    reclaimed[0].describe(),
+                )
         elif self._holding:
             self._say(logging.WARNING, "lease lost: stopping polling on this node")
         self._holding = held
@@ -332,7 +392,7 @@ class FolderPoller:
         self._holding = False
         try:
             with self.app.store.unit() as session:
-                repo.release_lease(session, self.watch.lease, self.node_id)
+                repo.release_lease(session, self.watch.lease, self.node_id, str(self.incarnation))
         except StorageUnavailable as exc:  # it expires by itself; another node waits a ttl
             self._say(logging.WARNING, "cannot release lease: %s", exc)
 
@@ -342,10 +402,13 @@ class FolderPoller:
         self.status.state, self.status.ok = "standby", True
         try:
             with self.app.store.unit() as session:
-                holder = repo.lease_owner(session, self.watch.lease)
+                holder = repo.lease_holder(session, self.watch.lease)
         except StorageUnavailable:
             holder = None
         owner = holder[0] if holder else "nobody (database unavailable)"
+        process = node.Incarnation.parse(holder[1]) if holder else None
+        if process is not None:
+            owner = f"{owner} ({process.describe()})"
         if owner != self._standby_logged:
             self._say(logging.INFO, "standby: lease held by %s", owner)
             self._standby_logged = owner
@@ -392,12 +455,14 @@ class ImapPollers:
         clock: Clock | None = None,
         node_id: str | None = None,
         backoff: tuple[float, float] = (1.0, 300.0),
+        incarnation: node.Incarnation | None = None,
     ) -> None:
         self.app, self.settings = app, settings
         self.clock = clock
         self._node_id = node_id  # an explicit id survives reloads
         self.node_id = node_id or default_node_id(settings)
         self.backoff = backoff
+        self.incarnation = incarnation or node.current()
         self._running: dict[str, list[_Running]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -469,6 +534,7 @@ class ImapPollers:
                 self.settings.cluster.lease_ttl,
                 self.clock,
                 Backoff(*self.backoff),
+                self.incarnation,
             )
             done: asyncio.Future[None] = self._loop.create_future()
             thread = threading.Thread(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import re
 import shlex
 import ssl
 import subprocess
@@ -33,6 +34,50 @@ READ_TIMEOUT = 120.0  # a FETCH of a large message may take a while on a slow li
 IDLE_TICK = 0.5  # how often a waiting IDLE looks at the stop flag and the lease
 TOKEN_TIMEOUT = 30.0
 Wake = Literal["mail", "timeout", "stop", "lease"]
+LISTED_FOLDERS = 40  # how many of the server's folders an error message names
+
+
+class FolderMissing(ImapError):
+    """A configured folder exists under no spelling and cannot be created: a setup problem that
+    reconnecting does not fix, unlike the other `ImapError`s."""
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """The personal namespace (RFC 2342): where the user's folders live and how levels are joined."""
+
+    prefix: str  # "" on most servers; "INBOX." or "INBOX/" on Cyrus and Courier
+    separator: str | None  # None: a flat server without hierarchy
+
+
+def folder_spellings(name: str, namespace: Namespace) -> list[str]:
+    """The names a configured folder may have on this server, as written first.
+
+    Config joins levels with `/`. A server may use another separator, and may keep personal
+    folders under a prefix, so `Archive/2026` may be `Archive/2026`, `Archive.2026` or
+    `INBOX.Archive.2026` there. The last spelling is where a new folder belongs.
+    """
+    sep = namespace.separator
+    local = name.replace("/", sep) if sep and sep != "/" else name
+    found = [name, local]
+    if namespace.prefix and not _under(local, namespace.prefix):
+        found.append(namespace.prefix + local)
+    return list(dict.fromkeys(found))
+
+
+def _under(name: str, prefix: str) -> bool:
+    if name.upper() == "INBOX" or name.startswith(prefix):
+        return True  # INBOX is INBOX in every namespace
+    # the name INBOX is case-insensitive (RFC 3501 5.1), so `inbox.Done` is under `INBOX.`
+    return prefix[:5].upper() == "INBOX" and name.upper().startswith(prefix.upper())
+
+
+def _same_folder(listed: str, wanted: str) -> bool:
+    return listed == wanted or listed.upper() == wanted.upper() == "INBOX"
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +139,7 @@ class ImapSession:
         self.idle_supported = False
         self.has_move = False
         self.has_uidplus = False
+        self.namespace = Namespace("", None)
         self._lock = threading.Lock()
 
     # --- connection ---------------------------------------------------------------------
@@ -119,7 +165,20 @@ class ImapSession:
             self.idle_supported = self.client_.has_capability("IDLE")
             self.has_move = self.client_.has_capability("MOVE")
             self.has_uidplus = self.client_.has_capability("UIDPLUS")
+        self.namespace = self._personal_namespace()
         return self
+
+    def _personal_namespace(self) -> Namespace:
+        client = self.client_
+        with wrapped(self.name, "namespace"):
+            if client.has_capability("NAMESPACE"):
+                personal = client.namespace().personal or ()
+                if personal:  # the first one is where new folders go (RFC 2342 section 5)
+                    prefix, separator = personal[0]
+                    return Namespace(_text(prefix) or "", _text(separator) or None)
+            # without NAMESPACE, LIST "" "" still names the separator (RFC 3501 6.3.8)
+            listed = client.list_folders("", "")
+        return Namespace("", _text(listed[0][1]) or None if listed else None)
 
     def _login(self) -> None:
         account = self.account
@@ -218,11 +277,59 @@ class ImapSession:
                 # without UIDPLUS, EXPUNGE also removes mail others flagged \Deleted here
                 self.client_.expunge()
 
-    def ensure_folder(self, folder: str) -> None:
-        with wrapped(self.name, f"create {folder}"):
-            if not self.client_.folder_exists(folder):
-                log.info("imap %s: creating folder %s for the move after-action", self.name, folder)
-                self.client_.create_folder(folder)
+    # --- folder names -------------------------------------------------------------------
+
+    def resolve(self, folder: str) -> str | None:
+        """The server's name for a configured folder, or None when no spelling of it exists."""
+        for spelling in folder_spellings(folder, self.namespace):
+            with wrapped(self.name, f"list {spelling}"):
+                listed = self.client_.list_folders("", spelling)
+            for flags, _sep, name in listed:
+                unusable = {str(_text(f)).lower() for f in flags} & {"\\noselect", "\\nonexistent"}
+                if _same_folder(name, spelling) and not unusable:
+                    return spelling
+        return None
+
+    def find_folder(self, folder: str) -> str:
+        """The server's name for a folder that must already exist (the watched or Sent folder)."""
+        found = self.resolve(folder)
+        if found is None:
+            tried = ", ".join(folder_spellings(folder, self.namespace))
+            raise FolderMissing(
+                f"{self.name}: folder {folder} not found (tried {tried}); {self.folder_list()}"
+            )
+        return found
+
+    def ensure_folder(self, folder: str) -> str:
+        """The server's name for `folder`, created where new folders belong if it is missing."""
+        found = self.resolve(folder)
+        if found is not None:
+            return found
+        target = folder_spellings(folder, self.namespace)[-1]
+        try:
+            self.client_.create_folder(target)
+        except (imaplib.IMAP4.abort, OSError, EOFError) as exc:  # the link, not the name
+            raise ImapError(f"{self.name}: create {target}: {exc}") from exc
+        except imaplib.IMAP4.error as exc:
+            if (found := self.resolve(folder)) is not None:
+                return found  # created meanwhile by someone else
+            said = str(exc).strip().removeprefix("create failed: ")
+            raise FolderMissing(
+                f"{self.name}: cannot create folder {target} (server said: {said}); "
+                f"{self.folder_list()}"
+            ) from exc
+        log.info("imap %s: created folder %s for the move after-action", self.name, target)
+        return target
+
+    def folder_list(self) -> str:
+        """The server's folders, for an error message that lets an operator pick the right one."""
+        try:
+            with wrapped(self.name, "list folders"):
+                names = sorted(name for _flags, _sep, name in self.client_.list_folders())
+        except ImapError as exc:
+            return f"the folder list is unavailable ({exc})"
+        more = f" and {len(names) - LISTED_FOLDERS} more" if len(names) > LISTED_FOLDERS else ""
+        return f"the server has: {', '.join(names[:LISTED_FOLDERS])}{more}"
 
     # --- waiting for new mail -----------------------------------------------------------
 
@@ -244,6 +351,8 @@ class ImapSession:
         wake: Wake = "timeout"
         with wrapped(self.name, "IDLE"):
             client.idle()
+            if any(_NEW_MAIL.match(line) for line in _already_read(client)):
+                wake, deadline = "mail", 0.0
             silent_eofs = 0
             while time.monotonic() < deadline:
                 if stop.is_set():
@@ -266,3 +375,28 @@ class ImapSession:
                     raise ImapError(f"{self.name}: connection lost during IDLE")
             client.idle_done()
         return wake
+
+
+_NEW_MAIL = re.compile(rb"\* \d+ (EXISTS|RECENT)\b", re.IGNORECASE)
+
+
+def _already_read(client: IMAPClient) -> list[bytes]:
+    """Complete lines imaplib has already buffered after IDLE's `+` continuation.
+
+    Mail that arrives between the last SEARCH and IDLE is announced (`* n EXISTS`) in the same
+    packet as `+ idling`. `idle_check` only polls the socket, so it would not see that buffered
+    line until more data came, and the mail would wait for the next re-IDLE.
+    """
+    imap = client._imap
+    sock = client.socket()
+    lines: list[bytes] = []
+    sock.setblocking(False)  # peek() reads the socket only when the buffer is empty: never wait
+    try:
+        while b"\n" in (imap.file.peek() or b""):
+            lines.append(imap._get_line())
+    except OSError:
+        pass  # nothing more to read now; idle_check takes it from here
+    finally:
+        sock.setblocking(True)
+        client._set_read_timeout()
+    return lines

@@ -6,9 +6,13 @@ the durability promise: `250` only after the transaction holding the raw bytes c
 `451 4.3.0` when they could not be stored, so the sending MTA keeps the mail and retries.
 
 One handler serves both protocols; LMTP differs only in the greeting (LHLO) and in answering the
-end of DATA once per accepted recipient. Blocking work (ingest, password hashing) runs in the
-event loop's default executor, so one slow commit never stalls the other sessions; messages that
-arrive while a commit runs share the next one (GroupCommit).
+end of DATA once per accepted recipient. Ingest runs in the event loop's default executor and
+password hashing on a thread of its own, so one slow commit never stalls the other sessions;
+messages that arrive while a commit runs share the next one (GroupCommit).
+
+Limits against a client on the open Internet: connections in total and per client (an IPv4
+address, or an IPv6 /64, what one host usually gets), an idle timeout plus a DATA deadline that
+grows with the bytes received, and failed logins slowed down, then locked out for a while.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import ipaddress
 import logging
 import os
 import re
+import resource
+import secrets
 import socket
 import ssl
 import stat
@@ -27,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosmtpd.smtp
 from aiosmtpd.lmtp import LMTP
@@ -41,12 +47,19 @@ from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
 
+if TYPE_CHECKING:
+    from mailbridge.metrics import Metrics
+
 log = logging.getLogger("mailbridge.smtp")
 
 LINE_LENGTH_LIMIT = 8192  # RFC 5321 says 1000; we are the last hop, so only bound memory per line
 MAX_HEADER_FIELDS = 1000
 MAX_RECEIVED = 100  # RFC 5321 6.3: a message with this many hops is looping
-AUTH_FAILURE_DELAY = 1.0  # seconds: slows password guessing without holding a thread
+AUTH_FAILURE_DELAY = 1.0  # seconds after the first failure, doubling with each further one
+AUTH_MAX_DELAY = 8.0
+AUTH_TRACKED = 50_000  # clients and logins with recent failures remembered (bounds memory)
+ACCEPT_REPORT_EVERY = 60.0  # seconds: at most one "cannot accept" line per run of failures
+FD_RESERVE = 256  # descriptors beside the SMTP sessions: database, IMAP, outbox, refused sockets
 SHUTDOWN_GRACE = 30.0  # seconds for in-flight transactions to finish on SIGTERM
 DRAIN_POLL = 0.05
 MAX_BATCH = 32  # messages per group commit: bounds the wait of the first in a batch
@@ -59,6 +72,7 @@ _LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 _DATA_PHASE_REPLIES = frozenset({"552 Error: Too much mail data", _LINE_TOO_LONG})
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")  # a header field's name and colon (RFC 5322 2.2)
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+_ACCEPT_ERROR = "socket.accept() out of system resource"  # asyncio's message, then a traceback
 
 
 @dataclass(frozen=True)
@@ -73,7 +87,12 @@ class ListenerConfig:
     max_recipients: int
     max_message_size: int
     max_connections_per_client: int
-    timeout: float
+    max_connections: int
+    timeout: float  # idle: no bytes from the client
+    data_timeout: float
+    data_min_rate: int  # bytes per second, on top of data_timeout
+    auth_max_failures: int
+    auth_lockout: float
     tls: ssl.SSLContext | None
     require_tls: bool
     users: Users | None
@@ -92,7 +111,12 @@ class ListenerConfig:
             max_recipients=smtp.max_recipients,
             max_message_size=smtp.max_message_size,
             max_connections_per_client=smtp.max_connections_per_client,
+            max_connections=smtp.max_connections,
             timeout=smtp.timeout.total_seconds(),
+            data_timeout=smtp.data_timeout.total_seconds(),
+            data_min_rate=smtp.data_min_rate,
+            auth_max_failures=smtp.auth_max_failures,
+            auth_lockout=smtp.auth_lockout.total_seconds(),
             tls=_tls_context(smtp.tls_cert, smtp.tls_key),
             require_tls=smtp.require_tls,
             users=load_users(smtp.auth_users_file) if smtp.auth_users_file else None,
@@ -139,13 +163,108 @@ def _clean(text: str, limit: int = 120) -> str:
     return _UNPRINTABLE.sub("?", text)[:limit]
 
 
-def success_reply(outcome: Outcome) -> str:
-    """Every outcome is a 250: we hold the bytes, whatever ingest decided about them."""
-    if outcome.outcome in ("created", "appended") and outcome.ticket:
-        return f"250 2.0.0 queued as #{outcome.ticket}"
+def new_queue_id() -> str:
+    """A random id for one accepted message: quoted in the 250 and logged beside the ticket."""
+    return secrets.token_hex(5).upper()
+
+
+def success_reply(outcome: Outcome, queue_id: str) -> str:
+    """Every outcome is a 250: we hold the bytes, whatever ingest decided about them.
+
+    The reply names a queue id, never the ticket: ticket numbers are sequential and a subject tag
+    is enough to reach a ticket, so a stranger must not learn them. Created, appended, ignored
+    and quarantined read the same, so the sender learns nothing about what ingest decided.
+    """
     if outcome.outcome == "duplicate":
         return "250 2.0.0 already received"
-    return "250 2.0.0 accepted"  # ignored or quarantined: the sender learns nothing more
+    return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+AUTH_LOCKED = "454 4.7.0 Too many failed logins, try again later"
+
+
+def auth_keys(client: str | None, login: str) -> list[tuple[str, str]]:
+    """What failed logins count against: the client's bucket (none on a Unix socket) and the login."""
+    keys = [("client", client)] if client is not None else []
+    login = login.strip().lower()[:255]  # unknown logins too, so a lockout reveals no login
+    return [*keys, ("login", login)] if login else keys
+
+
+@dataclass
+class _Strikes:
+    failures: int = 0  # attempts still being checked count already, so parallel guesses stop too
+    last: float = 0.0
+    locked_until: float = 0.0
+
+
+class AuthThrottle:
+    """Failed logins per key: each answered later than the last, then a lockout refusing every try.
+
+    A key's failures are forgotten `lockout` seconds after its last one, or when its lockout ends.
+    """
+
+    def __init__(self, clock: Any = time.monotonic, tracked: int = AUTH_TRACKED) -> None:
+        self.clock = clock
+        self.tracked = tracked
+        self.strikes: dict[tuple[str, str], _Strikes] = {}
+
+    def _get(self, key: tuple[str, str], now: float, lockout: float) -> _Strikes | None:
+        entry = self.strikes.get(key)
+        if entry is None:
+            return None
+        ended = now >= entry.locked_until if entry.locked_until else now - entry.last >= lockout
+        if ended:
+            del self.strikes[key]
+            return None
+        return entry
+
+    def begin(self, keys: list[tuple[str, str]], max_failures: int, lockout: float) -> bool:
+        """Count an attempt against every key; False (and nothing counted) if one is locked out."""
+        now = self.clock()
+        entries = [self._get(key, now, lockout) for key in keys]
+        if any(e is not None and e.failures >= max_failures for e in entries):
+            return False
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None:
+                entry = self.strikes[key] = _Strikes()
+            entry.failures += 1
+            entry.last = now
+        if len(self.strikes) > self.tracked:  # a flood of fresh keys: forget the oldest
+            for key in list(self.strikes)[: len(self.strikes) - self.tracked]:
+                del self.strikes[key]
+        return True
+
+    def succeeded(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            entry = self.strikes.get(key)
+            if entry is None:
+                continue
+            if key[0] == "login":
+                del self.strikes[key]  # the agent knows the password: earlier typos are forgiven
+            else:
+                entry.failures -= 1  # only this attempt: one valid login must not clear a guesser
+
+    def failed(
+        self, keys: list[tuple[str, str]], max_failures: int, lockout: float
+    ) -> tuple[float, list[tuple[str, str]]]:
+        """The delay before answering 535, and the keys this failure has just locked out."""
+        now = self.clock()
+        worst, locked = 1, []
+        for key in keys:
+            entry = self.strikes.get(key)
+            if entry is None:
+                continue
+            entry.last = now
+            worst = max(worst, entry.failures)
+            if entry.failures >= max_failures and not entry.locked_until:
+                entry.locked_until = now + lockout
+                locked.append(key)
+        return _auth_delay(worst), locked
+
+
+def _auth_delay(failures: int) -> float:
+    """Seconds before answering a failed login: doubling with the failures, up to a cap."""
+    return min(AUTH_FAILURE_DELAY * 2 ** min(failures - 1, 16), AUTH_MAX_DELAY)
 
 
 class GroupCommit:
@@ -226,9 +345,13 @@ class GroupCommit:
 class Handler:
     """aiosmtpd hooks. Each returns the wire status; the config is swapped whole on reload."""
 
-    def __init__(self, ingest: GroupCommit, config: ListenerConfig) -> None:
+    def __init__(
+        self, ingest: GroupCommit, config: ListenerConfig, metrics: Metrics | None = None
+    ) -> None:
         self.ingest = ingest
         self.config = config
+        self.metrics = metrics
+        self.auth_throttle = AuthThrottle()  # outlives reloads: a reload must not reset lockouts
 
     async def handle_EHLO(
         self,
@@ -273,12 +396,12 @@ class Handler:
         started = time.monotonic()
         reply = header_problem(raw)
         outcome: Outcome | None = None
+        queue_id = new_queue_id()
         if reply is None:
-            server.ingesting = True
-            server.touch()  # the idle timer restarts: time spent committing is ours, not the client's
+            server.ingesting = True  # time spent committing is ours, not the client's: no timeouts
             try:
                 outcome = await self.ingest.submit(raw, *self._envelope(server, session, envelope))
-                reply = success_reply(outcome)
+                reply = success_reply(outcome, queue_id)
             except StorageUnavailable as exc:
                 log.error("storage unavailable, answering 451: %s", exc)
                 reply = "451 4.3.0 Temporary storage failure, please try again later"
@@ -287,7 +410,8 @@ class Handler:
                 reply = "451 4.3.0 Temporary local error, please try again later"
             finally:
                 server.ingesting = False
-        self._log(server, envelope, raw, reply, outcome, time.monotonic() - started)
+                server.touch()
+        self._log(server, envelope, raw, reply, outcome, queue_id, time.monotonic() - started)
         return server.per_recipient(reply)
 
     def _envelope(
@@ -309,10 +433,13 @@ class Handler:
         raw: bytes,
         reply: str,
         outcome: Outcome | None,
+        queue_id: str,
         seconds: float,
     ) -> None:
         verdict = "accepted" if reply.startswith("250") else "refused"
-        detail = f" {outcome.outcome} ticket={outcome.ticket}" if outcome else ""
+        detail = (
+            f" queue_id={queue_id} {outcome.outcome} ticket={outcome.ticket}" if outcome else ""
+        )
         log.info(
             "%s from=<%s> rcpt=%s size=%d peer=%s%s: %s (%.0f ms)",
             verdict,
@@ -324,6 +451,94 @@ class Handler:
             reply,
             seconds * 1000,
         )
+
+    # --- AUTH: aiosmtpd's mechanism hooks (auth_<MECHANISM> on the handler, which replace its
+    # built-ins): the same exchange, with the hash checked off the event loop and failures limited
+
+    async def auth_PLAIN(self, server: Connection, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False)  # challenge_auth has replied already
+        else:
+            blob = _b64decode(args[1])
+            if blob is None:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False)
+        assert isinstance(blob, bytes)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:  # authzid NUL authcid NUL password (RFC 4616)
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False)
+        return await self._check_login(server, "PLAIN", parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: Connection, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+        else:
+            login = _b64decode(args[1])
+            if login is None:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False)
+        if login is MISSING:
+            return AuthResult(success=False)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._check_login(server, "LOGIN", login, password)
+
+    async def _check_login(
+        self, server: Connection, mechanism: str, login_bytes: bytes, password_bytes: bytes
+    ) -> AuthResult:
+        config = self.config  # the current users file and limits, even after a reload
+        try:
+            login, password = login_bytes.decode(), password_bytes.decode()
+        except UnicodeDecodeError:
+            login, password = "", ""
+        keys = auth_keys(server.client, login)
+        throttle = self.auth_throttle
+        if not throttle.begin(keys, config.auth_max_failures, config.auth_lockout):
+            # no hash is computed for a locked-out key: guessing then costs us nothing
+            log.debug(
+                "auth %s refused login=%s peer=%s: locked out",
+                mechanism,
+                _clean(login, 64),
+                server.peer_text,
+            )
+            # answered slowly too, so a locked-out guesser cannot spin on cheap refusals
+            await asyncio.sleep(_auth_delay(config.auth_max_failures))
+            return AuthResult(success=False, handled=False, message=AUTH_LOCKED)
+        ok = False
+        try:
+            if config.users is not None and login:
+                ok = await config.users.verify_async(login, password)
+        finally:
+            if ok:
+                throttle.succeeded(keys)
+            else:
+                delay, locked = throttle.failed(keys, config.auth_max_failures, config.auth_lockout)
+        if ok:
+            log.info("auth %s ok login=%s peer=%s", mechanism, login, server.peer_text)
+            return AuthResult(success=True, auth_data=login.lower())
+        log.warning(
+            "auth %s failed login=%s peer=%s", mechanism, _clean(login, 64), server.peer_text
+        )
+        if self.metrics is not None:
+            self.metrics.smtp_auth_failure()
+        for scope, value in locked:
+            log.warning(
+                "auth lockout %s=%s for %.0fs after %d failed logins (last from %s)",
+                scope,
+                _clean(value, 64),
+                config.auth_lockout,
+                config.auth_max_failures,
+                server.peer_text,
+            )
+            if self.metrics is not None:
+                self.metrics.smtp_auth_lockout(scope)
+        await asyncio.sleep(delay)
+        return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
 
 
 class Connection(SMTP):
@@ -340,16 +555,23 @@ class Connection(SMTP):
             ident=f"mailbridge {config.mode.upper()}",
             tls_context=config.tls,
             require_starttls=config.require_tls,
-            timeout=config.timeout,
+            # aiosmtpd's own timer runs from each command, so it would cut a long DATA: it is set
+            # beyond anything our watchdog allows, which then decides alone
+            timeout=config.timeout + _longest_data(config) + 3600,
             auth_require_tls=config.auth_require_tls,
             loop=asyncio.get_running_loop(),
         )
         self.listener = listener
         self.config = config
         self.peer_text = "?"
-        self.client: str | None = None  # the key the per-client connection limit counts under
+        self.client: str | None = None  # the bucket per-client limits count under
         self.refused = False
+        self.started = False
         self.ingesting = False
+        self.last_bytes = self.loop.time()
+        self.data_started: float | None = None  # inside DATA, until the end-of-data dot
+        self.data_bytes = 0
+        self.watchdog: asyncio.TimerHandle | None = None
         too_big = f"552 5.3.4 Message too big (limit {config.max_message_size} bytes)"
         self._replies = {
             "552 Error: Too much mail data": too_big,
@@ -361,30 +583,69 @@ class Connection(SMTP):
     # --- connection lifecycle ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._original_transport is None:  # a new connection, not the TLS layer after STARTTLS
+        if not self.started:  # a new connection, not the TLS layer after STARTTLS
+            self.started = True
             peer = transport.get_extra_info("peername")
             self.peer_text, self.client, loopback = _describe_peer(peer)
             # cleartext AUTH, when allowed at all, only for clients on this host
-            self._auth_require_tls = self.config.auth_require_tls or not loopback
-            if not self.listener.admit(self):
+            _require_tls_for_auth(self, self.config.auth_require_tls or not loopback)
+            refusal = self.listener.admit(self)
+            if refusal is not None:
                 self.refused = True
-                log.warning("refused connection from %s: too many connections", self.peer_text)
-                transport.write(b"421 4.7.0 Too many connections from your address, try later\r\n")  # type: ignore[attr-defined]
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
+            self.touch()
+            self.watchdog = self.loop.call_later(self.config.timeout, self._check_time)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
             return
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         self.listener.release(self)
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
         return False if self.refused else super().eof_received()
 
+    def data_received(self, data: bytes) -> None:
+        # the clock the timeouts read: any byte, even part of a line, shows the client is there
+        self.last_bytes = self.loop.time()
+        self.data_bytes += len(data)
+        super().data_received(data)
+
     def touch(self) -> None:
-        self._reset_timeout()
+        self.last_bytes = self.loop.time()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.data_started, self.data_bytes = self.loop.time(), 0
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.data_started = None
+
+    def _check_time(self) -> None:
+        """The watchdog: close a client silent for `timeout`, or too slow to finish its DATA."""
+        now = self.loop.time()
+        config = self.config
+        if self.ingesting:  # the client waits for our commit: not its silence
+            self.last_bytes = now
+        deadline, reason = self.last_bytes + config.timeout, "idle timeout"
+        if self.data_started is not None and not self.ingesting:
+            # a steady sender of a large mail may take long; one that stalls or trickles may not
+            allowed = config.data_timeout + self.data_bytes / config.data_min_rate
+            if self.data_started + allowed < deadline:
+                deadline, reason = self.data_started + allowed, "DATA too slow"
+        if now < deadline:
+            self.watchdog = self.loop.call_at(deadline, self._check_time)
+            return
+        log.info("closing %s: %s", self.peer_text, reason)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())  # type: ignore[attr-defined]
+            transport.close()
 
     @property
     def busy(self) -> bool:
@@ -418,59 +679,6 @@ class Connection(SMTP):
         """SMTP answers the end of DATA once; LMTP once per accepted recipient (RFC 2033 4.2)."""
         return reply
 
-    # --- AUTH: like aiosmtpd's built-ins, but the password hash is checked off the event loop ---
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            blob = await self.challenge_auth("")
-            if blob is MISSING:
-                return AuthResult(success=False)  # challenge_auth has replied already
-        else:
-            blob = _b64decode(args[1])
-            if blob is None:
-                await self.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False)
-        assert isinstance(blob, bytes)
-        parts = blob.split(b"\x00")
-        if len(parts) != 3:  # authzid NUL authcid NUL password (RFC 4616)
-            await self.push("501 5.5.2 Can't split auth value")
-            return AuthResult(success=False)
-        return await self._check_login("PLAIN", parts[1], parts[2])
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-        else:
-            login = _b64decode(args[1])
-            if login is None:
-                await self.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False)
-        if login is MISSING:
-            return AuthResult(success=False)
-        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
-        if password is MISSING:
-            return AuthResult(success=False)
-        assert isinstance(login, bytes) and isinstance(password, bytes)
-        return await self._check_login("LOGIN", login, password)
-
-    async def _check_login(
-        self, mechanism: str, login_bytes: bytes, password_bytes: bytes
-    ) -> AuthResult:
-        users = self.listener.handler.config.users  # the current file, even after a reload
-        try:
-            login, password = login_bytes.decode(), password_bytes.decode()
-        except UnicodeDecodeError:
-            login, password = "", ""
-        ok = False
-        if users is not None and login:
-            ok = await asyncio.to_thread(users.verify, login, password)
-        if ok:
-            log.info("auth %s ok login=%s peer=%s", mechanism, login, self.peer_text)
-            return AuthResult(success=True, auth_data=login.lower())
-        log.warning("auth %s failed login=%s peer=%s", mechanism, _clean(login, 64), self.peer_text)
-        await asyncio.sleep(AUTH_FAILURE_DELAY)
-        return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
-
 
 class LmtpConnection(LMTP, Connection):
     """LMTP: LHLO instead of EHLO, and one reply per recipient at the end of DATA."""
@@ -482,6 +690,17 @@ class LmtpConnection(LMTP, Connection):
         return "\r\n".join(f"{code} {text} <{_clean(r)}>" if r else reply for r in recipients)
 
 
+def _longest_data(config: ListenerConfig) -> float:
+    return config.data_timeout + config.max_message_size / config.data_min_rate
+
+
+def _require_tls_for_auth(connection: SMTP, required: bool) -> None:
+    """aiosmtpd decides per server object whether AUTH needs TLS; we decide per peer (cleartext
+    only on loopback), known only once connected. Its one private attribute we set; pinned by
+    test_aiosmtpd_private_attribute_we_set_still_exists."""
+    connection._auth_require_tls = required
+
+
 def _b64decode(text: str) -> bytes | None:
     try:
         return base64.b64decode(text.encode(), validate=True)
@@ -490,16 +709,96 @@ def _b64decode(text: str) -> bytes | None:
 
 
 def _describe_peer(peer: Any) -> tuple[str, str | None, bool]:
-    """(text for logs and the envelope, key for the per-client limit or None, is it loopback)."""
+    """(text for logs and the envelope, bucket for per-client limits or None, is it loopback)."""
     if not isinstance(peer, tuple) or not peer:  # a Unix socket: local by definition
         return "unix", None, True
     host, port = str(peer[0]), peer[1]
-    try:
-        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        loopback = False
     text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return text, host, loopback
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return text, host, False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket: the client is an IPv4 one
+    return text, client_bucket(address), address.is_loopback
+
+
+def client_bucket(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An IPv4 address, or the IPv6 /64 around it: one host usually gets a whole /64 to roam."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+class _AcceptErrors(logging.Filter):
+    """One line when accept() starts failing and one when it works again, not asyncio's flood.
+
+    asyncio logs every accept() that fails for want of descriptors, with a traceback, up to the
+    backlog at a time, and retries a second later. Near the limit the state flaps as descriptors
+    come and go, so a new run of failures is reported at most once a minute, with the count.
+    """
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+        self.failing = False
+        self.reported = False  # this run of failures has been logged
+        self.failures = 0  # since the last line
+        self.next_report = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(_ACCEPT_ERROR):
+            return True
+        self.failing = True
+        self.failures += 1
+        now = self.clock()
+        if not self.reported and now >= self.next_report:
+            self.reported, self.next_report = True, now + ACCEPT_REPORT_EVERY
+            error = record.exc_info[1] if record.exc_info else None
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.error(
+                "cannot accept connections: %s (descriptor limit %d, %d failed accept()s);"
+                " retrying every second",
+                error or "out of system resources",
+                soft,
+                self.failures,
+            )
+        return False
+
+    def recovered(self) -> None:
+        if not self.failing:
+            return
+        self.failing = False
+        if self.reported:
+            self.reported = False
+            log.warning("accepting connections again after %d failed accept()s", self.failures)
+            self.failures = 0
+
+
+_ACCEPT_ERRORS = _AcceptErrors()
+
+
+def _fit_descriptors(max_connections: int) -> None:
+    """Raise the soft descriptor limit toward the hard one so max_connections fit; warn if not."""
+    needed = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < needed:
+        log.warning(
+            "max_connections = %d needs about %d file descriptors but the limit is %d: "
+            "raise LimitNOFILE (systemd) or ulimit -n, or lower max_connections",
+            max_connections,
+            needed,
+            soft,
+        )
 
 
 class SmtpListener:
@@ -513,14 +812,18 @@ class SmtpListener:
         settings: Any,
         ingest_workers: int = 1,
         shutdown_grace: float = SHUTDOWN_GRACE,
+        metrics: Metrics | None = None,
     ) -> None:
         ingest = GroupCommit(ingestor, ingest_workers)
-        self.handler = Handler(ingest, ListenerConfig.from_settings(settings))
+        self.handler = Handler(ingest, ListenerConfig.from_settings(settings), metrics)
+        self.metrics = metrics
         self.endpoint: tuple[str, int] | Path = settings.smtp.endpoint
         self.shutdown_grace = shutdown_grace
         self.server: asyncio.AbstractServer | None = None
         self.sessions: set[Connection] = set()
         self.per_client: Counter[str] = Counter()
+        self.full = False  # at max_connections: logged once when reached, once when it clears
+        self.refusing: set[str] = set()  # clients at their limit that were refused, logged once
 
     @property
     def config(self) -> ListenerConfig:
@@ -530,6 +833,9 @@ class SmtpListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        _fit_descriptors(self.config.max_connections)
+        if _ACCEPT_ERRORS not in logging.getLogger("asyncio").filters:
+            logging.getLogger("asyncio").addFilter(_ACCEPT_ERRORS)
         self.handler.ingest.start()
         if isinstance(self.endpoint, Path):
             _clear_stale_socket(self.endpoint)
@@ -575,6 +881,8 @@ class SmtpListener:
         if (config.listen, config.mode) != (self.config.listen, self.config.mode):
             log.warning("smtp.listen/mode changed: takes effect at the next restart")
             config = _keep_endpoint(config, self.config)
+        if config.max_connections > self.config.max_connections:
+            _fit_descriptors(config.max_connections)
         self.handler.config = config
 
     # --- sessions ------------------------------------------------------------------------
@@ -584,22 +892,57 @@ class SmtpListener:
         kind = LmtpConnection if config.mode == "lmtp" else Connection
         return kind(self, config)
 
-    def admit(self, session: Connection) -> bool:
-        if session.client is not None:
-            if self.per_client[session.client] >= self.config.max_connections_per_client:
-                return False
-            self.per_client[session.client] += 1
+    def admit(self, session: Connection) -> str | None:
+        """None if the session may go on, else the 421 it gets before it is closed."""
+        _ACCEPT_ERRORS.recovered()
+        config, client = self.config, session.client
+        # refusals are logged when a limit is first hit, not per connection: a flood would
+        # otherwise write a line per attempt (the metric counts each one)
+        if len(self.sessions) >= config.max_connections:
+            if not self.full:
+                self.full = True
+                log.warning(
+                    "max_connections = %d reached: refusing new connections (latest from %s)",
+                    config.max_connections,
+                    session.peer_text,
+                )
+            return self._refused("total", "421 4.7.0 Too many connections, try again later")
+        if client is not None:
+            if self.per_client[client] >= config.max_connections_per_client:
+                if client not in self.refusing:
+                    self.refusing.add(client)
+                    log.warning(
+                        "refusing connections from %s (%s): max_connections_per_client = %d",
+                        client,
+                        session.peer_text,
+                        config.max_connections_per_client,
+                    )
+                return self._refused(
+                    "client", "421 4.7.0 Too many connections from your address, try again later"
+                )
+            self.per_client[client] += 1
         self.sessions.add(session)
-        return True
+        return None
+
+    def _refused(self, limit: str, reply: str) -> str:
+        if self.metrics is not None:
+            self.metrics.smtp_connection_refused(limit)
+        return reply
 
     def release(self, session: Connection) -> None:
         if session not in self.sessions:
             return  # connection_lost twice (TLS teardown): count it once
         self.sessions.discard(session)
-        if session.client is not None:
-            self.per_client[session.client] -= 1
-            if self.per_client[session.client] <= 0:
-                del self.per_client[session.client]
+        if self.full and len(self.sessions) < self.config.max_connections:
+            self.full = False
+            log.info("below max_connections again: accepting new connections")
+        client = session.client
+        if client is not None:
+            self.per_client[client] -= 1
+            if self.per_client[client] <= 0:
+                del self.per_client[client]
+            if self.per_client[client] < self.config.max_connections_per_client:
+                self.refusing.discard(client)
 
 
 def _keep_endpoint(new: ListenerConfig, old: ListenerConfig) -> ListenerConfig:

@@ -246,6 +246,7 @@ class Outbox(Base):
     __table_args__ = (
         Index("ix_outbox_due", "state", "next_attempt_at"),
         Index("ix_outbox_kind_rcpt_created", "kind", "rcpt_key", "created_at"),
+        Index("ix_outbox_kind_created", "kind", "created_at"),  # acknowledgement limits
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
@@ -292,3 +293,5 @@ class Lease(Base):
     owner: Mapped[str] = mapped_column(CleanString(200))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the process holding it (mailbridge.node.Incarnation); None in rows from before 0003
+    incarnation: Mapped[str | None] = mapped_column(CleanString(300))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -562,6 +562,7 @@ class Written:
     message_pk: int | None
     copy: dict[str, Any]  # dedup_key, content_hash, size, subject, body_text
     attachments: Sequence[Attachment]
+    copy_raw: bytes | None = None  # what the ticket keeps, when not `raw` itself
 
 
 _SAVE_OUTBOX_RAW = (
@@ -596,7 +597,13 @@ def save_written(session: Session, written: Sequence[Written]) -> None:
     copies = [w for w in copies if w.message_pk in alive]  # not purged meanwhile
     if not copies:
         return
-    session.execute(_SAVE_COPY, [{"b_id": w.message_pk, "raw": w.raw, **w.copy} for w in copies])
+    session.execute(
+        _SAVE_COPY,
+        [
+            {"b_id": w.message_pk, "raw": w.raw if w.copy_raw is None else w.copy_raw, **w.copy}
+            for w in copies
+        ],
+    )
     files = [
         {
             "message_pk": w.message_pk,
@@ -636,6 +643,26 @@ def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime)
     return session.scalar(_COUNT_OUTBOX_TO, params) or 0
 
 
+_COUNT_OUTBOX_KIND = (
+    select(func.count())
+    .select_from(Outbox)
+    .where(Outbox.kind == bindparam("kind"), Outbox.created_at >= bindparam("since"))
+)
+
+
+def count_outbox_kind(
+    session: Session, kind: str, since: datetime, domain: str | None = None
+) -> int:
+    """Rows of `kind` queued since `since`, all of them or those whose first recipient is at
+    `domain` (acknowledgement limits)."""
+    params: dict[str, Any] = {"kind": kind, "since": since}
+    if domain is None:
+        return session.scalar(_COUNT_OUTBOX_KIND, params) or 0
+    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    stmt = _COUNT_OUTBOX_KIND.where(Outbox.rcpt_key.like(pattern, escape="\\"))
+    return session.scalar(stmt, params) or 0
+
+
 def claim_outbox(
     session: Session, now: datetime, lease: timedelta, limit: int = 20, kind: str | None = None
 ) -> list[Outbox]:
@@ -656,6 +683,23 @@ def claim_outbox(
     for row in rows:
         row.next_attempt_at = now + lease
     return rows
+
+
+def renew_outbox(
+    session: Session, ids: Sequence[int], stamp: datetime, until: datetime
+) -> set[int]:
+    """Extend a claim: rows of `ids` still queued under our `stamp` now wait until `until`.
+    Returns the ids still ours (a row another sender took after our lease ran out is not)."""
+    if not ids:
+        return set()
+    kept = session.scalars(
+        update(Outbox)
+        .where(Outbox.id.in_(list(ids)), Outbox.state == "queued", Outbox.next_attempt_at == stamp)
+        .values(next_attempt_at=until)
+        .returning(Outbox.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(kept)
 
 
 def get_outbox(session: Session, pk: int) -> Outbox | None:
@@ -700,28 +744,60 @@ def save_imap_checkpoint(
         row.uidvalidity, row.last_uid, row.last_success_at = uidvalidity, last_uid, now
 
 
-def acquire_lease(session: Session, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
-    """Take or renew a lease; True when `owner` holds it until now + ttl."""
-    _insert_ignore(
-        session,
-        Lease,
-        [{"name": name, "owner": owner, "expires_at": now + ttl, "heartbeat_at": now}],
-    )
+def acquire_lease(
+    session: Session,
+    name: str,
+    owner: str,
+    now: datetime,
+    ttl: timedelta,
+    incarnation: str = "",
+    reclaim: Callable[[str | None], bool] | None = None,
+) -> bool:
+    """Take or renew a lease; True when `owner` (in this `incarnation`) holds it until now + ttl.
+
+    A lease held by another owner, or by another incarnation of this owner, is taken only once it
+    has expired, or (same owner only) when `reclaim(its incarnation)` says that process is gone.
+    """
+    values = {"owner": owner, "incarnation": incarnation, "expires_at": now + ttl}
+    _insert_ignore(session, Lease, [{"name": name, **values, "heartbeat_at": now}])
+    mine = (Lease.owner == owner) & (Lease.incarnation == incarnation)
     result = session.execute(
         update(Lease)
-        .where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
-        .values(owner=owner, expires_at=now + ttl, heartbeat_at=now)
+        .where(Lease.name == name, or_(mine, Lease.expires_at < now))
+        .values(**values, heartbeat_at=now)
+    )
+    if result.rowcount or reclaim is None:  # type: ignore[attr-defined]
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+    row = session.get(Lease, name)
+    if row is None or row.owner != owner or not reclaim(row.incarnation):
+        return False
+    # compare-and-set: of two restarted processes racing for it, only one wins
+    result = session.execute(
+        update(Lease)
+        .where(Lease.name == name, Lease.owner == owner, Lease.incarnation == row.incarnation)
+        .values(**values, heartbeat_at=now)
+        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def release_lease(session: Session, name: str, owner: str) -> None:
-    session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
+def release_lease(session: Session, name: str, owner: str, incarnation: str = "") -> None:
+    session.execute(
+        delete(Lease).where(
+            Lease.name == name, Lease.owner == owner, Lease.incarnation == incarnation
+        )
+    )
 
 
 def lease_owner(session: Session, name: str) -> tuple[str, datetime] | None:
     row = session.get(Lease, name)
     return (row.owner, row.expires_at) if row else None
+
+
+def lease_holder(session: Session, name: str) -> tuple[str, str | None, datetime] | None:
+    """(owner, incarnation, expires_at) of a lease, or None when nobody holds it."""
+    row = session.get(Lease, name)
+    return (row.owner, row.incarnation, row.expires_at) if row else None
 
 
 # --- report ------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ poll_interval = "2s"
 [tickets]
 acknowledge = true
 ack_max_per_sender_per_hour = 1000
+ack_max_per_domain_per_hour = 100000
+ack_max_per_hour = 100000
 max_new_per_sender_per_hour = 100000
 
 [cluster]

@@ -6,6 +6,7 @@ for READY=1 on a private $NOTIFY_SOCKET, the way systemd would.
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import socket
@@ -75,13 +76,15 @@ def test_run_reports_ready_serves_mail_and_stops_cleanly(tmp_path: Path, config:
     proc = DaemonProcess(tmp_path, config)
     try:
         code, text = send(port_of(config))
-        assert (code, text) == (250, b"2.0.0 queued as #1")
+        # a queue id, not the ticket number (a stranger must not learn ticket numbers)
+        assert code == 250 and re.fullmatch(rb"2\.0\.0 Ok: queued as [0-9A-F]{10}", text)
     finally:
         assert proc.terminate() == 0
     assert proc.notify.wait_for("STOPPING=1", 0)
     log = proc.log()
     assert "accepted from=<carol@customer.example> rcpt=<support@example.com>" in log
-    assert "queued as #1" in log and "Traceback" not in log
+    queue_id = text.decode().rsplit(" ", 1)[1]
+    assert f"queue_id={queue_id} created ticket=1" in log and "Traceback" not in log
 
 
 def test_sigterm_during_data_finishes_that_message(tmp_path: Path, config: Path) -> None:
@@ -104,7 +107,7 @@ def test_sigterm_during_data_finishes_that_message(tmp_path: Path, config: Path)
         assert proc.proc.poll() is None  # still waiting for the message in flight
 
         busy.sock.sendall(raw[len(raw) // 2 :] + b".\r\n")
-        assert busy.reply() == b"250 2.0.0 queued as #1\r\n"
+        assert re.fullmatch(rb"250 2\.0\.0 Ok: queued as [0-9A-F]{10}\r\n", busy.reply())
         assert busy.reply().startswith(b"421 4.3.2")  # then it is closed too
         assert proc.wait(15) == 0
     finally:

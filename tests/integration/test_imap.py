@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from mailbridge import node
 from mailbridge.app import App
 from mailbridge.errors import ImapError
 from mailbridge.sources.imap import FolderPoller, ImapPollers, watches
+from mailbridge.sources.imap_session import ImapSession
 from mailbridge.storage import repository as repo
 from tests.mail import make_mail, message_id_of
 
@@ -195,6 +202,98 @@ def test_poison_message_is_quarantined_and_the_next_one_ingested(
     assert all("\\Seen" in flags for flags in dovecot.messages().values())
 
 
+# --- folder names under the server's namespace (RFC 2342) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("separator", "after", "lands_in"),
+    [
+        ("/", "move:Processed", "INBOX/Processed"),  # as Cyrus with unixhierarchysep presents it
+        (".", "move:Processed", "INBOX.Processed"),  # as Courier and Cyrus present it
+        (".", "move:INBOX/Done", "INBOX.Done"),  # written with `/`, created with the server's `.`
+        ("/", "move:Done/2026", "INBOX/Done/2026"),  # created inside the personal namespace
+    ],
+)
+def test_move_target_follows_the_servers_namespace_and_separator(
+    dovecot_factory: Callable[..., DovecotServer],
+    make_app: MakeApp,
+    sqlite_url: str,
+    separator: str,
+    after: str,
+    lands_in: str,
+) -> None:
+    server = dovecot_factory(separator=separator, prefix=f"INBOX{separator}")
+    app = make_app(sqlite_url, imap_toml(server, after=f'"{after}"'))
+    for n in range(2):
+        server.append(make_mail(sender=f"c{n}@customer.example"))
+    poll_once(app)
+
+    assert len(tickets(app)) == 2
+    assert server.messages("INBOX") == {}
+    assert len(server.messages(lands_in)) == 2
+    assert lands_in in server.folders()
+
+
+def test_sent_folder_is_found_inside_the_servers_namespace(
+    dovecot_factory: Callable[..., DovecotServer], make_app: MakeApp, sqlite_url: str
+) -> None:
+    server = dovecot_factory(prefix="INBOX/")
+    assert "Sent" not in server.folders() and "INBOX/Sent" in server.folders()
+    app = make_app(sqlite_url, imap_toml(server, sent_folder='"Sent"'))
+    inbox, sent = (
+        FolderPoller(app, w, "mb1", timedelta(seconds=30)) for w in watches(app.settings.imap[0])
+    )
+    question = make_mail()
+    server.append(question)
+    assert inbox.poll_once() and sent.poll_once()  # the Sent folder's first pass starts from now
+    server.append(
+        make_mail(
+            sender="Alice Agent <alice@example.com>",
+            to="carol@customer.example",
+            subject="Re: Printer on fire",
+            in_reply_to=message_id_of(question),
+        ),
+        "INBOX/Sent",
+    )
+    sent.poll_once()
+
+    assert [status for _, status, _ in tickets(app)] == ["answered"]
+
+
+def test_a_folder_that_cannot_be_created_is_reported_once_and_mail_stays(
+    dovecot: DovecotServer,
+    make_app: MakeApp,
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Dovecot refuses names that begin with `~`, as another server may refuse any name
+    app = make_app(sqlite_url, imap_toml(dovecot, after='"move:~Archive"', batch_size="1"))
+    poller = FolderPoller(app, watches(app.settings.imap[0])[0], "mb1", timedelta(seconds=30))
+    caplog.set_level(logging.INFO, "mailbridge.imap")
+    for round_ in range(2):
+        for n in range(2):
+            dovecot.append(make_mail(sender=f"c{round_}{n}@customer.example"))
+        poller.poll_once()
+
+    assert len(tickets(app)) == 4
+    assert [flags - {"\\Recent"} for flags in dovecot.messages("INBOX").values()] == [set()] * 4
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "cannot create folder ~Archive (server said: [CANNOT] Invalid mailbox name" in warning
+    assert "the server has: INBOX, Processed, Sent" in warning
+
+
+def test_a_missing_sent_folder_names_the_servers_folders(
+    dovecot_factory: Callable[..., DovecotServer], make_app: MakeApp, sqlite_url: str
+) -> None:
+    server = dovecot_factory(separator=".", prefix="INBOX.")
+    app = make_app(sqlite_url, imap_toml(server, sent_folder='"Sent Items"'))
+    sent = FolderPoller(app, watches(app.settings.imap[0])[1], "mb1", timedelta(seconds=30))
+    with pytest.raises(ImapError) as failed:
+        sent.poll_once()
+    assert "folder Sent Items not found (tried Sent Items, INBOX.Sent Items)" in str(failed.value)
+    assert "the server has: INBOX, INBOX.Processed, INBOX.Sent" in str(failed.value)
+
+
 # --- the running component ---------------------------------------------------------------
 
 
@@ -215,6 +314,23 @@ def test_idle_delivers_new_mail_within_two_seconds(
         assert time.monotonic() - started < 1.5
 
     with_pollers(app, scenario)
+
+
+def test_mail_that_arrives_just_before_idle_wakes_it(
+    dovecot: DovecotServer, make_app: MakeApp, sqlite_url: str
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot, idle="true"))
+    session = ImapSession(app.settings.imap[0], "INBOX", readonly=False).open()
+    try:
+        first = dovecot.append(make_mail())
+        session.select()
+        assert session.search(["ALL"]) == [first]
+        # after the search, before IDLE (the race of every pass): the server announces it in the
+        # same packet as IDLE's continuation
+        dovecot.append(make_mail(sender="next@customer.example"))
+        assert session.wait(10.0, threading.Event(), lambda: True) == "mail"
+    finally:
+        session.close()
 
 
 def test_server_outage_is_survived_without_a_restart(
@@ -305,6 +421,120 @@ def test_two_nodes_share_a_mailbox_through_the_lease(
     asyncio.run(main())
     assert [count for _, _, count in tickets(app_a)] == [1] * 6
     assert owner() is None  # b released it on its clean stop
+
+
+def seed_lease(app: App, owner: str, incarnation: node.Incarnation) -> None:
+    """The lease as a process left it when it died without releasing it (kill -9, power cut)."""
+    with app.store.unit() as session:
+        held = repo.acquire_lease(
+            session,
+            "imap:support:INBOX",
+            owner,
+            app.clock(),
+            app.settings.cluster.lease_ttl,
+            incarnation=str(incarnation),
+        )
+    assert held
+
+
+def holder(app: App) -> tuple[str, str | None] | None:
+    with app.store.unit() as session:
+        found = repo.lease_holder(session, "imap:support:INBOX")
+    return found and found[:2]
+
+
+@pytest.fixture
+def other_process() -> Iterator[Callable[[], tuple[subprocess.Popen[str], node.Incarnation]]]:
+    """Starts Python processes that report their incarnation and live until their stdin closes."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start() -> tuple[subprocess.Popen[str], node.Incarnation]:
+        code = "from mailbridge import node; print(node.current(), flush=True); input()"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        started.append(proc)
+        assert proc.stdout is not None
+        found = node.Incarnation.parse(proc.stdout.readline())
+        assert found is not None
+        return proc, found
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_node_restarted_after_a_crash_takes_its_folder_back_at_once(
+    dovecot: DovecotServer,
+    make_app: MakeApp,
+    sqlite_url: str,
+    other_process: Callable[[], tuple[subprocess.Popen[str], node.Incarnation]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the set clock never reaches the lease's expiry: only a reclaim can end it
+    app = make_app(sqlite_url, imap_toml(dovecot, cluster='node_id = "mb1"\nlease_ttl = "3s"'))
+    crashed, earlier = other_process()
+    seed_lease(app, "mb1", earlier)
+    crashed.kill()
+    crashed.wait()
+    caplog.set_level(logging.INFO, "mailbridge.imap")
+
+    async def scenario(pollers: ImapPollers) -> None:
+        await asyncio.to_thread(dovecot.append, make_mail())
+        await eventually(lambda: tickets(app))
+
+    with_pollers(app, scenario, node_id="mb1")
+    assert holder(app) is None  # released on the clean stop
+    assert f"earlier process (pid {earlier.pid} on" in caplog.text
+
+
+def test_a_live_process_keeps_its_lease_against_the_same_node_id_and_other_nodes(
+    dovecot: DovecotServer,
+    make_app: MakeApp,
+    sqlite_url: str,
+    clock: Any,
+    other_process: Callable[[], tuple[subprocess.Popen[str], node.Incarnation]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(sqlite_url, imap_toml(dovecot, cluster='node_id = "mb1"\nlease_ttl = "3s"'))
+    first, running_one = other_process()  # `mailbridge run` started twice on one machine
+    seed_lease(app, "mb1", running_one)
+    caplog.set_level(logging.INFO, "mailbridge.imap")
+
+    async def main() -> None:
+        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5), node_id="mb1")
+        await pollers.start()
+        try:
+            # the state changes before the line naming the holder is logged: wait for the line
+            standby = f"standby: lease held by mb1 (pid {running_one.pid} on"
+            await eventually(lambda: standby in caplog.text)
+            assert holder(app) == ("mb1", str(running_one))
+
+            # it ends: the same node's other process takes over without waiting for expiry
+            first.kill()
+            await asyncio.to_thread(first.wait)
+            await eventually(lambda: pollers.status()["support"]["folders"]["INBOX"] == "active")
+            assert holder(app) == ("mb1", str(node.current()))
+        finally:
+            await pollers.stop()
+
+        # another node's process died: its lease holds this node off until it expires
+        crashed, other_node = other_process()
+        seed_lease(app, "mb2", other_node)
+        crashed.kill()
+        await asyncio.to_thread(crashed.wait)
+        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5), node_id="mb1")
+        await pollers.start()
+        try:
+            await eventually(lambda: pollers.status()["support"]["folders"]["INBOX"] == "standby")
+            assert holder(app) == ("mb2", str(other_node))
+            clock.advance(seconds=4)
+            await eventually(lambda: pollers.status()["support"]["folders"]["INBOX"] == "active")
+        finally:
+            await pollers.stop()
+
+    asyncio.run(main())
 
 
 # --- connecting: TLS and XOAUTH2 ---------------------------------------------------------

@@ -8,6 +8,8 @@ retries on 4xx, failure on 5xx, STARTTLS and AUTH, exactly-once delivery with tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -16,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from mailbridge.app import App
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Outcome, Source
+from mailbridge.errors import StorageUnavailable
 from mailbridge.outbound import FOOTER_MARK
 from mailbridge.parse import parse
 from mailbridge.sender import OutboxSender
@@ -39,6 +44,7 @@ url = "{url}"
 
 [smtp]
 addresses = ["support@example.com"]
+{smtp}
 
 [agents]
 addresses = ["alice@example.com"]
@@ -112,9 +118,11 @@ def make_desk(make_app: Callable[..., Any], sqlite_url: str, clock: FixedClock) 
         tickets: str = ACK,
         agents: str = "",
         outbound: str | None = None,
+        smtp: str = "",
         **sender: Any,
     ) -> Desk:
         text = CONFIG.format(
+            smtp=smtp,
             url=url or sqlite_url,
             tickets=tickets,
             agents=agents,
@@ -206,7 +214,8 @@ def test_the_bytes_are_written_at_delivery_and_kept_as_sent(
     make_desk: MakeDesk, sink: SmtpSink, db_url: str
 ) -> None:
     desk = make_desk(sink, db_url)
-    number = desk.customer(attachments=[("photo.png", "image/png", b"\x89PNG fire")])[0].ticket
+    outcome, customer_raw = desk.customer(attachments=[("photo.png", "image/png", b"\x89PNG fire")])
+    number = outcome.ticket
     # ingest decided and stored everything but the MIME bytes: those wait for the sender
     rows = desk.outbox()
     assert [(r.kind, r.state) for r in rows] == [("ack", "queued"), ("notify", "queued")]
@@ -218,11 +227,23 @@ def test_the_bytes_are_written_at_delivery_and_kept_as_sent(
         assert repo.outbox_specs(session, ids) == {}
         for row in rows:
             copy = repo.get_message(session, row.message_pk, with_raw=True)
-            stored = repo.get_outbox(session, row.id).raw
-            # the copy on the ticket is byte for byte what the smarthost received
-            assert copy.raw == stored == arrived[(row.rcpt_tos,)]
+            # sent: the outbox keeps no second copy of the bytes
+            assert repo.get_outbox(session, row.id).raw is None
+            sent = arrived[(row.rcpt_tos,)]
+            if row.kind == "ack":
+                # the copy on the ticket is byte for byte what the smarthost received
+                assert copy.raw == sent
+            else:
+                # a notification's copy: the header block as sent, byte for byte; its text
+                # and attachments are the customer's mail, stored once on the ticket
+                head = sent.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                mime = (b"content-type", b"content-transfer-encoding", b"mime-version")
+                kept = [h for h in head if not h.lower().startswith(mime)]
+                assert copy.raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[: len(kept)] == kept
+                assert b"PNG fire" not in copy.raw and b"on fire." not in copy.raw
+                assert message_id_of(customer_raw).encode() in copy.raw
             assert copy.size == len(copy.raw) and copy.content_hash
-            assert copy.subject == parse(copy.raw).subject
+            assert copy.subject == parse(copy.raw).subject == parse(sent).subject
             files = [(a.filename, a.size) for a in copy.attachments]
             assert files == ([("photo.png", 9)] if row.kind == "notify" else [])
     assert number is not None
@@ -535,3 +556,192 @@ def test_the_running_component_delivers_promptly_and_stops(
 
     asyncio.run(scenario())
     assert [r.rcpt_tos for r in sink.received] == [(TEAM,)]
+
+
+# --- EHLO --------------------------------------------------------------------------------
+
+
+def test_ehlo_names_the_configured_hostname(make_desk: MakeDesk, sink: SmtpSink) -> None:
+    desk = make_desk(sink, tickets="acknowledge = false", smtp='hostname = "mb.example.test"')
+    desk.customer()
+    assert [r.helo for r in desk.deliver()] == ["mb.example.test"]
+
+
+def test_ehlo_falls_back_to_the_machines_fqdn(make_desk: MakeDesk, sink: SmtpSink) -> None:
+    desk = make_desk(sink, tickets="acknowledge = false")
+    desk.customer()
+    helo = [r.helo for r in desk.deliver()]
+    # smtplib's own fallback is the address literal "[127.0.0.1]" when the name has no dot
+    assert helo == [socket.getfqdn()] and not helo[0].startswith("[")
+
+
+# --- acknowledgements and backscatter ------------------------------------------------------
+
+
+def test_forged_senders_of_one_domain_get_at_most_the_domain_limit(
+    make_desk: MakeDesk, sink: SmtpSink
+) -> None:
+    desk = make_desk(sink, tickets="acknowledge = true")  # the default limits
+    limit = desk.app.settings.tickets.ack_max_per_domain_per_hour
+    for n in range(50):
+        victim = f"victim+{n}@victim.test"
+        raw = make_mail(sender=victim, subject=f"Buy cheap pills {n}")
+        assert desk.accept(raw, sender=victim).outcome == "created"
+    arrived = desk.deliver()
+    acks = [r for r in arrived if r.rcpt_tos[0].endswith("@victim.test")]
+    assert len(acks) == limit < 50
+    assert len([r for r in arrived if r.rcpt_tos == (TEAM,)]) == 50  # agents hear of all
+
+
+def test_acknowledgements_are_limited_in_total_per_hour(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
+) -> None:
+    desk = make_desk(sink, tickets=ACK + "ack_max_per_hour = 4")
+    for n in range(6):
+        desk.customer(sender=f"c{n}@domain{n}.example", subject=f"Problem {n}")
+    assert len([r for r in desk.deliver() if r.rcpt_tos != (TEAM,)]) == 4
+    clock.advance(minutes=61)
+    desk.customer(sender="late@domain9.example")
+    assert [r.rcpt_tos for r in desk.deliver() if r.rcpt_tos != (TEAM,)] == [
+        ("late@domain9.example",)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("results", "acknowledged"),
+    [
+        (["mx.example.com; dmarc=fail (p=reject) header.from=customer.example"], False),
+        (["mx.example.com; spf=pass smtp.mailfrom=customer.example"], True),
+        (["mx.example.com; dmarc=pass header.from=customer.example"], True),
+        # a sender's own header below ours cannot overrule it, nor can one from a stranger
+        (
+            [
+                "mx.example.com; dmarc=fail header.from=customer.example",
+                "mx.example.com; dmarc=pass header.from=customer.example",
+            ],
+            False,
+        ),
+        (["evil.example; dmarc=fail header.from=customer.example"], True),
+        # a comment cannot hide the verdict, nor fake one
+        (["mx.example.com (dmarc=pass; x); dmarc=fail header.from=customer.example"], False),
+        (["mx.example.com; spf=none (dmarc=fail) smtp.mailfrom=customer.example"], True),
+    ],
+)
+def test_no_acknowledgement_for_mail_that_failed_dmarc(
+    make_desk: MakeDesk, sink: SmtpSink, results: list[str], acknowledged: bool
+) -> None:
+    desk = make_desk(sink)
+    raw = make_mail()
+    head = "".join(f"Authentication-Results: {r}\r\n" for r in results).encode()
+    outcome = desk.accept(head + raw)
+    assert outcome.outcome == "created"
+    arrived = desk.deliver()
+    assert len(sink.to(CUSTOMER)) == int(acknowledged)
+    assert [r.rcpt_tos for r in arrived if r.rcpt_tos == (TEAM,)] == [(TEAM,)]
+
+
+# --- claims, leases and database errors ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def failing_once(desk: Desk, column: str) -> Iterator[list[str]]:
+    """The database fails the next update of the outbox that sets `column`, as a killed
+    PostgreSQL backend or a full disk would; the list collects what failed."""
+    failed: list[str] = []
+
+    def fail(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        head = sql.split("WHERE")[0]
+        if not failed and head.startswith("UPDATE outbox SET") and f" {column}=" in head:
+            failed.append(sql)
+            raise OperationalError(sql, params, Exception("server closed the connection"))
+
+    engine = desk.app.store.engine
+    event.listen(engine, "before_cursor_execute", fail)
+    try:
+        yield failed
+    finally:
+        event.remove(engine, "before_cursor_execute", fail)
+
+
+def test_a_dead_senders_claim_runs_out_after_the_short_lease(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url, tickets="acknowledge = false")
+    for n in range(3):
+        desk.customer(sender=f"c{n}@customer.example")
+    claim = desk.sender.claim()  # a node claims the batch ...
+    assert claim is not None and len(claim.jobs) == 3
+    other = OutboxSender(desk.app.store, desk.app.settings, clock)
+    clock.advance(seconds=40)
+    assert other.deliver_due() == 0
+    claim.renew()  # ... its heartbeat keeps the rows while it sends ...
+    clock.advance(seconds=40)
+    assert other.deliver_due() == 0  # 80 s after the claim, 40 after the renewal
+    clock.advance(seconds=21)  # ... then it dies: nobody renews
+    assert other.deliver_due() == 3
+    assert len(sink.received) == 3 and {r.state for r in desk.outbox()} == {"sent"}
+    claim.renew()  # the node was only paused: it learns that the rows are no longer its own
+    assert claim.ids == set()
+
+
+def test_a_database_error_between_claim_and_send_sends_each_mail_once(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url)
+    desk.customer()  # an acknowledgement and a notification
+    with failing_once(desk, "spec") as failed, pytest.raises(StorageUnavailable):
+        desk.sender.deliver_due()
+    assert failed and sink.received == []
+    clock.advance(seconds=61)  # the claim ran out: this node (or another) takes them again
+    assert len(desk.deliver()) == 2
+    clock.advance(hours=3)
+    assert desk.deliver() == []
+    assert len(sink.received) == 2 and {r.state for r in desk.outbox()} == {"sent"}
+
+
+def test_a_failed_commit_of_sent_is_recorded_later_not_sent_again(
+    make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url)
+    desk.customer()
+    # the commit of the smarthost's 250 fails
+    with failing_once(desk, "state") as failed, pytest.raises(StorageUnavailable):
+        desk.sender.deliver_due()
+    assert failed
+    assert len(sink.received) == 1  # the smarthost has the first mail
+    assert desk.outbox()[0].state == "queued"  # ... and the database does not know it yet
+    clock.advance(minutes=5)  # far past the lease
+    desk.deliver()  # the kept result is recorded first, then the second mail is sent
+    assert sorted(r.rcpt_tos for r in sink.received) == [(CUSTOMER,), (TEAM,)]
+    assert [(r.state, r.attempts) for r in desk.outbox()] == [("sent", 1), ("sent", 1)]
+    clock.advance(hours=3)
+    assert desk.deliver() == []
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+def stored_bytes(desk: Desk) -> int:
+    """The mail bytes the database holds: raw and text of messages, bytes and specs of the outbox."""
+    sums = (
+        "SELECT coalesce(sum(length(raw)), 0) + coalesce(sum(length(body_text)), 0) FROM messages",
+        "SELECT coalesce(sum(length(raw)), 0) + coalesce(sum(length(spec)), 0) FROM outbox",
+    )
+    with desk.app.store.unit() as session:
+        return sum(int(session.execute(text(q)).scalar_one()) for q in sums)
+
+
+def test_a_notified_and_acknowledged_mail_is_stored_about_once(
+    make_desk: MakeDesk, sink: SmtpSink, db_url: str
+) -> None:
+    desk = make_desk(sink, db_url)
+    scan = bytes(range(256)) * 300  # 75 KB: about 100 KB of mail in base64
+    outcome, raw = desk.customer(attachments=[("scan.pdf", "application/pdf", scan)])
+    assert len(raw) > 100_000
+    arrived = desk.deliver()
+    note = only(arrived, TEAM).message
+    assert [a.get_content() for a in note.iter_attachments()] == [scan]  # agents get the file
+    # the notification's copy refers to the customer's stored mail instead of holding it again
+    # (before: raw, the notification twice and the outbox: over 3 times the mail)
+    assert stored_bytes(desk) < 1.15 * len(raw)
+    assert outcome.ticket is not None

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import logging
 import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,10 +84,21 @@ def deliver(
         return code, reply.decode()
 
 
-def ticket_of(reply: str) -> int:
-    match = re.search(r"queued as #(\d+)", reply)
-    assert match, reply
-    return int(match.group(1))
+def queue_id_of(reply: str | bytes) -> str:
+    """The id in a 250 for stored mail; it never names the ticket (issue 14: numbers are guessable)."""
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    match = re.fullmatch(r"2\.0\.0 Ok: queued as ([0-9A-F]{10})", text)
+    assert match, text
+    return match.group(1)
+
+
+def ticket_of(d: InProcessDaemon, reply: str | bytes, raw: bytes) -> int:
+    """The ticket holding raw, found by its Message-ID; the reply must be a plain queue id."""
+    queue_id_of(reply)
+    with d.daemon.app.store.unit() as session:
+        found = repo.tickets_for_message_ids(session, [message_id_of(raw).strip("<>")])
+    assert len(found) == 1, found
+    return next(iter(found.values()))
 
 
 def counts(d: InProcessDaemon) -> dict[str, int]:
@@ -121,14 +134,14 @@ def test_new_mail_makes_a_ticket_and_a_reply_reopens_it(start: Start, db_url: st
     d = start(url=db_url)
     first = make_mail(subject="Printer on fire")
     code, reply = deliver(d, first)
-    assert code == 250 and reply.startswith("2.0.0 queued as #")
-    number = ticket_of(reply)
+    assert code == 250 and "#" not in reply
+    number = ticket_of(d, reply, first)
     assert status(d, number) == "new"
 
     d.daemon.app.actions.act(number, "resolve", "cli:test")
     answer = make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first))
     code, reply = deliver(d, answer)
-    assert (code, ticket_of(reply)) == (250, number)
+    assert (code, ticket_of(d, reply, answer)) == (250, number)
     assert status(d, number) == "open"
     assert counts(d)["tickets"] == 1
 
@@ -159,12 +172,14 @@ def test_unknown_recipient_is_refused_at_rcpt_never_relayed(start: Start) -> Non
 
 def test_plus_token_address_of_a_ticket_is_accepted_and_threads(start: Start) -> None:
     d = start()
-    number = ticket_of(deliver(d, make_mail(subject="first"))[1])
+    first = make_mail(subject="first")
+    number = ticket_of(d, deliver(d, first)[1], first)
     with d.daemon.app.store.unit() as session:
         token = repo.get_ticket(session, number).token  # type: ignore[union-attr]
     plus = f"support+{token}@example.com"
-    code, reply = deliver(d, make_mail(subject="no headers to thread by", to=plus), rcpts=(plus,))
-    assert (code, ticket_of(reply)) == (250, number)
+    second = make_mail(subject="no headers to thread by", to=plus)
+    code, reply = deliver(d, second, rcpts=(plus,))
+    assert (code, ticket_of(d, reply, second)) == (250, number)
 
 
 def test_too_many_recipients_get_452(start: Start) -> None:
@@ -257,6 +272,206 @@ def _retry_connect(d: InProcessDaemon) -> smtplib.SMTP:
     raise AssertionError("connection slot was never released")
 
 
+def test_total_connection_limit_refuses_the_next_with_421(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailbridge.smtp")
+    d = start(smtp="max_connections = 3")
+    held = [client(d) for _ in range(3)]
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", port_of(d), timeout=10)
+        assert refused.value.smtp_code == 421
+        assert refused.value.smtp_error.startswith(b"4.7.0 Too many connections")
+    assert all(smtp.noop()[0] == 250 for smtp in held)  # those already in are not disturbed
+    held.pop().quit()
+    held.append(_retry_connect(d))  # a free slot is taken again
+    for smtp in held:
+        smtp.quit()
+    reached = [r for r in caplog.records if "max_connections = 3 reached" in r.getMessage()]
+    assert len(reached) == 1  # one line when the limit is hit, not one per refused connection
+    exposition = d.daemon.app.metrics.exposition().decode()
+    assert 'mailbridge_smtp_connections_refused_total{limit="total"} 2.0' in exposition
+
+
+def test_per_client_limit_counts_each_ipv4_address_apart(start: Start) -> None:
+    d = start(smtp="max_connections_per_client = 2")
+
+    def connect(source: str) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", port_of(d), timeout=10, source_address=(source, 0))
+
+    held = [connect("127.0.0.2"), connect("127.0.0.2")]
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        connect("127.0.0.2")
+    assert refused.value.smtp_code == 421
+    assert refused.value.smtp_error.startswith(b"4.7.0 Too many connections from your address")
+    held.append(connect("127.0.0.3"))  # another address has its own allowance
+    assert held[-1].noop()[0] == 250
+    for smtp in held:
+        smtp.quit()
+
+
+class RawClient:
+    """Bytes on a socket, at the pace the test chooses."""
+
+    def __init__(self, d: InProcessDaemon) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port_of(d)), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def reply(self) -> bytes:
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("closed by the server")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def command(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def start_data(self) -> None:
+        assert self.reply().startswith(b"220")
+        assert self.command("EHLO client.example").startswith(b"250")
+        assert self.command(f"MAIL FROM:<{CUSTOMER}>").startswith(b"250")
+        assert self.command(f"RCPT TO:<{SUPPORT}>").startswith(b"250")
+        assert self.command("DATA").startswith(b"354")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+TIMEOUTS = 'timeout = "2s"\ndata_timeout = "1s"\ndata_min_rate = 100'
+PAUSE = 0.2  # well under the 2 s idle timeout, so only a real stall can trip it
+
+
+def test_slow_but_steady_sender_delivers_past_the_idle_timeout(start: Start) -> None:
+    d = start(smtp=TIMEOUTS)
+    raw = make_mail(body=("steady line of text " * 3 + "\n") * 40)  # about 2.5 KB
+    chunks = [raw[i : i + 200] for i in range(0, len(raw), 200)]
+    assert len(chunks) * PAUSE > 2.4  # the whole DATA lasts longer than the idle timeout
+    slow = RawClient(d)
+    try:
+        slow.start_data()
+        for chunk in chunks:  # 1,000 bytes/s: above data_min_rate, so DATA may last this long
+            slow.sock.sendall(chunk)
+            time.sleep(PAUSE)
+        slow.sock.sendall(b".\r\n")
+        reply = slow.reply()
+    finally:
+        slow.close()
+    assert reply.startswith(b"250 ")
+    assert ticket_of(d, reply[4:].strip(), raw) == 1
+
+
+def test_stalled_and_trickling_clients_are_cut(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailbridge.smtp")
+    d = start(smtp=TIMEOUTS)
+    raw = make_mail()
+    stalled, trickler = RawClient(d), RawClient(d)
+    try:
+        assert stalled.reply().startswith(b"220")
+        assert stalled.command("EHLO client.example").startswith(b"250")
+        stalled.sock.sendall(f"MAIL FROM:<{CUSTOMER}>\r\nRCPT TO:<sup".encode())  # then nothing
+        assert stalled.reply().startswith(b"250")
+        trickler.start_data()
+        # never silent for long, but 5 bytes/s is below data_min_rate: DATA gets 1 s + 1/20 s
+        with pytest.raises(OSError):  # the 421 and the close arrive while it still sends
+            for byte in raw:
+                trickler.sock.sendall(bytes([byte]))
+                time.sleep(PAUSE)
+        assert trickler.reply().startswith(b"421 4.4.2")
+        assert stalled.reply().startswith(b"421 4.4.2")
+        with pytest.raises(ConnectionError):
+            stalled.reply()  # and closed
+    finally:
+        stalled.close()
+        trickler.close()
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing")]
+    assert sorted(reason.rsplit(": ", 1)[1] for reason in reasons) == [
+        "DATA too slow",
+        "idle timeout",
+    ]
+    assert counts(d)["messages"] == 0
+
+
+def test_running_out_of_descriptors_is_logged_once_not_per_accept(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """`mailbridge run` under a tiny descriptor limit, then more clients than it can accept.
+
+    asyncio retries a failed accept() every second and logs each with a traceback (issue 14:
+    MB/s of them at 1,024 descriptors); one line when it starts and one when it ends must do.
+    """
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers_daemon import REPO, NotifySocket
+
+    limit, port = 64, free_port()
+    config = write_config(
+        tmp_path / "mailbridge.toml",
+        sqlite_url,
+        f"127.0.0.1:{port}",
+        "max_connections_per_client = 1000",
+    )
+    notify = NotifySocket(tmp_path)
+    log_path = tmp_path / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if k != "MAILBRIDGE_CONFIG"}
+    env.update(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(REPO))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    def wait_log(text: str) -> str:
+        for _ in range(200):
+            log = log_path.read_text(errors="replace")
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never logged:\n{log}")
+
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=low_limit,
+        )
+    clients: list[socket.socket] = []
+    try:
+        assert notify.wait_for("READY=1", 30, alive=lambda: proc.poll() is None)
+        assert "max_connections = 1000 needs about" in log_path.read_text()
+        clients = [socket.create_connection(("127.0.0.1", port), 10) for _ in range(limit + 20)]
+        wait_log("cannot accept connections")
+        time.sleep(2.5)  # asyncio has retried (and failed) at least twice more by now
+        log = log_path.read_text(errors="replace")
+        assert log.count("cannot accept connections") == 1
+        assert "out of system resource" not in log and "Traceback" not in log
+        for sock in clients:
+            sock.close()
+        with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:  # served again
+            assert smtp.noop()[0] == 250
+        log = wait_log("accepting connections again")
+        assert log.count("accepting connections again") == 1
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        notify.close()
+
+
 # --- storage trouble ---------------------------------------------------------------------
 
 
@@ -305,8 +520,9 @@ def test_starttls_with_a_test_certificate_and_require_tls(start: Start, tmp_path
         assert isinstance(smtp.sock, ssl.SSLSocket)
         smtp.mail(CUSTOMER)
         smtp.rcpt(SUPPORT)
-        code, reply = smtp.data(make_mail())
-    assert code == 250 and b"queued as #1" in reply
+        raw = make_mail()
+        code, reply = smtp.data(raw)
+    assert (code, ticket_of(d, reply, raw)) == (250, 1)
 
 
 @pytest.fixture
@@ -327,7 +543,7 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
     users = users_file(tmp_path)
     d = start(smtp=f'tls_cert = "{cert}"\ntls_key = "{key}"\nauth_users_file = "{users}"')
     customer_mail = make_mail(subject="Help")
-    number = ticket_of(deliver(d, customer_mail)[1])
+    number = ticket_of(d, deliver(d, customer_mail)[1], customer_mail)
     agent_reply = make_mail(
         sender="Alice <alice@example.com>",
         to=CUSTOMER,
@@ -352,7 +568,7 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
         smtp.mail("alice@example.com")
         smtp.rcpt(SUPPORT)
         code, reply = smtp.data(agent_reply)
-    assert (code, ticket_of(reply.decode())) == (250, number)
+    assert (code, ticket_of(d, reply, agent_reply)) == (250, number)
     assert status(d, number) == "answered"
     with d.daemon.app.store.unit() as session:
         kinds = [m.author_kind for m in received(session, number)]
@@ -362,7 +578,7 @@ def test_auth_only_after_starttls_and_agent_mail_counts_as_agent(
 def test_agent_from_without_auth_is_customer_mail(start: Start) -> None:
     d = start()
     first = make_mail(subject="Help")
-    number = ticket_of(deliver(d, first)[1])
+    number = ticket_of(d, deliver(d, first)[1], first)
     forged = make_mail(
         sender="alice@example.com",
         subject="Re: Help",
@@ -385,13 +601,132 @@ def test_login_mechanism_and_cleartext_auth_on_loopback_when_allowed(
         assert code == 235
 
 
+def plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
+    blob = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+    return smtp.docmd("AUTH", f"PLAIN {blob}")
+
+
+def test_aiosmtpd_private_attribute_we_set_still_exists() -> None:
+    """`_require_tls_for_auth` sets aiosmtpd's `_auth_require_tls` per peer (cleartext AUTH only
+    on loopback); an aiosmtpd that renamed it would silently ignore us, so this fails first."""
+    import asyncio
+
+    from aiosmtpd.smtp import SMTP
+
+    from mailbridge.sources.smtp import _require_tls_for_auth
+
+    loop = asyncio.new_event_loop()
+    try:
+        server = SMTP(handler=object(), auth_require_tls=True, loop=loop)
+        assert server._auth_require_tls is True
+        _require_tls_for_auth(server, False)
+        assert server._auth_require_tls is False
+    finally:
+        loop.close()
+
+
+def test_password_guessing_is_locked_out_per_login_and_per_client(
+    start: Start, tmp_path: Path, fast_auth_failures: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailbridge.smtp")
+    users = users_file(tmp_path)
+    d = start(
+        smtp=f'auth_users_file = "{users}"\nauth_require_tls = false\n'
+        'auth_max_failures = 3\nauth_lockout = "3s"'
+    )  # failures are forgotten after a quiet `auth_lockout`: 3 s outlasts a hash on a busy host
+
+    def connect(source: str) -> smtplib.SMTP:
+        smtp = smtplib.SMTP("127.0.0.1", port_of(d), timeout=10, source_address=(source, 0))
+        smtp.ehlo("client.example")
+        return smtp
+
+    first, second, third = connect("127.0.0.2"), connect("127.0.0.3"), connect("127.0.0.4")
+    # three wrong passwords for alice from two addresses: alice is locked out everywhere...
+    assert plain(first, "alice@example.com", "guess-1")[0] == 535
+    assert plain(first, "alice@example.com", "guess-2")[0] == 535
+    assert plain(second, "alice@example.com", "guess-3")[0] == 535
+    code, text = plain(third, "alice@example.com", "wonderland")
+    assert (code, text) == (454, b"4.7.0 Too many failed logins, try again later")
+    # ...and the address that guessed three times is locked out whatever login it tries
+    assert plain(first, "bob@example.com", "guess-4")[0] == 535
+    assert plain(first, "carol@example.com", "anything")[0] == 454
+    assert plain(second, "bob@example.com", "guess-5")[0] == 535  # not locked: one of its own
+
+    exposition = d.daemon.app.metrics.exposition().decode()
+    assert "mailbridge_smtp_auth_failures_total 5.0" in exposition
+    assert 'mailbridge_smtp_auth_lockouts_total{scope="login"} 1.0' in exposition
+    assert 'mailbridge_smtp_auth_lockouts_total{scope="client"} 1.0' in exposition
+    lockouts = sorted(
+        r.getMessage().split(" for ")[0]
+        for r in caplog.records
+        if r.getMessage().startswith("auth lockout")
+    )
+    assert lockouts == ["auth lockout client=127.0.0.2", "auth lockout login=alice@example.com"]
+
+    # after the cooldown the right password works again; until then it is refused, not checked
+    codes = []
+    for _ in range(100):
+        code, _ = plain(third, "alice@example.com", "wonderland")
+        codes.append(code)
+        if code != 454:
+            break
+        time.sleep(0.1)
+    assert codes[-1] == 235 and set(codes[:-1]) <= {454}
+    for smtp in (first, second, third):
+        smtp.close()
+
+
+def test_password_hashing_does_not_wait_for_the_database_threads(
+    start: Start, tmp_path: Path
+) -> None:
+    """Logins are checked on a thread of their own: a busy default pool (commits) cannot delay them."""
+    import asyncio
+    import threading
+
+    users = users_file(tmp_path)
+    d = start(smtp=f'auth_users_file = "{users}"\nauth_require_tls = false')
+    gate = threading.Event()
+
+    def occupy() -> None:
+        assert d.loop is not None
+        for _ in range(64):  # more than the default executor has threads
+            asyncio.get_running_loop().run_in_executor(None, gate.wait)
+
+    try:
+        d.call(occupy)
+        with client(d) as smtp:
+            assert smtp.login("alice@example.com", "wonderland")[0] == 235
+    finally:
+        gate.set()
+
+
 def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
     from mailbridge.sources.smtp import _describe_peer
 
     assert _describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
-    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::1", True)
+    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
     assert _describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
     assert _describe_peer("") == ("unix", None, True)
+    # a dual-stack listener sees IPv4 clients as mapped addresses: still one IPv4 address each
+    mapped = _describe_peer(("::ffff:127.0.0.1", 25, 0, 0))
+    assert mapped == ("[::ffff:127.0.0.1]:25", "127.0.0.1", True)
+
+
+def test_ipv6_clients_share_a_limit_per_64() -> None:
+    """One host gets a /64 to pick addresses from: it must not get a fresh limit per address.
+
+    The listener test for per-client limits runs over IPv4 (127.0.0.2/3): this machine cannot
+    source connections from several IPv6 addresses, so the IPv6 bucketing is checked here.
+    """
+    from mailbridge.sources.smtp import _describe_peer
+
+    def bucket(host: str) -> str | None:
+        return _describe_peer((host, 25, 0, 0))[1]
+
+    same = {bucket("2001:db8:1:2::5"), bucket("2001:db8:1:2:ffff:ffff:ffff:fffe")}
+    assert same == {"2001:db8:1:2::/64"}
+    assert bucket("2001:db8:1:3::5") == "2001:db8:1:3::/64"
+    assert bucket("fe80::1%eth0") == "fe80::/64"
 
 
 # --- LMTP and Unix sockets ---------------------------------------------------------------
@@ -413,9 +748,11 @@ def test_lmtp_answers_per_recipient(start: Start) -> None:
         assert smtp.ehlo("mx.example")[0] == 250  # smtplib.LMTP sends LHLO
         assert smtp.docmd("EHLO", "mx.example")[0] == 500
         rcpts = [SUPPORT, "support+aaaaaaaaaaaaaaaa@example.com"]
-        replies = lmtp_deliver(smtp, make_mail(), rcpts)
+        raw = make_mail()
+        replies = lmtp_deliver(smtp, raw, rcpts)
         assert [code for code, _ in replies] == [250, 250]
-        assert all(b"queued as #1" in text for _, text in replies)
+        queued = [text.rsplit(b" ", 1)[0] for _, text in replies]  # each ends in its recipient
+        assert queued[0] == queued[1] and ticket_of(d, queued[0], raw) == 1
         assert replies[1][1].endswith(b"<support+aaaaaaaaaaaaaaaa@example.com>")
         replies = lmtp_deliver(smtp, make_mail(body=("y" * 70 + "\n") * 100), rcpts)
         assert [(code, text[:5]) for code, text in replies] == [(552, b"5.3.4")] * 2
@@ -429,8 +766,10 @@ def test_lmtp_on_a_unix_socket(start: Start, tmp_path: Path) -> None:
     assert sock.is_socket()
     with smtplib.LMTP(str(sock), timeout=10) as smtp:
         smtp.ehlo("mx.example")
-        [(code, text)] = lmtp_deliver(smtp, make_mail(), [SUPPORT])
-    assert code == 250 and b"queued as #1" in text
+        raw = make_mail()
+        [(code, text)] = lmtp_deliver(smtp, raw, [SUPPORT])
+    assert text.endswith(b" <support@example.com>")
+    assert (code, ticket_of(d, text.rsplit(b" ", 1)[0], raw)) == (250, 1)
     d.stop()
     assert not sock.exists()  # removed on a clean stop
 

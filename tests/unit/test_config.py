@@ -74,19 +74,53 @@ def test_unreadable_file_is_a_config_error(no_config: Path) -> None:
     assert info.value.problems == ["missing.toml:1: (file): cannot read: No such file or directory"]
 
 
+def uncommented(text: str) -> str:
+    """The example with every optional `#key = value` line (and table header) switched on."""
+    return re.sub(r"^#(?=[\[a-z])", "", text, flags=re.MULTILINE)
+
+
 def test_example_validates() -> None:
+    # what a first `mailbridge run` in a fresh clone picks up: the embedded default's values
     settings = load_settings(EXAMPLE)
     assert settings.source_path == EXAMPLE
-    assert settings.smtp.addresses == ("support@example.com",)
+    assert settings.model_dump() == load_settings_default().model_dump()
+    assert settings.smtp.addresses == ("support@localhost",)
+    assert settings.smtp.listen == "127.0.0.1:2525"
+    assert settings.database.url == "sqlite:///var/mailbridge.db"
+    assert settings.outbound.smarthost is None and not settings.tickets.acknowledge
+    assert settings.agents.domains == () and settings.agents.notify == ()
+    assert settings.rules == ()
+
+
+def load_settings_default() -> Settings:
+    return parse_settings("", "<default>")
+
+
+def test_example_fully_uncommented_validates() -> None:
+    # every optional line switched on, except the files this host lacks (checked just below)
+    text = uncommented(EXAMPLE.read_text())
+    text = re.sub(r"^(tls_cert|tls_key|auth_users_file|ack_template) = .*$", "", text, flags=re.M)
+    env = {
+        "MAILBRIDGE_IMAP_PASSWORD": "x",
+        "MAILBRIDGE_SMTP_PASSWORD": "y",
+        "MAILBRIDGE_WEBHOOK_SECRET": "z",
+    }
+    settings = parse_settings(text, "x.toml", env=env)
     assert [rule.name for rule in settings.rules] == ["auto-resolve", "auto-close", "purge-spam"]
     assert settings.rules[2].then == "purge"
     assert settings.outbound.port == 587 and settings.outbound.starttls
+    assert settings.outbound.smarthost == "smtp.example.com" and settings.tickets.acknowledge
+    assert settings.agents.domains == ("example.com",)
 
 
 def test_example_commented_settings_are_real_keys() -> None:
     # uncommenting every optional `#key = value` line must leave only files this host lacks
-    text = re.sub(r"^#(?=[\[a-z])", "", EXAMPLE.read_text(), flags=re.MULTILINE)
-    env = {"MAILBRIDGE_IMAP_PASSWORD": "x", "MAILBRIDGE_SMTP_PASSWORD": "y"}
+    text = uncommented(EXAMPLE.read_text())
+    env = {
+        "MAILBRIDGE_IMAP_PASSWORD": "x",
+        "MAILBRIDGE_SMTP_PASSWORD": "y",
+        "MAILBRIDGE_WEBHOOK_SECRET": "z",
+    }
     found = problems(text, env, source_path=EXAMPLE)
     assert found and all("file not found" in line for line in found), found
 
@@ -285,3 +319,37 @@ def test_settings_are_frozen(no_config: Path) -> None:
     with pytest.raises(ValidationError):
         settings.smtp.mode = "lmtp"  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+def test_cross_key_problems_are_reported_beside_field_errors() -> None:
+    # pydantic skips a table's own checks while a key of it is invalid; check-config must not
+    text = (
+        '[smtp]\nrequire_tls = true\ncolour = "blue"\n'
+        '[outbound]\nusername = "u"\nport = "x"\n'
+        '[tickets]\nacknowledge = "yes"\n'
+    )
+    assert problems(text) == [
+        "mailbridge.toml:2: smtp.require_tls: needs tls_cert and tls_key",
+        "mailbridge.toml:3: smtp.colour: unknown key",
+        "mailbridge.toml:5: outbound.username: needs password_file or password_env",
+        "mailbridge.toml:6: outbound.port: expected an integer",
+        "mailbridge.toml:8: tickets.acknowledge: expected true or false",
+    ]
+
+
+def test_unsupported_database_and_absurd_sizes_are_refused() -> None:
+    text = (
+        '[database]\nurl = "mysql://root@localhost/mb"\n'
+        '[smtp]\nmax_message_size = "100GB"\n' + IMAP + 'max_message_size = "2GB"\n'
+    )
+    assert problems(text, {"IMAP_PASS": "x"}) == [
+        "mailbridge.toml:2: database.url: unsupported database mysql:// "
+        "(use sqlite:///path or postgresql://user@host/db)",
+        "mailbridge.toml:4: smtp.max_message_size: must be at most 1GB (got '100GB')",
+        "mailbridge.toml:11: imap[0].max_message_size: must be at most 1GB (got '2GB')",
+    ]
+    ok = parse_settings(
+        '[database]\nurl = "postgresql+psycopg://u@h/db"\n[smtp]\nmax_message_size = "1GB"\n',
+        "ok.toml",
+    )
+    assert ok.smtp.max_message_size == 1024**3

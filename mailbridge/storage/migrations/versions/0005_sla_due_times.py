@@ -1,15 +1,15 @@
 """tickets carry their SLA due times (SPEC 8): one indexed query finds breaches
 
-Revision ID: 0003_sla
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01 22:30:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_sla"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
