@@ -439,22 +439,43 @@ _RULE_FROM: dict[str, tuple[str, ...]] = {
     "resolved": ("new", "open", "answered", "postponed"),
     "closed": ("new", "open", "answered", "resolved", "postponed"),
     "purge": ("closed", "spam", "deleted"),
+    # reminders and escalations change no status: any ticket still in normal life
+    "remind": ("new", "open", "answered", "resolved", "postponed"),
+    "escalate": ("new", "open", "answered", "resolved", "postponed"),
 }
 
 
 class Rule(_Section):
     name: str
-    when: Status
+    when: Status | tuple[Status, ...]  # one status or a list (SPEC 8)
     idle_for: Duration
-    then: Literal["resolved", "closed", "purge"]
+    then: Literal["resolved", "closed", "purge", "remind", "escalate"]
     notify: Bool = False
+    # narrow a rule to some tickets (SPEC 8); queue and priority exist with queues (SPEC 7)
+    queue: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] | None = None
+    tags: tuple[str, ...] = ()
+    # the mail of remind / escalate, and of a status rule's notify; default: bundled templates
+    template: FilePath | None = None
+    # escalate: addresses, and the words "owner" (the ticket's owner) and "queue" (its notify)
+    to: tuple[str, ...] = ()
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        return (self.when,) if isinstance(self.when, str) else tuple(self.when)
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
         allowed = _RULE_FROM[self.then]
-        if self.when not in allowed:
+        wrong = [s for s in self.statuses if s not in allowed]
+        if wrong or not self.statuses:
             choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
             _reject("rules", [(("then",), f"{self.then} needs when = {choices}")])
+        if self.then == "escalate" and not self.to:
+            _reject("rules", [(("to",), 'escalate needs to = addresses, "owner" or "queue"')])
+        bad = [t for t in self.to if t not in ("owner", "queue") and not _ADDRESS.fullmatch(t)]
+        if bad:
+            _reject("rules", [(("to",), f"not an address, owner or queue: {bad[0]!r}")])
         return self
 
 

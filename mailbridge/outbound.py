@@ -249,7 +249,14 @@ class Outbound:
         )
         self._queue(session, ticket, [draft], now)
 
-    def rule_notice(self, session: Session, ticket: Ticket, rule: str, now: datetime) -> None:
+    def rule_notice(
+        self,
+        session: Session,
+        ticket: Ticket,
+        rule: str,
+        now: datetime,
+        template: Path | None = None,
+    ) -> None:
         """Tell the customer a rule changed their ticket (`[[rules]] notify = true`)."""
         if ticket.status in ("spam", "deleted"):
             return  # never write to the sender of spam
@@ -257,7 +264,8 @@ class Outbound:
         if not to:
             return
         values = self._values(ticket) | {"rule": rule, "confirm": self._confirm_hint(ticket)}
-        subject, body = render(_template("rule"), values)
+        text = template.read_text("utf-8") if template else _template("rule")
+        subject, body = render(text, values)
         draft = Draft(
             kind="rule",
             author_kind="system",
@@ -271,6 +279,45 @@ class Outbound:
             verdict=f"rule:{rule}",
         )
         self._queue(session, ticket, [draft], now)
+
+    def rule_mail(
+        self,
+        session: Session,
+        ticket: Ticket,
+        kind: str,
+        values: dict[str, object],
+        now: datetime,
+        template: Path | None = None,
+        recipients: list[str] | None = None,
+    ) -> None:
+        """A `remind` (to the customer) or `escalate` (to `recipients`) mail of a rule (SPEC 8),
+        queued in the transaction that records its event."""
+        if recipients is None:
+            to, cc = self._customer_recipients(session, ticket)
+        else:
+            to = [b for b in (mailbox("", a) for a in dict.fromkeys(recipients)) if b]
+            cc = []
+        if not to:
+            return
+        text = template.read_text("utf-8") if template else _template(kind)
+        subject, body = render(text, self._values(ticket) | values)
+        draft = Draft(
+            kind="rule" if recipients is None else "notice",
+            author_kind="system",
+            to=to,
+            cc=cc,
+            subject=subject or reply_subject(ticket.subject),
+            body=body,
+            from_name=self.settings.outbound.from_name,
+            in_reply_to=self._last_customer_id(session, ticket) if recipients is None else None,
+            auto_submitted="auto-generated",
+            verdict=f"rule:{values.get('rule')} {kind}",
+        )
+        self._queue(session, ticket, [draft], now)
+
+    def queue_notify_addresses(self, ticket: Ticket) -> list[str]:
+        """Whom "queue" means for a ticket: its queue's notify, for now `[agents] notify`."""
+        return [a.addr_spec for a in self._notify_addresses()]
 
     def sla_breach_notice(
         self, session: Session, ticket: Ticket, values: dict[str, object], now: datetime

@@ -53,7 +53,7 @@ class Change:
     from_status: str
     to_status: str
     rule: str
-    action: str = "status"  # status | sla_breach
+    action: str = "status"  # status | sla_breach | remind | escalate
     detail: str | None = None
 
     def describe(self) -> str:
@@ -137,7 +137,9 @@ class Sweeps:
                 rule.name,
                 dry_run,
                 halt,
-                lambda s, limit, r=rule: repo.idle_tickets(s, r.when, at - r.idle_for, limit),
+                lambda s, limit, r=rule: repo.idle_tickets_in(
+                    s, r.statuses, at - r.idle_for, limit
+                ),
                 lambda number, r=rule: self._apply_rule(r, number, at, dry_run),
             )
         return changes
@@ -199,19 +201,73 @@ class Sweeps:
 
     def _apply_rule(self, rule: Rule, number: int, at: datetime, dry_run: bool) -> Change | None:
         with self.store.unit() as session:
-            ticket = repo.lock_ticket_if(session, number, rule.when)
+            ticket = repo.lock_ticket(session, number)
             # re-checked under the lock: a mail may have arrived since the candidates were read
-            if ticket is None or ticket.last_activity_at > at - rule.idle_for:
+            if (
+                ticket is None
+                or ticket.status not in rule.statuses
+                or ticket.last_activity_at > at - rule.idle_for
+                or not narrowed(rule, ticket)
+            ):
                 return None
             if rule.then == "purge":
                 return self._purge(session, ticket, rule, at, dry_run)
+            if rule.then in ("remind", "escalate"):
+                return self._mail_rule(session, ticket, rule, at, dry_run)
             event = lifecycle.Event(
                 _KINDS[rule.then], f"rule:{rule.name}", detail=f"idle for {_span(rule.idle_for)}"
             )
             change = self._transition(session, ticket, event, rule.name, at, dry_run)
             if change is not None and rule.notify and not dry_run:
-                self._notify(session, ticket, rule.name, at)
+                self._notify(session, ticket, rule, at)
             return change
+
+    def _mail_rule(
+        self, session: Session, ticket: Ticket, rule: Rule, at: datetime, dry_run: bool
+    ) -> Change | None:
+        """`remind` / `escalate`: once per quiet spell, and without touching the idle time.
+
+        The spell is the time since the ticket's last message or status change
+        (`last_activity_at`); an event of this rule inside it means it already fired. Neither the
+        event nor the mail moves `last_activity_at`, so later rules still count from the spell's
+        start (remind at 5d, resolve at 7d)."""
+        actor = f"rule:{rule.name}"
+        spell = ticket.last_activity_at
+        if any(
+            e.kind == rule.then and e.actor == actor and e.at >= spell
+            for e in repo.ticket_events(session, ticket.number)
+        ):
+            return None
+        idle = _span(rule.idle_for)
+        recipients = None
+        detail = f"idle for {idle}"
+        if rule.then == "escalate":
+            recipients = self._escalation_recipients(ticket, rule)
+            detail += f"; to {', '.join(recipients) or 'nobody'}"
+        change = Change(ticket.number, ticket.status, ticket.status, rule.name, rule.then, detail)
+        if dry_run:
+            return change
+        record = lifecycle.Record(at, rule.then, actor, ticket.status, ticket.status, detail)
+        repo.add_events(session, ticket.number, [record], None)
+        send = getattr(self.outbound, "rule_mail", None)
+        if send is not None:
+            values = {"rule": rule.name, "idle": idle}
+            send(session, ticket, rule.then, values, at, rule.template, recipients)
+        log.info("%s", change.describe())
+        return change
+
+    def _escalation_recipients(self, ticket: Ticket, rule: Rule) -> list[str]:
+        found: list[str] = []
+        for entry in rule.to:
+            if entry == "owner":
+                owner = getattr(ticket, "owner", None)
+                found += [owner] if owner else []
+            elif entry == "queue":
+                addresses = getattr(self.outbound, "queue_notify_addresses", None)
+                found += addresses(ticket) if addresses else []
+            else:
+                found.append(entry)
+        return list(dict.fromkeys(a.lower() for a in found))
 
     def _purge(
         self, session: Session, ticket: Ticket, rule: Rule, at: datetime, dry_run: bool
@@ -303,14 +359,39 @@ class Sweeps:
             log.info("%s", change.describe())
         return change
 
-    def _notify(self, session: Session, ticket: Ticket, rule: str, at: datetime) -> None:
+    def _notify(self, session: Session, ticket: Ticket, rule: Rule, at: datetime) -> None:
         """Queue the rule's notice in the transition's own transaction: exactly once with it."""
         notice = getattr(self.outbound, "rule_notice", None)
         if notice is None:
-            # TODO(lead): Outbound.rule_notice(session, ticket, rule_name, now) is not built yet
-            log.debug("rule %s: notify is set but outbound cannot send rule notices", rule)
+            log.debug("rule %s: notify is set but outbound cannot send rule notices", rule.name)
             return
-        notice(session, ticket, rule, at)
+        if rule.template is not None:
+            notice(session, ticket, rule.name, at, template=rule.template)
+        else:
+            notice(session, ticket, rule.name, at)
+
+
+def narrowed(rule: Rule, ticket: Ticket) -> bool:
+    """Whether a rule's optional `queue`, `priority` and `tags` take this ticket."""
+    if rule.queue is not None and queue_of(ticket) != rule.queue:
+        return False
+    if (
+        rule.priority is not None
+        and (getattr(ticket, "priority", None) or "normal") != rule.priority
+    ):
+        return False
+    return not rule.tags or set(rule.tags) <= _tags(ticket)
+
+
+def _tags(ticket: Ticket) -> set[str]:
+    value = getattr(ticket, "tags", None)
+    if not value:
+        return set()
+    if isinstance(value, str):
+        return {t for t in value.replace(",", " ").split() if t}
+    return {
+        t if isinstance(t, str) else str(getattr(t, "tag", getattr(t, "name", t))) for t in value
+    }
 
 
 def queue_of(ticket: Ticket) -> str:

@@ -378,6 +378,19 @@ def idle_tickets(
     )
 
 
+def idle_tickets_in(
+    session: Session, statuses: Sequence[str], idle_since: datetime, limit: int = 500
+) -> list[int]:
+    return list(
+        session.scalars(
+            select(Ticket.number)
+            .where(Ticket.status.in_(list(statuses)), Ticket.last_activity_at <= idle_since)
+            .order_by(Ticket.last_activity_at)
+            .limit(limit)
+        )
+    )
+
+
 def sla_stale_tickets(session: Session, limit: int = 500) -> list[int]:
     """Tickets whose SLA due times need recomputing (created, or a status change since)."""
     return list(
