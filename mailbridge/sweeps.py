@@ -311,7 +311,7 @@ class Sweeps:
                 log.warning("ticket #%d: SLA %s missed %s", number, policy, detail)
                 notice = getattr(self.outbound, "sla_breach_notice", None)
                 if notice is not None:
-                    due = clock.target(target).due if clock else None
+                    due = _due(clock, target)
                     values = {
                         "target": target,
                         "sla": policy,

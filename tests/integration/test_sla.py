@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
+from mailbridge.report_html import render_html
 from mailbridge.storage import repository as repo
 from mailbridge.sweeps import Sweeps
 from tests.mail import make_mail, message_id_of
@@ -259,3 +260,7 @@ def test_cli_show_breached_and_report(
         "rate": 0.5,
         "queues": {"support": {"met": 1, "breached": 1, "rate": 0.5}},
     }
+    page = render_html(report)
+    assert '<p id="sla-total">met 1, breached 1</p>' in page
+    assert "<tr><td>support</td><td>1</td><td>1</td><td>50.0%</td></tr>" in page
+    assert "sla-empty" not in page
