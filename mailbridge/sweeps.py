@@ -138,7 +138,7 @@ class Sweeps:
                 dry_run,
                 halt,
                 lambda s, limit, r=rule: repo.idle_tickets_in(
-                    s, r.statuses, at - r.idle_for, limit
+                    s, r.statuses, at - r.idle_for, limit, _fires_once(r)
                 ),
                 lambda number, r=rule: self._apply_rule(r, number, at, dry_run),
             )
@@ -369,6 +369,11 @@ class Sweeps:
             notice(session, ticket, rule.name, at, template=rule.template)
         else:
             notice(session, ticket, rule.name, at)
+
+
+def _fires_once(rule: Rule) -> tuple[str, str] | None:
+    """The event that marks a remind/escalate rule as done for the current quiet spell."""
+    return (rule.then, f"rule:{rule.name}") if rule.then in ("remind", "escalate") else None
 
 
 def narrowed(rule: Rule, ticket: Ticket) -> bool:

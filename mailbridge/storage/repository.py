@@ -379,16 +379,28 @@ def idle_tickets(
 
 
 def idle_tickets_in(
-    session: Session, statuses: Sequence[str], idle_since: datetime, limit: int = 500
+    session: Session,
+    statuses: Sequence[str],
+    idle_since: datetime,
+    limit: int = 500,
+    not_fired: tuple[str, str] | None = None,
 ) -> list[int]:
-    return list(
-        session.scalars(
-            select(Ticket.number)
-            .where(Ticket.status.in_(list(statuses)), Ticket.last_activity_at <= idle_since)
-            .order_by(Ticket.last_activity_at)
-            .limit(limit)
-        )
+    """Tickets in one of `statuses`, quiet since `idle_since`; with `not_fired = (kind, actor)`,
+    only those without such an event in their current quiet spell (remind/escalate fire once
+    per spell, so a ticket they already served leaves the candidates)."""
+    stmt = select(Ticket.number).where(
+        Ticket.status.in_(list(statuses)), Ticket.last_activity_at <= idle_since
     )
+    if not_fired is not None:
+        kind, actor = not_fired
+        fired = select(Event.id).where(
+            Event.ticket_number == Ticket.number,
+            Event.kind == kind,
+            Event.actor == actor,
+            Event.at >= Ticket.last_activity_at,
+        )
+        stmt = stmt.where(~fired.exists())
+    return list(session.scalars(stmt.order_by(Ticket.last_activity_at).limit(limit)))
 
 
 def sla_stale_tickets(session: Session, limit: int = 500) -> list[int]:

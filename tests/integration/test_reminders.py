@@ -208,3 +208,17 @@ def test_rule_config_errors(rule: str, message: str) -> None:
     text = f'[[rules]]\nname = "r"\nidle_for = "1d"\n{when}{rule}\n'
     with pytest.raises(ConfigError, match=message):
         parse_settings(text, "m.toml")
+
+
+def test_a_served_ticket_leaves_the_candidates(make_app: Any, db_url: str, clock: Any) -> None:
+    # a quiet ticket reminded once is not read again by every later sweep of the rule
+    app = make_app(db_url, RULES)
+    number = answered(app)
+    at = clock.now + 6 * DAY
+    fired = ("remind", "rule:nudge")
+    with app.store.unit() as s:
+        assert repo.idle_tickets_in(s, ["answered"], at - 5 * DAY, 10, fired) == [number]
+    run(app, at)
+    with app.store.unit() as s:
+        assert repo.idle_tickets_in(s, ["answered"], at - 5 * DAY, 10, fired) == []
+        assert repo.idle_tickets_in(s, ["answered"], at - 5 * DAY, 10) == [number]
