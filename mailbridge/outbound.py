@@ -316,8 +316,18 @@ class Outbound:
         self._queue(session, ticket, [draft], now)
 
     def queue_notify_addresses(self, ticket: Ticket) -> list[str]:
-        """Whom "queue" means for a ticket: its queue's notify, for now `[agents] notify`."""
-        return [a.addr_spec for a in self._notify_addresses()]
+        """Whom "queue" means for a ticket: its queue's notify (SPEC 7), else `[agents] notify`."""
+        per_queue = getattr(self, "queue_notify", None)
+        if per_queue is not None:
+            return list(per_queue.get(getattr(ticket, "queue", None), self.notify))
+        return [a.addr_spec for a in self.notify_boxes]
+
+    def _owner_or_queue(self, ticket: Ticket) -> list[Address]:
+        """The ticket's owner when it has one, else its queue's notify addresses."""
+        owner = getattr(ticket, "owner", None)
+        addresses = [owner] if owner else self.queue_notify_addresses(ticket)
+        boxes = [b for b in (mailbox("", a) for a in addresses) if b]
+        return boxes[: self.settings.smtp.max_recipients]
 
     def sla_breach_notice(
         self, session: Session, ticket: Ticket, values: dict[str, object], now: datetime
@@ -326,8 +336,7 @@ class Outbound:
 
         Goes to the ticket's owner when tickets have one, else to the queue's (for now the
         `[agents] notify`) addresses."""
-        owner = getattr(ticket, "owner", None)
-        boxes = [b for b in [mailbox("", owner)] if b] if owner else self._notify_addresses()
+        boxes = self._owner_or_queue(ticket)
         if not boxes:
             return
         subject, body = render(_template("sla_breach"), self._values(ticket) | values)

@@ -207,7 +207,7 @@ class Sweeps:
                 ticket is None
                 or ticket.status not in rule.statuses
                 or ticket.last_activity_at > at - rule.idle_for
-                or not narrowed(rule, ticket)
+                or not narrowed(rule, ticket, _ticket_tags(session, number))
             ):
                 return None
             if rule.then == "purge":
@@ -376,27 +376,20 @@ def _fires_once(rule: Rule) -> tuple[str, str] | None:
     return (rule.then, f"rule:{rule.name}") if rule.then in ("remind", "escalate") else None
 
 
-def narrowed(rule: Rule, ticket: Ticket) -> bool:
-    """Whether a rule's optional `queue`, `priority` and `tags` take this ticket."""
+def narrowed(rule: Rule, ticket: Ticket, tags: Iterable[str] = ()) -> bool:
+    """Whether a rule's optional `queue`, `priority` and `tags` (all of them) take this ticket."""
     if rule.queue is not None and queue_of(ticket) != rule.queue:
         return False
-    if (
-        rule.priority is not None
-        and (getattr(ticket, "priority", None) or "normal") != rule.priority
-    ):
+    priority = getattr(ticket, "priority", None) or "normal"
+    if rule.priority is not None and priority != rule.priority:
         return False
-    return not rule.tags or set(rule.tags) <= _tags(ticket)
+    return set(rule.tags) <= set(tags)
 
 
-def _tags(ticket: Ticket) -> set[str]:
-    value = getattr(ticket, "tags", None)
-    if not value:
-        return set()
-    if isinstance(value, str):
-        return {t for t in value.replace(",", " ").split() if t}
-    return {
-        t if isinstance(t, str) else str(getattr(t, "tag", getattr(t, "name", t))) for t in value
-    }
+def _ticket_tags(session: Session, number: int) -> list[str]:
+    # tags are rows of their own (SPEC 7); before they exist no ticket has any
+    tags_of = getattr(repo, "tags_of", None)
+    return list(tags_of(session, [number]).get(number, [])) if tags_of else []
 
 
 def queue_of(ticket: Ticket) -> str:
