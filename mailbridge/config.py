@@ -459,6 +459,9 @@ class Rule(_Section):
     template: FilePath | None = None
     # escalate: addresses, and the words "owner" (the ticket's owner) and "queue" (its notify)
     to: tuple[str, ...] = ()
+    # escalate: the ticket is unowned and assigned again by its queue's strategy, skipping
+    # the previous owner (SPEC 7, 8)
+    reassign: Bool = False
 
     @property
     def statuses(self) -> tuple[str, ...]:
@@ -473,6 +476,8 @@ class Rule(_Section):
             _reject("rules", [(("then",), f"{self.then} needs when = {choices}")])
         if self.then == "escalate" and not self.to:
             _reject("rules", [(("to",), 'escalate needs to = addresses, "owner" or "queue"')])
+        if self.reassign and self.then != "escalate":
+            _reject("rules", [(("reassign",), 'reassign needs then = "escalate"')])
         bad = [t for t in self.to if t not in ("owner", "queue") and not _ADDRESS.fullmatch(t)]
         if bad:
             _reject("rules", [(("to",), f"not an address, owner or queue: {bad[0]!r}")])

@@ -241,6 +241,9 @@ class Sweeps:
         idle = _span(rule.idle_for)
         recipients = None
         detail = f"idle for {idle}"
+        if rule.reassign:
+            done = "reassign" if dry_run else self._reassign(session, ticket, rule, at)
+            detail += f"; {done}"
         if rule.then == "escalate":
             recipients = self._escalation_recipients(ticket, rule)
             detail += f"; to {', '.join(recipients) or 'nobody'}"
@@ -255,6 +258,30 @@ class Sweeps:
             send(session, ticket, rule.then, values, at, rule.template, recipients)
         log.info("%s", change.describe())
         return change
+
+    def _reassign(self, session: Session, ticket: Ticket, rule: Rule, at: datetime) -> str:
+        """Unown the ticket and let its queue's strategy pick again, never the previous owner."""
+        try:
+            from mailbridge import assignment, ownership  # queues and owners (SPEC 7)
+        except ImportError:
+            log.warning("rule %s: reassign needs queues and owners (SPEC 7)", rule.name)
+            return "not reassigned: no queues"
+        previous = getattr(ticket, "owner", None)
+        queue = queue_of(ticket)
+        settings: Any = self.settings
+        members = [m for m in settings.queue_members(queue) if m != previous]
+        choice = assignment.choose(
+            settings.queue(queue).assign,
+            members,
+            take_turn=lambda: repo.take_turn(session, queue),  # type: ignore[attr-defined]
+            open_counts=lambda: repo.open_counts(session, members),  # type: ignore[attr-defined]
+            last_owner=lambda: None,  # sticky would give it straight back
+        )
+        what = f"reassigned {previous or 'none'} -> {choice.owner or 'none'} ({choice.detail})"
+        ownership.assign(
+            session, settings, ticket, choice.owner, f"rule:{rule.name}", at, detail=what
+        )
+        return what
 
     def _escalation_recipients(self, ticket: Ticket, rule: Rule) -> list[str]:
         found: list[str] = []

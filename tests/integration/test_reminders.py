@@ -201,6 +201,7 @@ queue = "support"
         ('then = "escalate"', "escalate needs to ="),
         ('then = "remind"\nto = ["nobody"]', "not an address"),
         ('then = "remind"\nwhen = ["answered", "closed"]', "remind needs when"),
+        ('then = "remind"\nreassign = true', "reassign needs then"),
     ],
 )
 def test_rule_config_errors(rule: str, message: str) -> None:
