@@ -15,6 +15,7 @@ from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ConfigError
 from mailbridge.storage import repository as repo
 from mailbridge.sweeps import Sweeps
+from tests.conftest import BASE_CONFIG
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)
@@ -223,3 +224,45 @@ def test_a_served_ticket_leaves_the_candidates(make_app: Any, db_url: str, clock
     with app.store.unit() as s:
         assert repo.idle_tickets_in(s, ["answered"], at - 5 * DAY, 10, fired) == []
         assert repo.idle_tickets_in(s, ["answered"], at - 5 * DAY, 10) == [number]
+
+
+QUEUES = """
+[[queues]]
+name = "support"
+addresses = ["support@example.com"]
+members = ["alice@example.com", "bob@example.com", "erik@example.com"]
+assign = "round_robin"
+notify = ["support-team@example.com"]
+
+[[rules]]
+name = "hand-over"
+when = ["new", "open"]
+idle_for = "1d"
+then = "escalate"
+to = ["owner", "queue"]
+reassign = true
+"""
+
+
+def test_escalate_reassign_picks_another_member(make_app: Any, db_url: str, clock: Any) -> None:
+    # needs queues, owners and their assignment (SPEC 7, issue 12); runs once they are merged
+    pytest.importorskip("mailbridge.assignment")
+    base = BASE_CONFIG.replace(
+        'addresses = ["alice@example.com"]',
+        'addresses = ["alice@example.com", "bob@example.com", "erik@example.com"]',
+    )
+    app = make_app(db_url, QUEUES, base)
+    number, _ = new_ticket(app)
+    with app.store.unit() as s:
+        first = repo.get_ticket(s, number).owner
+    assert first is not None
+    (change,) = run(app, clock.now + DAY)
+    with app.store.unit() as s:
+        t = repo.get_ticket(s, number)
+        assert t.owner not in (None, first)
+        owner = t.owner
+        assigns = [e.detail for e in repo.ticket_events(s, number) if e.kind == "assign"]
+    assert assigns[-1].startswith(f"reassigned {first} -> {owner}")
+    assert f"to {owner}, support-team@example.com" in change.detail
+    (mail,) = mails(app, number)
+    assert mail == ("rule:hand-over escalate", f"{owner}, support-team@example.com")
