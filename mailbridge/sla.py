@@ -43,6 +43,14 @@ class Target:
     name: str  # first_response | next_response | resolution
     due: datetime | None  # None: the clock is paused (or stopped) before the target ran out
     met_at: datetime | None  # when it was met, if it was
+    start: datetime | None = None  # next_response: the customer mail it answers
+
+    @property
+    def key(self) -> str:
+        """How a recorded breach names this target: each next-response wait is its own."""
+        if self.name == "next_response" and self.start is not None:
+            return f"{self.name}@{int(self.start.timestamp())}"
+        return self.name
 
     def breached(self, now: datetime) -> timedelta | None:
         """By how much the target was missed as of `now`, or None if it was not (yet)."""
@@ -62,12 +70,16 @@ class Clock:
     def breaches(self, now: datetime) -> dict[str, timedelta]:
         return {t.name: by for t in self.targets if (by := t.breached(now)) is not None}
 
+    def missed(self, now: datetime) -> list[tuple[Target, timedelta]]:
+        return [(t, by) for t in self.targets if (by := t.breached(now)) is not None]
+
     def next_due(self, now: datetime, recorded: Sequence[str]) -> datetime | None:
-        """The earliest due time still to watch: not met, not already recorded as breached."""
+        """The earliest due time still to watch: not met, not already recorded as breached
+        (`recorded` holds target keys)."""
         dues = [
             t.due
             for t in self.targets
-            if t.due is not None and t.met_at is None and t.name not in recorded
+            if t.due is not None and t.met_at is None and t.key not in recorded
         ]
         return min(dues) if dues else None
 
@@ -135,7 +147,7 @@ def compute(policy: Policy, created: datetime, history: Sequence[HistoryEvent]) 
                 waiting = None
         if waiting is not None:
             due = _due(spans, waiting, policy.next_response, policy.calendar)
-            targets.append(Target("next_response", due, None))
+            targets.append(Target("next_response", due, None, waiting))
         else:
             # the last customer mail was answered: met (or never due); nothing to watch
             targets.append(Target("next_response", None, None))

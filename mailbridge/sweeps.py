@@ -319,8 +319,9 @@ class Sweeps:
             # a ticket that left normal life keeps its history: enabling an SLA on an old
             # database must not report every closed ticket of the past as a breach today
             live = ticket.status not in _FINISHED
-            for target, by in (clock.breaches(at) if clock and live else {}).items():
-                if target in recorded:
+            for missed, by in clock.missed(at) if clock and live else []:
+                target = missed.name
+                if missed.key in recorded:
                     continue
                 detail = f"{target} by {sla.describe(by)}"
                 changes.append(
@@ -328,7 +329,9 @@ class Sweeps:
                         number, ticket.status, ticket.status, f"sla {policy}", "sla_breach", detail
                     )
                 )
-                recorded.append(target)
+                # one next_response marker: the newest wait (the column stays short)
+                recorded = [r for r in recorded if r.partition("@")[0] != target]
+                recorded.append(missed.key)
                 if dry_run:
                     continue
                 record = lifecycle.Record(

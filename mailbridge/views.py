@@ -77,7 +77,8 @@ def sla_view(ticket: Ticket, clock: Any, name: str | None) -> dict[str, Any] | N
     `breached` the targets the sweep recorded (what `tickets --breached` lists too)."""
     if clock is None:
         return None
-    recorded = sorted(t for t in (ticket.sla_breached or "").split(",") if t)
+    # next_response@<start>: which wait was missed; shown by target name
+    recorded = sorted({t.partition("@")[0] for t in (ticket.sla_breached or "").split(",") if t})
 
     def due(target: str) -> str | None:
         found = clock.target(target)

@@ -264,3 +264,36 @@ def test_cli_show_breached_and_report(
     assert '<p id="sla-total">met 1, breached 1</p>' in page
     assert "<tr><td>support</td><td>1</td><td>1</td><td>50.0%</td></tr>" in page
     assert "sla-empty" not in page
+
+
+def test_each_missed_next_response_is_its_own_breach(
+    make_app: Any, db_url: str, clock: Any
+) -> None:
+    app = sla_app(make_app, db_url)
+    number, raw = new_ticket(app)
+    clock.now = utc(2026, 11, 2, 10)
+    agent_reply(app, raw)
+    # Thu 5 Nov 07:00 UTC (09:00 local) the customer writes: 8 working hours -> 15:00 UTC
+    clock.now = utc(2026, 11, 5, 7)
+    customer_reply(app, raw)
+    run(app, clock.now)
+    assert run(app, utc(2026, 11, 5, 15)) == []
+    assert [c.detail for c in run(app, utc(2026, 11, 5, 15, 30))] == ["next_response by 30m"]
+    clock.now = utc(2026, 11, 6, 8)
+    agent_reply(app, raw)
+    # again the next Monday 09:00 local; missed by an hour this time
+    clock.now = utc(2026, 11, 9, 7)
+    customer_reply(app, raw)
+    run(app, clock.now)
+    # resolution (16 working hours, paused while answered: 1h + 8h + 1h used) ran out at
+    # 13:00 UTC too
+    assert sorted(c.detail for c in run(app, utc(2026, 11, 9, 16))) == [
+        "next_response by 1h",
+        "resolution by 3h",
+    ]
+    assert run(app, utc(2026, 11, 9, 17)) == []
+    assert [d for _, _, d in breaches(app, number)] == [
+        "next_response by 30m",
+        "next_response by 1h",
+        "resolution by 3h",
+    ]
