@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
@@ -176,6 +177,7 @@ def db_upgrade(ctx: Ctx) -> None:
 def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
     """Ingest .eml files, directories, mbox files or Maildirs."""
     from mailbridge.envelope import Envelope, Source
+    from mailbridge.parse_pool import ParsePool, parse_ahead
     from mailbridge.sources.files import Skipped, count_messages, iter_messages
 
     app = ctx.app
@@ -205,15 +207,8 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
             where = f"#{outcome.ticket}" if outcome.ticket else "-"
             click.echo(f"{outcome.source}: {outcome.outcome} {where} ({outcome.reason})")
 
-    with _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance:
+    def batches() -> Iterator[list[tuple[bytes, Envelope, Source]]]:
         batch: list[tuple[bytes, Envelope, Source]] = []
-
-        def flush() -> None:
-            for outcome in app.ingestor.accept_many(batch):
-                report(outcome)
-            advance(len(batch))
-            batch.clear()
-
         for raw, label in messages():
             source = Source("file", label, live=False)
             if dry_run:
@@ -222,9 +217,21 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
                 continue
             batch.append((raw, Envelope(), source))
             if len(batch) >= batch_size:
-                flush()
+                yield batch
+                batch = []
         if batch:
-            flush()
+            yield batch
+
+    # worker processes parse the next batch while this one commits; dry runs parse in process
+    parser = None if dry_run else ParsePool.from_settings(app.settings)
+    with (
+        _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance,
+        parser or contextlib.nullcontext(),
+    ):
+        for items, results in parse_ahead(parser, batches()):
+            for outcome in app.ingestor.accept_many(items, results):
+                report(outcome)
+            advance(len(items))
     if not as_json:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
         click.echo(f"{'would ingest' if dry_run else 'ingested'}: {summary}", err=True)
@@ -456,6 +463,8 @@ def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: st
         fail("give quarantine IDs or --all, not both", 2)
     if reason is not None and not retry_all:
         fail("--reason selects entries for --all", 2)
+    from mailbridge.parse_pool import ParsePool
+
     app = ctx.app  # built once: releasing a flood of 200 entries is one process, not 200
     if retry_all:
         with app.store.unit() as session:
@@ -465,16 +474,21 @@ def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: st
                 if reason is None or q.reason.startswith(reason)
             )
     counts: dict[str, int] = {}
-    for pk in pks:
-        try:
-            outcome = retry_quarantined(app.store, app.ingestor, pk)
-        except (NotFound, Refused) as exc:
-            click.echo(f"mailbridge: {exc}", err=True)
-            counts["refused"] = counts.get("refused", 0) + 1
-            continue
-        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
-        where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
-        click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
+    # a mail held for "parse timeout" must not hang the command: large mail parses on a worker
+    parser = ParsePool.from_settings(app.settings) if pks else None
+    with parser or contextlib.nullcontext():
+        if parser is not None:
+            app.ingestor.parser = parser
+        for pk in pks:
+            try:
+                outcome = retry_quarantined(app.store, app.ingestor, pk)
+            except (NotFound, Refused) as exc:
+                click.echo(f"mailbridge: {exc}", err=True)
+                counts["refused"] = counts.get("refused", 0) + 1
+                continue
+            counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+            where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
+            click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
     if retry_all or len(pks) > 1:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing held"
         click.echo(f"retried: {summary}", err=True)

@@ -144,6 +144,23 @@ def _smtp_listen(value: str, info: ValidationInfo) -> str:
     return f"unix:{_base_dir(info) / where}" if isinstance(where, Path) else value
 
 
+def _socket_mode(value: str) -> str:
+    # a string, as chmod writes it: a TOML integer 0660 would be read as decimal 660
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"invalid socket mode {value!r} (use octal permissions, e.g. '0660')")
+    return value
+
+
+def _group(value: str) -> str:
+    import grp
+
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        raise ValueError(f"no such group: {value!r}") from None
+    return value
+
+
 def _metrics_listen(value: str) -> str:
     if isinstance(split_listen(value), Path):
         raise ValueError(f"invalid address {value!r} (use host:port)")
@@ -283,6 +300,9 @@ class SmtpSettings(_Section):
     data_min_rate: Size = 1024
     auth_max_failures: Count = 5  # per client address (IPv6: per /64) and per login
     auth_lockout: Duration = timedelta(minutes=5)
+    # a unix: listen socket's permissions, set before READY; group: who may deliver (Postfix)
+    socket_mode: Annotated[str, AfterValidator(_socket_mode)] = "0660"
+    socket_group: Annotated[str, AfterValidator(_group)] | None = None
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:
@@ -587,6 +607,13 @@ class ClusterSettings(_Section):
     lease_ttl: Duration = timedelta(seconds=30)
 
 
+class ParseSettings(_Section):
+    # worker processes that parse; None: one per CPU; 0: parse in process, without a deadline
+    workers: Annotated[int, Strict(), Field(ge=0)] | None = None
+    timeout: Duration = timedelta(seconds=30)  # per message; then quarantined "parse timeout"
+    inline_max_size: Size = 4 * 1024  # mail up to this size is parsed in process
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     smtp: SmtpSettings = SmtpSettings()
@@ -599,6 +626,7 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
     webhooks: tuple[Webhook, ...] = ()
+    parse: ParseSettings = ParseSettings()
     calendars: tuple[CalendarSettings, ...] = ()
     sla: tuple[SlaSettings, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)

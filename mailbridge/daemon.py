@@ -27,6 +27,7 @@ from mailbridge.config import Settings, describe, load_settings
 from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.metrics import Metrics
+from mailbridge.parse_pool import ParsePool
 from mailbridge.scheduler import Scheduler
 from mailbridge.sender import OutboxSender
 from mailbridge.sources.imap import ImapPollers
@@ -99,12 +100,20 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     )
     # SQLite has one writer: a second committing thread would only wait on its lock
     workers = 1 if app.store.dialect == "sqlite" else settings.database.pool_size
+    # started before the sources and stopped after them; the IMAP pollers reach it through
+    # the ingestor, the listener parses with it before a mail joins a group commit
+    parser = ParsePool.from_settings(settings)
+    if parser is not None:
+        app.ingestor.parser = parser
     return [
+        *([parser] if parser is not None else []),
         metrics,
         sender,
         Scheduler(sweeps, app.clock),
         ImapPollers(app, settings),
-        SmtpListener(app.ingestor, settings, ingest_workers=workers, metrics=metrics),
+        SmtpListener(
+            app.ingestor, settings, ingest_workers=workers, metrics=metrics, parser=parser
+        ),
     ]
 
 
@@ -119,6 +128,7 @@ _RESTART_ONLY = (
     ("database", "pool_size"),
     ("smtp", "listen"),
     ("smtp", "mode"),
+    ("parse", "workers"),
 )
 
 

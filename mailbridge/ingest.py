@@ -24,10 +24,11 @@ from sqlalchemy.exc import IntegrityError
 from mailbridge import agent_commands, classify, correlate, lifecycle
 from mailbridge.clock import Clock, system_clock
 from mailbridge.envelope import Envelope, Outcome, Source
-from mailbridge.errors import IllegalTransition, ParseError, StorageUnavailable
+from mailbridge.errors import IllegalTransition, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.lifecycle import Kind, Status, TicketState
-from mailbridge.parse import Address, ParsedMessage, parse
+from mailbridge.parse import Address, ParsedMessage
+from mailbridge.parse_pool import InlineParser, Parser, ParseResult
 from mailbridge.storage import repository as repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
@@ -94,6 +95,8 @@ class Ingestor:
         self.clock = clock
         self.outbound = outbound
         self.on_outcome = on_outcome
+        # parses mail handed in without a ParseResult; the daemon puts its worker pool here
+        self.parser: Parser = InlineParser()
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -114,13 +117,24 @@ class Ingestor:
 
     # --- entry points -------------------------------------------------------------------
 
-    def accept(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
-        return self.accept_many([(raw, envelope, source)])[0]
+    def accept(
+        self, raw: bytes, envelope: Envelope, source: Source, parsed: ParseResult | None = None
+    ) -> Outcome:
+        return self.accept_many([(raw, envelope, source)], [parsed])[0]
 
-    def accept_many(self, items: Sequence[tuple[bytes, Envelope, Source]]) -> list[Outcome]:
+    def accept_many(
+        self,
+        items: Sequence[tuple[bytes, Envelope, Source]],
+        parsed: Sequence[ParseResult | None] | None = None,
+    ) -> list[Outcome]:
         """Ingest several messages in one transaction (group commit); each is acknowledged by the caller
-        only after this returns, i.e. after the commit that holds it."""
-        prepared = [self.prepare(raw, env, src) for raw, env, src in items]
+        only after this returns, i.e. after the commit that holds it. `parsed` holds what a source
+        already parsed (None where it did not); `self.parser` parses the rest."""
+        results = self._parse([raw for raw, _, _ in items], parsed)
+        prepared = [
+            self.prepare(raw, env, src, result)
+            for (raw, env, src), result in zip(items, results, strict=True)
+        ]
         started = self.clock()
         try:
             # fast path: the whole batch in one transaction without savepoints
@@ -134,7 +148,10 @@ class Ingestor:
                 if len(prepared) == 1:
                     raise
                 # the transaction itself cannot commit: give every message its own chance
-                return [self.accept(p.raw, p.envelope, p.source) for p in prepared]
+                return [
+                    self.accept(p.raw, p.envelope, p.source, ParseResult(p.parsed, p.parse_error))
+                    for p in prepared
+                ]
         elapsed = (self.clock() - started).total_seconds() / max(len(prepared), 1)
         for outcome, p in zip(outcomes, prepared, strict=True):
             log.info(
@@ -193,15 +210,23 @@ class Ingestor:
             session.rollback()
             session.close()
 
-    def prepare(self, raw: bytes, envelope: Envelope, source: Source) -> Prepared:
-        parsed: ParsedMessage | None = None
-        error: str | None = None
-        try:
-            parsed = parse(raw)
-        except ParseError as exc:
-            error = f"unparseable: {exc}"
-        except Exception as exc:  # a parser bug must not lose the mail either
-            error = f"parser error: {exc.__class__.__name__}: {exc}"
+    def _parse(
+        self, raws: list[bytes], given: Sequence[ParseResult | None] | None
+    ) -> list[ParseResult]:
+        results = list(given) if given is not None else [None] * len(raws)
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            parsed = self.parser.parse_many([raws[i] for i in missing])
+            for i, result in zip(missing, parsed, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def prepare(
+        self, raw: bytes, envelope: Envelope, source: Source, result: ParseResult | None = None
+    ) -> Prepared:
+        if result is None:
+            result = self.parser.parse_many([raw])[0]
+        parsed, error = result.parsed, result.error
         chash = content_hash(raw)
         return Prepared(
             raw,

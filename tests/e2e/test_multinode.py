@@ -157,6 +157,8 @@ def lease_owner(engine: Any) -> str | None:
         ).scalar()
 
 
+# 3,000 mails through two daemons: a few minutes on a busy 2-core machine
+@pytest.mark.timeout(900)
 def test_two_nodes_then_one_killed(
     pg_url: str,
     dovecot: DovecotServer,
