@@ -155,6 +155,10 @@ def agent_authority(
     if not env.trusted_peer:
         # a header any client could have written: the listener's peer is not our MTA
         return None, f"authentication-results ignored: {env.peer} is not a trusted peer", True
+    if "HeaderFoldingRepaired" in msg.defects:
+        # we read headers the MTA took for body lines (or `Name :`, which it does not match),
+        # so it cannot have stripped a forged Authentication-Results among them
+        return None, "authentication-results ignored: the header section was malformed", True
     found = header_authority(
         msg.headers.get("authentication-results", ()),
         policy.trusted_authserv_ids,

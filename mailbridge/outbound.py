@@ -537,7 +537,8 @@ class Outbound:
                 unreachable.append((address, "the address cannot be written safely in a header"))
             else:
                 (to if is_customer else cc).append(box)
-        return to, cc, unreachable
+        limit = min(self.settings.tickets.max_participants, self.settings.smtp.max_recipients)
+        return to[:limit], cc[: max(0, limit - len(to[:limit]))], unreachable
 
     def _customer_recipients(
         self, session: Session, ticket: Ticket
