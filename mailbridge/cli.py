@@ -279,15 +279,22 @@ class _progress:
     "--priority", type=click.Choice(["low", "normal", "high", "urgent"]), help="only this priority"
 )
 @click.option("--json", "as_json", is_flag=True, help="a JSON array instead of a table")
+@click.option("--breached", is_flag=True, help="only tickets that missed an SLA target")
 @pass_ctx
 @handled
-def tickets(ctx: Ctx, status: str | None, as_json: bool, **filters: Any) -> None:
+def tickets(
+    ctx: Ctx, status: str | None, as_json: bool, breached: bool = False, **filters: Any
+) -> None:
     """List tickets."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
     with ctx.app.store.unit() as session:
-        found = repo.list_tickets(session, status, **filters)
+        found = [
+            (t, n)
+            for t, n in repo.list_tickets(session, status, **filters)
+            if not breached or t.sla_breached
+        ]
         tags = repo.tags_of(session, [t.number for t, _ in found])
         rows = [views.ticket_summary(t, n, tags.get(t.number)) for t, n in found]
     if as_json:
@@ -339,10 +346,25 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
         )
         reply_to = app.reply_to(t.token, t.queue)
         tags = repo.tags_of(session, [number]).get(number, [])
+        from mailbridge.sweeps import sla_clock
+
+        sla = views.sla_view(t, *sla_clock(app.settings, t, events))
         if as_json:
-            emit_json(views.ticket_detail(t, reply_to, messages, events, tags))
+            emit_json(views.ticket_detail(t, reply_to, messages, events, tags) | {"sla": sla})
         else:
-            click.echo("\n".join(views.thread_lines(t, reply_to, messages, events)))
+            lines = views.thread_lines(t, reply_to, messages, events)
+            if sla is not None:
+                missed = ", ".join(sla["breached"]) or "none"
+                dues = ", ".join(
+                    f"{k.removesuffix('_due')} {v}"
+                    for k, v in sla.items()
+                    if k.endswith("_due") and v
+                )
+                lines.insert(
+                    4,
+                    f"  sla:       {sla['name']}: {dues or 'no due time running'}; breached: {missed}",
+                )
+            click.echo("\n".join(lines))
 
 
 def _action(name: str) -> None:

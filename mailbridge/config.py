@@ -13,7 +13,7 @@ import re
 import tomllib
 from bisect import bisect_right
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from mailbridge import business_time
 from mailbridge.errors import ConfigError
 
 ENV_VAR = "MAILBRIDGE_CONFIG"
@@ -413,6 +414,12 @@ class TicketsSettings(_Section):
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
     max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
+    # a customer reply to a resolved ticket whose first line is one of these closes it (SPEC 8)
+    customer_close_words: tuple[Annotated[str, Field(min_length=1)], ...] = (
+        "close",
+        "#close",
+        "solved",
+    )
 
 
 class OutboundSettings(_Section):
@@ -452,22 +459,48 @@ _RULE_FROM: dict[str, tuple[str, ...]] = {
     "resolved": ("new", "open", "answered", "postponed"),
     "closed": ("new", "open", "answered", "resolved", "postponed"),
     "purge": ("closed", "spam", "deleted"),
+    # reminders and escalations change no status: any ticket still in normal life
+    "remind": ("new", "open", "answered", "resolved", "postponed"),
+    "escalate": ("new", "open", "answered", "resolved", "postponed"),
 }
 
 
 class Rule(_Section):
     name: str
-    when: Status
+    when: Status | tuple[Status, ...]  # one status or a list (SPEC 8)
     idle_for: Duration
-    then: Literal["resolved", "closed", "purge"]
+    then: Literal["resolved", "closed", "purge", "remind", "escalate"]
     notify: Bool = False
+    # narrow a rule to some tickets (SPEC 8); queue and priority exist with queues (SPEC 7)
+    queue: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] | None = None
+    tags: tuple[str, ...] = ()
+    # the mail of remind / escalate, and of a status rule's notify; default: bundled templates
+    template: FilePath | None = None
+    # escalate: addresses, and the words "owner" (the ticket's owner) and "queue" (its notify)
+    to: tuple[str, ...] = ()
+    # escalate: the ticket is unowned and assigned again by its queue's strategy, skipping
+    # the previous owner (SPEC 7, 8)
+    reassign: Bool = False
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        return (self.when,) if isinstance(self.when, str) else tuple(self.when)
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
         allowed = _RULE_FROM[self.then]
-        if self.when not in allowed:
+        wrong = [s for s in self.statuses if s not in allowed]
+        if wrong or not self.statuses:
             choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
             _reject("rules", [(("then",), f"{self.then} needs when = {choices}")])
+        if self.then == "escalate" and not self.to:
+            _reject("rules", [(("to",), 'escalate needs to = addresses, "owner" or "queue"')])
+        if self.reassign and self.then != "escalate":
+            _reject("rules", [(("reassign",), 'reassign needs then = "escalate"')])
+        bad = [t for t in self.to if t not in ("owner", "queue") and not _ADDRESS.fullmatch(t)]
+        if bad:
+            _reject("rules", [(("to",), f"not an address, owner or queue: {bad[0]!r}")])
         return self
 
 
@@ -608,6 +641,46 @@ class MetricsSettings(_Section):
     listen: Annotated[str, AfterValidator(_metrics_listen)] | None = None  # None: no endpoint
 
 
+class CalendarSettings(_Section):
+    """`[[calendars]]`: working time for SLA targets (SPEC 8)."""
+
+    name: str
+    timezone: str
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    hours: str = "09:00-17:00"
+    holidays: tuple[date, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> CalendarSettings:
+        self.calendar()  # every ValueError names the bad value
+        return self
+
+    def calendar(self) -> business_time.Calendar:
+        return business_time.make_calendar(
+            self.name, self.timezone, self.days, self.hours, self.holidays
+        )
+
+
+SlaPriority = Literal["low", "normal", "high", "urgent"]
+
+
+class SlaSettings(_Section):
+    """`[[sla]]`: targets for the tickets of some queues and/or priorities; first match wins."""
+
+    name: str
+    queues: tuple[str, ...] = ()
+    priorities: tuple[SlaPriority, ...] = ()
+    calendar: str | None = None
+    first_response: Duration | None = None
+    next_response: Duration | None = None
+    resolution: Duration | None = None
+
+    def applies(self, queue: str, priority: str) -> bool:
+        return (not self.queues or queue in self.queues) and (
+            not self.priorities or priority in self.priorities
+        )
+
+
 class ClusterSettings(_Section):
     node_id: str | None = None  # None: the host name (mailbridge.node)
     lease_ttl: Duration = timedelta(seconds=30)
@@ -635,6 +708,8 @@ class Settings(_Section):
     queues: tuple[Queue, ...] = ()
     filters: tuple[Filter, ...] = ()
     parse: ParseSettings = ParseSettings()
+    calendars: tuple[CalendarSettings, ...] = ()
+    sla: tuple[SlaSettings, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)
     _queue_list: tuple[Queue, ...] = PrivateAttr(default=())
 
@@ -716,6 +791,25 @@ class Settings(_Section):
                 problems.append((("filters", i, "set"), f"{rule.set_.owner} is not an agent"))
         _reject("queues", problems)
         return self
+
+    @model_validator(mode="after")
+    def _check_sla(self) -> Settings:
+        names = {c.name for c in self.calendars}
+        _reject(
+            "settings",
+            [
+                (("sla", i, "calendar"), f"unknown calendar {sla.calendar!r}")
+                for i, sla in enumerate(self.sla)
+                if sla.calendar is not None and sla.calendar not in names
+            ],
+        )
+        return self
+
+    def calendar_for(self, sla: SlaSettings) -> business_time.Calendar | None:
+        for entry in self.calendars:
+            if entry.name == sla.calendar:
+                return entry.calendar()
+        return None
 
     @model_validator(mode="before")
     @classmethod
@@ -873,7 +967,7 @@ def _without(data: dict[str, Any], locs: list[Loc]) -> tuple[dict[str, Any], lis
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     # checked on the raw tables, so a duplicate is reported even beside other errors
     problems: list[tuple[Loc, str]] = []
-    for section in ("imap", "rules", "webhooks", "queues", "filters"):
+    for section in ("imap", "rules", "webhooks", "queues", "filters", "calendars", "sla"):
         items, seen = data.get(section), set()
         for index, item in enumerate(items if isinstance(items, list) else []):
             name = item.get("name") if isinstance(item, dict) else None

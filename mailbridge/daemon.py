@@ -91,7 +91,14 @@ def components_for(app: App, settings: Settings) -> list[Component]:
             sender.kick()  # acknowledgements and notifications leave now, not at the next poll
 
     app.ingestor.on_outcome = after_commit
-    sweeps = Sweeps(app.store, settings, app.clock, app.outbound, on_rule=metrics.rule_run)
+    sweeps = Sweeps(
+        app.store,
+        settings,
+        app.clock,
+        app.outbound,
+        on_rule=metrics.rule_run,
+        on_breach=metrics.sla_breach,
+    )
     # SQLite has one writer: a second committing thread would only wait on its lock
     workers = 1 if app.store.dialect == "sqlite" else settings.database.pool_size
     # started before the sources and stopped after them; the IMAP pollers reach it through

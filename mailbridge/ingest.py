@@ -431,10 +431,9 @@ class Ingestor:
     ) -> Outcome:
         ticket, actor = found.ticket, self._actor(p)
         if ticket is not None:
+            kind = Kind.CONFIRM if self._confirms(session, p, ticket) else Kind.CUSTOMER_MAIL
             try:
-                transition = lifecycle.apply(
-                    self._state(ticket), lifecycle.Event(Kind.CUSTOMER_MAIL, actor), now
-                )
+                transition = lifecycle.apply(self._state(ticket), lifecycle.Event(kind, actor), now)
             except (
                 IllegalTransition
             ):  # pragma: no cover - the table accepts customer mail everywhere
@@ -470,6 +469,15 @@ class Ingestor:
         if self.outbound and p.source.live and ticket.status != Status.SPAM:
             self.outbound.new_ticket(session, ticket, message, p.parsed, verdict, now)
         return Outcome("created", ticket.number, f"{rule}; {routed}", message.id)
+
+    def _confirms(self, session: Session, p: Prepared, ticket: Ticket) -> bool:
+        """A close word from the ticket's customer or a participant on a resolved ticket (SPEC 8)."""
+        if ticket.status != Status.RESOLVED or p.parsed is None:
+            return False
+        if not lifecycle.confirms(p.parsed.body_text, self.settings.tickets.customer_close_words):
+            return False
+        sender = self._sender(p)
+        return sender == ticket.customer or repo.is_participant(session, ticket.number, sender)
 
     def _agent_mail(
         self,
@@ -992,6 +1000,7 @@ def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
     ticket.postponed_until = state.postponed_until
     ticket.updated_at = now
     ticket.last_activity_at = now
+    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
 
 
 def ticket_state(ticket: Ticket) -> TicketState:

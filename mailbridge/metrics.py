@@ -114,6 +114,12 @@ class Metrics:
             self.smtp_auth_lockouts.labels(label)  # the series exist at 0 for alerts
         for label in ("total", "client"):
             self.smtp_refused.labels(label)
+        self.sla_breaches = Counter(
+            "mailbridge_sla_breaches",
+            "SLA targets missed (one per ticket and target, SPEC 8).",
+            ["queue", "target"],
+            registry=r,
+        )
         self.registry.register(DatabaseCollector(store))
         self.assignments = Counter(
             "mailbridge_assignments",
@@ -165,6 +171,10 @@ class Metrics:
 
     def smtp_connection_refused(self, limit: str) -> None:
         self.smtp_refused.labels(limit).inc()
+
+    def sla_breach(self, queue: str, target: str) -> None:
+        """`Sweeps(on_breach=...)`: one call per recorded `sla-breach` event."""
+        self.sla_breaches.labels(queue, target).inc()
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

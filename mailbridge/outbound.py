@@ -257,14 +257,23 @@ class Outbound:
         )
         self._queue(session, ticket, [draft], now)
 
-    def rule_notice(self, session: Session, ticket: Ticket, rule: str, now: datetime) -> None:
+    def rule_notice(
+        self,
+        session: Session,
+        ticket: Ticket,
+        rule: str,
+        now: datetime,
+        template: Path | None = None,
+    ) -> None:
         """Tell the customer a rule changed their ticket (`[[rules]] notify = true`)."""
         if ticket.status in ("spam", "deleted"):
             return  # never write to the sender of spam
         to, cc = self._customer_recipients(session, ticket)
         if not to:
             return
-        subject, body = render(_template("rule"), self._values(ticket) | {"rule": rule})
+        values = self._values(ticket) | {"rule": rule, "confirm": self._confirm_hint(ticket)}
+        text = template.read_text("utf-8") if template else _template("rule")
+        subject, body = render(text, values)
         draft = Draft(
             kind="rule",
             author_kind="system",
@@ -278,6 +287,89 @@ class Outbound:
             verdict=f"rule:{rule}",
         )
         self._queue(session, ticket, [draft], now)
+
+    def rule_mail(
+        self,
+        session: Session,
+        ticket: Ticket,
+        kind: str,
+        values: dict[str, object],
+        now: datetime,
+        template: Path | None = None,
+        recipients: list[str] | None = None,
+    ) -> None:
+        """A `remind` (to the customer) or `escalate` (to `recipients`) mail of a rule (SPEC 8),
+        queued in the transaction that records its event."""
+        if recipients is None:
+            to, cc = self._customer_recipients(session, ticket)
+        else:
+            to = [b for b in (mailbox("", a) for a in dict.fromkeys(recipients)) if b]
+            cc = []
+        if not to:
+            return
+        text = template.read_text("utf-8") if template else _template(kind)
+        subject, body = render(text, self._values(ticket) | values)
+        draft = Draft(
+            kind="rule" if recipients is None else "notice",
+            author_kind="system",
+            to=to,
+            cc=cc,
+            subject=subject or reply_subject(ticket.subject),
+            body=body,
+            from_name=self.settings.outbound.from_name,
+            in_reply_to=self._last_customer_id(session, ticket) if recipients is None else None,
+            auto_submitted="auto-generated",
+            verdict=f"rule:{values.get('rule')} {kind}",
+        )
+        self._queue(session, ticket, [draft], now)
+
+    def queue_notify_addresses(self, ticket: Ticket) -> list[str]:
+        """Whom "queue" means for a ticket: its queue's notify (SPEC 7), else `[agents] notify`."""
+        per_queue = getattr(self, "queue_notify", None)
+        if per_queue is not None:
+            return list(per_queue.get(getattr(ticket, "queue", None), self.notify))
+        return [a.addr_spec for a in self.notify_boxes]
+
+    def _owner_or_queue(self, ticket: Ticket) -> list[Address]:
+        """The ticket's owner when it has one, else its queue's notify addresses."""
+        owner = getattr(ticket, "owner", None)
+        addresses = [owner] if owner else self.queue_notify_addresses(ticket)
+        boxes = [b for b in (mailbox("", a) for a in addresses) if b]
+        return boxes[: self.settings.smtp.max_recipients]
+
+    def sla_breach_notice(
+        self, session: Session, ticket: Ticket, values: dict[str, object], now: datetime
+    ) -> None:
+        """Tell the agents a ticket missed an SLA target (SPEC 8), in the breach's transaction.
+
+        Goes to the ticket's owner when tickets have one, else to the queue's (for now the
+        `[agents] notify`) addresses."""
+        boxes = self._owner_or_queue(ticket)
+        if not boxes:
+            return
+        subject, body = render(_template("sla_breach"), self._values(ticket) | values)
+        draft = Draft(
+            kind="notice",
+            author_kind="system",
+            to=boxes,
+            subject=subject or reply_subject(ticket.subject),
+            body=body,
+            from_name=self.settings.outbound.from_name,
+            in_reply_to=None,
+            auto_submitted="auto-generated",
+            verdict=f"sla breach: {values.get('target')}",
+        )
+        self._queue(session, ticket, [draft], now)
+
+    def _confirm_hint(self, ticket: Ticket) -> str:
+        """How the customer closes a resolved ticket themselves (SPEC 8), else nothing."""
+        words = self.settings.tickets.customer_close_words
+        if ticket.status != "resolved" or not words:
+            return ""
+        return (
+            f'If your problem is solved, reply with just the word "{words[0]}" to close the '
+            "ticket.\n"
+        )
 
     def delivery_failed(
         self, session: Session, ticket: Ticket, row: Outbox, error: str, now: datetime

@@ -20,11 +20,17 @@ JSON keys (durations are seconds, floats rounded to milliseconds; times ISO 8601
 - `created_per_day`: `{YYYY-MM-DD: {queue: n}}` for every day from the first ticket to the last
   (or the period's bounds), days without tickets at 0.
 - `queues`: `{queue: {tickets, by_status, first_response, resolution}}`, the two delays as above
-  plus `histogram`: `[{bucket, count}]` over `HISTOGRAM_BUCKETS`. Until queues exist (SPEC 7)
-  every ticket is in the one queue `support` (`queue_of`).
+  plus `histogram`: `[{bucket, count}]` over `HISTOGRAM_BUCKETS`; a ticket's queue is read in
+  one place (`queue_of`).
 - `transitions`: `[{from, to, count}]`, how often each status change happened (events with a
   from and a to status that differ; `created` counts as from null), most frequent first.
-- `sla`: `{configured, met, breached}`; `configured` stays false until SLAs exist (SPEC 8).
+- `closed_by`: `{customer, agent, rule}`: closes (a change to `closed`) by the customer's
+  confirmation (detail `confirmed by customer`), by a `[[rules]]` rule (actor `rule:...`), and
+  by anyone else (an agent's `#close` or the CLI). A confirmation is a close, not a reopen.
+- `sla`: `{configured, met, breached, rate, queues: {queue: {met, breached, rate}}}` over the
+  tickets an `[[sla]]` applies to (SPEC 8): `breached` tickets have an `sla-breach` event,
+  `met` ones do not (yet); `rate` = met / (met + breached), or null. `configured` is false
+  while no ticket has an SLA.
 - `by_queue`, `by_owner`, `by_tag`, `by_priority` (SPEC 7): `{key: {tickets, share, open_now,
   first_response_p50, first_response_p90, resolution_p50, resolution_p90, reopen_rate}}`.
   `share` is of all tickets in the period (a ticket with two tags counts under both);
@@ -41,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mailbridge.lifecycle import Kind, Status
+from mailbridge.lifecycle import CONFIRMED, Kind, Status
 from mailbridge.storage import repository as repo
 from mailbridge.views import iso
 
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
 
 STATUSES = tuple(s.value for s in Status)
 ENDED = frozenset({Status.RESOLVED.value, Status.CLOSED.value})
+SLA_BREACH = "sla-breach"  # the event kind the SLA sweep records
 NOT_WAITING = frozenset({Status.SPAM.value, Status.DELETED.value})
 PERCENTILES = (50, 90, 99)
 DEFAULT_QUEUE = "support"
@@ -132,7 +139,8 @@ def summarize(
         "created_per_day": _created_per_day(tickets, since, until),
         "queues": _queues(tickets, by_ticket),
         "transitions": _transitions(by_ticket),
-        "sla": {"configured": False, "met": 0, "breached": 0},
+        "closed_by": _closed_by(by_ticket),
+        "sla": _sla(tickets, by_ticket),
         **_breakdowns(tickets, by_ticket, tags or {}),
     }
 
@@ -221,6 +229,43 @@ def _transitions(by_ticket: dict[int, list[EventRow]]) -> list[dict[str, Any]]:
     )
     ordered = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
     return [{"from": a, "to": b, "count": n} for (a, b), n in ordered]
+
+
+def _sla(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for t in tickets:
+        if not getattr(t, "sla_name", None):
+            continue
+        missed = any(e.kind == SLA_BREACH for e in by_ticket.get(t.number, []))
+        counts[queue_of(t)]["breached" if missed else "met"] += 1
+
+    def rates(met: int, breached: int) -> dict[str, Any]:
+        rate = round(met / (met + breached), 4) if met + breached else None
+        return {"met": met, "breached": breached, "rate": rate}
+
+    total = rates(
+        sum(c["met"] for c in counts.values()), sum(c["breached"] for c in counts.values())
+    )
+    return {
+        "configured": bool(counts),
+        **total,
+        "queues": {q: rates(c["met"], c["breached"]) for q, c in sorted(counts.items())},
+    }
+
+
+def _closed_by(by_ticket: dict[int, list[EventRow]]) -> dict[str, int]:
+    counts = {"customer": 0, "agent": 0, "rule": 0}
+    for history in by_ticket.values():
+        for e in history:
+            if e.to_status != Status.CLOSED.value or e.from_status == Status.CLOSED.value:
+                continue
+            if getattr(e, "detail", None) == CONFIRMED:
+                counts["customer"] += 1
+            elif str(getattr(e, "actor", "")).startswith("rule:"):
+                counts["rule"] += 1
+            else:
+                counts["agent"] += 1
+    return counts
 
 
 def _reopen(

@@ -91,6 +91,27 @@ def ticket_detail(
     }
 
 
+def sla_view(ticket: Ticket, clock: Any, name: str | None) -> dict[str, Any] | None:
+    """`ticket show`'s `sla` (SPEC 8): due times from the ticket's history (`sweeps.sla_clock`);
+    `breached` the targets the sweep recorded (what `tickets --breached` lists too)."""
+    if clock is None:
+        return None
+    # next_response@<start>: which wait was missed; shown by target name
+    recorded = sorted({t.partition("@")[0] for t in (ticket.sla_breached or "").split(",") if t})
+
+    def due(target: str) -> str | None:
+        found = clock.target(target)
+        return iso(found.due) if found else None
+
+    return {
+        "name": name,
+        "first_response_due": due("first_response"),
+        "next_response_due": due("next_response"),
+        "resolution_due": due("resolution"),
+        "breached": recorded,
+    }
+
+
 def quarantine_view(q: Quarantine) -> dict[str, Any]:
     return {
         "id": q.id,

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -104,6 +106,20 @@ class Ticket(Base):
     queue: Mapped[str] = mapped_column(CleanString(64), default="support")
     owner: Mapped[str | None] = mapped_column(CleanString(320))
     priority: Mapped[str] = mapped_column(CleanString(8), default="normal")
+    # SLA (SPEC 8): the due times of the ticket's [[sla]], recomputed by the sweep from its
+    # events after every status change (sla_stale); sla_due is the earliest target still to
+    # watch, so the breach sweep is one indexed range query
+    sla_name: Mapped[str | None] = mapped_column(CleanString(100))
+    first_response_due: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_response_due: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolution_due: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sla_due: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    sla_breached: Mapped[str | None] = mapped_column(
+        CleanString(100), index=True
+    )  # targets, comma-separated
+    sla_stale: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true(), index=True
+    )
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", passive_deletes=True

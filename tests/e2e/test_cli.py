@@ -84,7 +84,9 @@ def test_ingest_json_tickets_and_show(config: Path, tmp_path: Path) -> None:
         "tags",
         "messages",
         "events",
+        "sla",
     }
+    assert show["sla"] is None  # no [[sla]] configured (SPEC 8)
     assert show["reply_to"].startswith("support+") and show["reply_to"].endswith("@example.com")
     m = show["messages"][0]
     assert set(m) == {

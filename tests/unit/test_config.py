@@ -106,8 +106,18 @@ def test_example_fully_uncommented_validates() -> None:
         "MAILBRIDGE_WEBHOOK_SECRET": "z",
     }
     settings = parse_settings(text, "x.toml", env=env)
-    assert [rule.name for rule in settings.rules] == ["auto-resolve", "auto-close", "purge-spam"]
+    assert [rule.name for rule in settings.rules] == [
+        "auto-resolve",
+        "auto-close",
+        "purge-spam",
+        "nudge",
+        "nobody-answered",
+    ]
     assert settings.rules[2].then == "purge"
+    assert settings.rules[3].statuses == ("answered", "resolved")
+    assert settings.rules[4].to == ("lead@example.com", "owner", "queue")
+    assert [s.name for s in settings.sla] == ["standard"]
+    assert settings.calendar_for(settings.sla[0]).timezone == "Europe/Bucharest"
     assert settings.outbound.port == 587 and settings.outbound.starttls
     assert settings.outbound.smarthost == "smtp.example.com" and settings.tickets.acknowledge
     assert settings.agents.domains == ("example.com",)
