@@ -10,7 +10,11 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-NAMES = ("resolve", "close", "postpone", "spam", "delete", "note")
+NAMES = (
+    *("resolve", "close", "postpone", "spam", "delete", "note"),
+    # queue and ownership (SPEC 7), carried out by `ownership`
+    *("take", "assign", "unassign", "queue", "tag", "untag", "priority"),
+)
 _LINE = re.compile(r"^\s*#([a-z]+)\b\s*(.*?)\s*$", re.IGNORECASE)
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

@@ -31,7 +31,11 @@ class App:
     def build(
         cls, settings: Settings, clock: Clock = system_clock, store: Store | None = None
     ) -> App:
-        store = store or open_store(settings.database.url, settings.database.pool_size)
+        store = store or open_store(
+            settings.database.url,
+            settings.database.pool_size,
+            first_queue=settings.queue_list[0].name,
+        )
         outbound = Outbound(settings, clock)
         ingestor = Ingestor(store, settings, clock, outbound)
         app = cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
@@ -51,10 +55,11 @@ class App:
         self.settings = settings
         self.install_webhooks()
 
-    def reply_to(self, token: str) -> str:
-        return Tokens(self.settings.smtp.addresses, self.settings.tickets.plus_separator).address(
-            token
-        )
+    def reply_to(self, token: str, queue: str | None = None) -> str:
+        """The ticket's token address, on its queue's from address (SPEC 7)."""
+        tokens = Tokens(self.settings.accepted_addresses, self.settings.tickets.plus_separator)
+        base = self.settings.queue_sender(queue)[0] if queue else None
+        return tokens.address(token, base)
 
     def close(self) -> None:
         self.store.close()

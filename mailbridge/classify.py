@@ -120,14 +120,15 @@ class BlockedSender:
     name = BLOCKED
 
     def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
+        # SpamAssassin's verdict stands on its own, with or without a blocked list
+        if _first(msg, "x-spam-flag").lower() == "yes":
+            return "spam: X-Spam-Flag yes"
         sender = msg.from_.addr.lower() if msg.from_ else ""
         if not sender or not policy.blocked:
             return None
         domain = "@" + sender.rsplit("@", 1)[-1]
         if sender in policy.blocked or domain in policy.blocked:
             return f"blocked-sender: {sender}"
-        if _first(msg, "x-spam-flag").lower() == "yes":
-            return "spam: X-Spam-Flag yes"
         return None
 
 
@@ -155,6 +156,10 @@ def agent_authority(
     if not env.trusted_peer:
         # a header any client could have written: the listener's peer is not our MTA
         return None, f"authentication-results ignored: {env.peer} is not a trusted peer", True
+    if "HeaderFoldingRepaired" in msg.defects:
+        # we read headers the MTA took for body lines (or `Name :`, which it does not match),
+        # so it cannot have stripped a forged Authentication-Results among them
+        return None, "authentication-results ignored: the header section was malformed", True
     found = header_authority(
         msg.headers.get("authentication-results", ()),
         policy.trusted_authserv_ids,

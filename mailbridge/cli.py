@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
@@ -164,7 +165,7 @@ def db_upgrade(ctx: Ctx) -> None:
     from mailbridge.storage import open_store
 
     store = open_store(ctx.settings.database.url, migrate=False)
-    click.echo(f"database at revision {store.upgrade()}")
+    click.echo(f"database at revision {store.upgrade(ctx.settings.queue_list[0].name)}")
 
 
 @cli.command()
@@ -176,6 +177,7 @@ def db_upgrade(ctx: Ctx) -> None:
 def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
     """Ingest .eml files, directories, mbox files or Maildirs."""
     from mailbridge.envelope import Envelope, Source
+    from mailbridge.parse_pool import ParsePool, parse_ahead
     from mailbridge.sources.files import Skipped, count_messages, iter_messages
 
     app = ctx.app
@@ -205,15 +207,8 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
             where = f"#{outcome.ticket}" if outcome.ticket else "-"
             click.echo(f"{outcome.source}: {outcome.outcome} {where} ({outcome.reason})")
 
-    with _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance:
+    def batches() -> Iterator[list[tuple[bytes, Envelope, Source]]]:
         batch: list[tuple[bytes, Envelope, Source]] = []
-
-        def flush() -> None:
-            for outcome in app.ingestor.accept_many(batch):
-                report(outcome)
-            advance(len(batch))
-            batch.clear()
-
         for raw, label in messages():
             source = Source("file", label, live=False)
             if dry_run:
@@ -222,9 +217,21 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> N
                 continue
             batch.append((raw, Envelope(), source))
             if len(batch) >= batch_size:
-                flush()
+                yield batch
+                batch = []
         if batch:
-            flush()
+            yield batch
+
+    # worker processes parse the next batch while this one commits; dry runs parse in process
+    parser = None if dry_run else ParsePool.from_settings(app.settings)
+    with (
+        _progress(count_messages(list(paths)) if sys.stderr.isatty() else None) as advance,
+        parser or contextlib.nullcontext(),
+    ):
+        for items, results in parse_ahead(parser, batches()):
+            for outcome in app.ingestor.accept_many(items, results):
+                report(outcome)
+            advance(len(items))
     if not as_json:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
         click.echo(f"{'would ingest' if dry_run else 'ingested'}: {summary}", err=True)
@@ -264,27 +271,47 @@ class _progress:
     ),
     help="only tickets in this status",
 )
+@click.option("--queue", metavar="Q", help="only this queue's tickets")
+@click.option("--owner", metavar="A", help="only tickets this agent owns")
+@click.option("--unassigned", is_flag=True, help="only tickets nobody owns")
+@click.option("--tag", metavar="T", help="only tickets with this tag")
+@click.option(
+    "--priority", type=click.Choice(["low", "normal", "high", "urgent"]), help="only this priority"
+)
 @click.option("--json", "as_json", is_flag=True, help="a JSON array instead of a table")
+@click.option("--breached", is_flag=True, help="only tickets that missed an SLA target")
 @pass_ctx
 @handled
-def tickets(ctx: Ctx, status: str | None, as_json: bool) -> None:
+def tickets(
+    ctx: Ctx, status: str | None, as_json: bool, breached: bool = False, **filters: Any
+) -> None:
     """List tickets."""
     from mailbridge import views
     from mailbridge.storage import repository as repo
 
     with ctx.app.store.unit() as session:
-        rows = [views.ticket_summary(t, n) for t, n in repo.list_tickets(session, status)]
+        found = [
+            (t, n)
+            for t, n in repo.list_tickets(session, status, **filters)
+            if not breached or t.sla_breached
+        ]
+        tags = repo.tags_of(session, [t.number for t, _ in found])
+        rows = [views.ticket_summary(t, n, tags.get(t.number)) for t, n in found]
     if as_json:
         emit_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("#", "status", "subject", "customer", "msgs", "updated", box=None)
+    table = Table(
+        "#", "status", "queue", "owner", "subject", "customer", "msgs", "updated", box=None
+    )
     for r in rows:
         table.add_row(
             str(r["number"]),
             r["status"],
+            r["queue"],
+            r["owner"] or "-",
             r["subject"][:60],
             r["customer"],
             str(r["message_count"]),
@@ -317,11 +344,27 @@ def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
             repo.ticket_messages(session, number),
             repo.ticket_events(session, number),
         )
-        reply_to = app.reply_to(t.token)
+        reply_to = app.reply_to(t.token, t.queue)
+        tags = repo.tags_of(session, [number]).get(number, [])
+        from mailbridge.sweeps import sla_clock
+
+        sla = views.sla_view(t, *sla_clock(app.settings, t, events))
         if as_json:
-            emit_json(views.ticket_detail(t, reply_to, messages, events))
+            emit_json(views.ticket_detail(t, reply_to, messages, events, tags) | {"sla": sla})
         else:
-            click.echo("\n".join(views.thread_lines(t, reply_to, messages, events)))
+            lines = views.thread_lines(t, reply_to, messages, events)
+            if sla is not None:
+                missed = ", ".join(sla["breached"]) or "none"
+                dues = ", ".join(
+                    f"{k.removesuffix('_due')} {v}"
+                    for k, v in sla.items()
+                    if k.endswith("_due") and v
+                )
+                lines.insert(
+                    4,
+                    f"  sla:       {sla['name']}: {dues or 'no due time running'}; breached: {missed}",
+                )
+            click.echo("\n".join(lines))
 
 
 def _action(name: str) -> None:
@@ -436,6 +479,8 @@ def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: st
         fail("give quarantine IDs or --all, not both", 2)
     if reason is not None and not retry_all:
         fail("--reason selects entries for --all", 2)
+    from mailbridge.parse_pool import ParsePool
+
     app = ctx.app  # built once: releasing a flood of 200 entries is one process, not 200
     if retry_all:
         with app.store.unit() as session:
@@ -445,16 +490,21 @@ def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: st
                 if reason is None or q.reason.startswith(reason)
             )
     counts: dict[str, int] = {}
-    for pk in pks:
-        try:
-            outcome = retry_quarantined(app.store, app.ingestor, pk)
-        except (NotFound, Refused) as exc:
-            click.echo(f"mailbridge: {exc}", err=True)
-            counts["refused"] = counts.get("refused", 0) + 1
-            continue
-        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
-        where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
-        click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
+    # a mail held for "parse timeout" must not hang the command: large mail parses on a worker
+    parser = ParsePool.from_settings(app.settings) if pks else None
+    with parser or contextlib.nullcontext():
+        if parser is not None:
+            app.ingestor.parser = parser
+        for pk in pks:
+            try:
+                outcome = retry_quarantined(app.store, app.ingestor, pk)
+            except (NotFound, Refused) as exc:
+                click.echo(f"mailbridge: {exc}", err=True)
+                counts["refused"] = counts.get("refused", 0) + 1
+                continue
+            counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+            where = f" ticket #{outcome.ticket}" if outcome.ticket else ""
+            click.echo(f"quarantine {pk}: {outcome.outcome}{where} ({outcome.reason})")
     if retry_all or len(pks) > 1:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing held"
         click.echo(f"retried: {summary}", err=True)
@@ -521,13 +571,23 @@ def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
 @click.option("--html", "html_file", metavar="FILE", help="write a self-contained page of charts")
 @click.option("--since", metavar="WHEN", help="only tickets created from then on (e.g. 2026-11-01)")
 @click.option("--until", metavar="WHEN", help="only tickets created before then")
+@click.option(
+    "--by",
+    type=click.Choice(["queue", "owner", "tag", "priority"]),
+    help="show only this breakdown (default: all four)",
+)
 @pass_ctx
 @handled
 def report(
-    ctx: Ctx, as_json: bool, html_file: str | None, since: str | None, until: str | None
+    ctx: Ctx,
+    as_json: bool,
+    html_file: str | None,
+    since: str | None,
+    until: str | None,
+    by: str | None,
 ) -> None:
     """Lifecycle analytics: tickets per status, response and resolution times, reopen rate."""
-    from mailbridge.report import build_report, render
+    from mailbridge.report import BY, build_report, render
 
     app = ctx.app
     now = app.clock()
@@ -542,7 +602,7 @@ def report(
     if as_json:
         emit_json(data)
     elif not html_file:
-        click.echo(render(data), nl=False)
+        click.echo(render(data, by=(by,) if by else BY), nl=False)
 
 
 def _report_when(value: str, now: datetime) -> datetime:
@@ -657,6 +717,11 @@ def _accept_config_anywhere(group: click.Group) -> None:
         )
         if isinstance(command, click.Group):
             _accept_config_anywhere(command)
+
+
+from mailbridge import cli_queues  # noqa: E402  (registers its commands on `cli` and `ticket`)
+
+cli_queues.register(cli, ticket, pass_ctx, handled, actor, emit_json)
 
 
 _accept_config_anywhere(cli)

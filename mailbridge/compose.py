@@ -113,6 +113,7 @@ def attachments_of(raw: bytes) -> list[Part]:
         if ctype == "message/rfc822":
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
+                _sanitise_names(inner[0])
                 found.append(Part(inner[0], ctype, _safe_name(part.get_filename(), "message.eml")))
             return
         if part.is_multipart():
@@ -130,6 +131,20 @@ def attachments_of(raw: bytes) -> list[Part]:
     except Exception:  # a MIME structure the email package chokes on: notify without them
         log.warning("cannot take the attachments out of a message", exc_info=True)
     return found
+
+
+def _sanitise_names(msg: Any) -> None:
+    """A forwarded message goes out whole, so its own parts' names get the same rules: mail
+    clients list and save them like any other attachment."""
+    for sub in msg.walk():
+        name = sub.get_filename()
+        if not name:
+            continue
+        safe = _safe_name(name, "attachment")
+        for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+            if sub.get_param(param, header=header) is not None:
+                sub.del_param(param, header=header)
+                sub.set_param(param, safe, header=header)
 
 
 def _safe_name(name: str | None, default: str) -> str:

@@ -13,7 +13,7 @@ import re
 import tomllib
 from bisect import bisect_right
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from mailbridge import business_time
 from mailbridge.errors import ConfigError
 
 ENV_VAR = "MAILBRIDGE_CONFIG"
@@ -141,6 +142,23 @@ def _base_dir(info: ValidationInfo) -> Path:
 def _smtp_listen(value: str, info: ValidationInfo) -> str:
     where = split_listen(value)
     return f"unix:{_base_dir(info) / where}" if isinstance(where, Path) else value
+
+
+def _socket_mode(value: str) -> str:
+    # a string, as chmod writes it: a TOML integer 0660 would be read as decimal 660
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"invalid socket mode {value!r} (use octal permissions, e.g. '0660')")
+    return value
+
+
+def _group(value: str) -> str:
+    import grp
+
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        raise ValueError(f"no such group: {value!r}") from None
+    return value
 
 
 def _metrics_listen(value: str) -> str:
@@ -284,6 +302,9 @@ class SmtpSettings(_Section):
     auth_lockout: Duration = timedelta(minutes=5)
     # listener processes sharing the port (SO_REUSEPORT); more than 1 only on PostgreSQL
     workers: Count = 1
+    # a unix: listen socket's permissions, set before READY; group: who may deliver (Postfix)
+    socket_mode: Annotated[str, AfterValidator(_socket_mode)] = "0660"
+    socket_group: Annotated[str, AfterValidator(_group)] | None = None
 
     @property
     def endpoint(self) -> tuple[str, int] | Path:
@@ -397,6 +418,12 @@ class TicketsSettings(_Section):
     max_new_per_sender_per_hour: Count = 20
     blocked_senders: tuple[Annotated[str, AfterValidator(_sender)], ...] = ()
     max_participants: Count = 20  # per ticket, the customer included: whom a relay reaches
+    # a customer reply to a resolved ticket whose first line is one of these closes it (SPEC 8)
+    customer_close_words: tuple[Annotated[str, Field(min_length=1)], ...] = (
+        "close",
+        "#close",
+        "solved",
+    )
 
 
 class OutboundSettings(_Section):
@@ -436,22 +463,48 @@ _RULE_FROM: dict[str, tuple[str, ...]] = {
     "resolved": ("new", "open", "answered", "postponed"),
     "closed": ("new", "open", "answered", "resolved", "postponed"),
     "purge": ("closed", "spam", "deleted"),
+    # reminders and escalations change no status: any ticket still in normal life
+    "remind": ("new", "open", "answered", "resolved", "postponed"),
+    "escalate": ("new", "open", "answered", "resolved", "postponed"),
 }
 
 
 class Rule(_Section):
     name: str
-    when: Status
+    when: Status | tuple[Status, ...]  # one status or a list (SPEC 8)
     idle_for: Duration
-    then: Literal["resolved", "closed", "purge"]
+    then: Literal["resolved", "closed", "purge", "remind", "escalate"]
     notify: Bool = False
+    # narrow a rule to some tickets (SPEC 8); queue and priority exist with queues (SPEC 7)
+    queue: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] | None = None
+    tags: tuple[str, ...] = ()
+    # the mail of remind / escalate, and of a status rule's notify; default: bundled templates
+    template: FilePath | None = None
+    # escalate: addresses, and the words "owner" (the ticket's owner) and "queue" (its notify)
+    to: tuple[str, ...] = ()
+    # escalate: the ticket is unowned and assigned again by its queue's strategy, skipping
+    # the previous owner (SPEC 7, 8)
+    reassign: Bool = False
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        return (self.when,) if isinstance(self.when, str) else tuple(self.when)
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
         allowed = _RULE_FROM[self.then]
-        if self.when not in allowed:
+        wrong = [s for s in self.statuses if s not in allowed]
+        if wrong or not self.statuses:
             choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
             _reject("rules", [(("then",), f"{self.then} needs when = {choices}")])
+        if self.then == "escalate" and not self.to:
+            _reject("rules", [(("to",), 'escalate needs to = addresses, "owner" or "queue"')])
+        if self.reassign and self.then != "escalate":
+            _reject("rules", [(("reassign",), 'reassign needs then = "escalate"')])
+        bad = [t for t in self.to if t not in ("owner", "queue") and not _ADDRESS.fullmatch(t)]
+        if bad:
+            _reject("rules", [(("to",), f"not an address, owner or queue: {bad[0]!r}")])
         return self
 
 
@@ -504,6 +557,85 @@ class Webhook(_Section):
         return self
 
 
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9-]+", value):
+        raise ValueError(f"invalid queue name {value!r} (use [a-z0-9-]+)")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _tag(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", value):
+        raise ValueError(f"invalid tag {value!r} (lowercase words: [a-z0-9_-]+)")
+    return value
+
+
+def _match_address(value: str) -> str:
+    # a filter matches a whole address, or every address of a domain when written `@example.com`
+    return "@" + _domain(value) if value.startswith("@") else _address(value)
+
+
+Priority = Literal["low", "normal", "high", "urgent"]
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class Queue(_Section):
+    """A department (SPEC 7): where mail to its addresses or IMAP accounts lands, and who owns it."""
+
+    name: Annotated[str, AfterValidator(_queue_name)]
+    addresses: tuple[Address, ...] = ()
+    imap: tuple[str, ...] = ()
+    from_address: Address | None = None  # default: the first address, else [outbound]'s
+    from_name: str | None = None  # default: [outbound] from_name
+    notify: tuple[Address, ...] | None = None  # default: [agents] notify
+    members: tuple[Address, ...] = ()  # empty: every agent
+    assign: Literal["none", "round_robin", "least_open", "sticky"] = "none"
+    assign_on_reply: Bool = False
+    ack_template: FilePath | None = None
+
+
+class FilterMatch(_Section):
+    from_: Annotated[str, AfterValidator(_match_address)] | None = Field(None, alias="from")
+    to: Annotated[str, AfterValidator(_match_address)] | None = None
+    subject: Regex | None = None
+    body: Regex | None = None
+    header: str | None = None
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FilterMatch:
+        if (self.header is None) != (self.regex is None):
+            _reject(
+                "filters",
+                [(("header" if self.header is None else "regex",), "header and regex go together")],
+            )
+        if not any((self.from_, self.to, self.subject, self.body, self.header)):
+            _reject("filters", [((), "match at least one of from, to, subject, body, header")])
+        return self
+
+
+class FilterSet(_Section):
+    queue: str | None = None
+    tags: tuple[Annotated[str, AfterValidator(_tag)], ...] = ()
+    priority: Priority | None = None
+    owner: Address | None = None
+    status: Literal["spam"] | None = None
+
+
+class Filter(_Section):
+    name: str
+    match: FilterMatch
+    set_: FilterSet = Field(alias="set")
+    stop: Bool = False
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -513,9 +645,56 @@ class MetricsSettings(_Section):
     listen: Annotated[str, AfterValidator(_metrics_listen)] | None = None  # None: no endpoint
 
 
+class CalendarSettings(_Section):
+    """`[[calendars]]`: working time for SLA targets (SPEC 8)."""
+
+    name: str
+    timezone: str
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    hours: str = "09:00-17:00"
+    holidays: tuple[date, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> CalendarSettings:
+        self.calendar()  # every ValueError names the bad value
+        return self
+
+    def calendar(self) -> business_time.Calendar:
+        return business_time.make_calendar(
+            self.name, self.timezone, self.days, self.hours, self.holidays
+        )
+
+
+SlaPriority = Literal["low", "normal", "high", "urgent"]
+
+
+class SlaSettings(_Section):
+    """`[[sla]]`: targets for the tickets of some queues and/or priorities; first match wins."""
+
+    name: str
+    queues: tuple[str, ...] = ()
+    priorities: tuple[SlaPriority, ...] = ()
+    calendar: str | None = None
+    first_response: Duration | None = None
+    next_response: Duration | None = None
+    resolution: Duration | None = None
+
+    def applies(self, queue: str, priority: str) -> bool:
+        return (not self.queues or queue in self.queues) and (
+            not self.priorities or priority in self.priorities
+        )
+
+
 class ClusterSettings(_Section):
     node_id: str | None = None  # None: the host name (mailbridge.node)
     lease_ttl: Duration = timedelta(seconds=30)
+
+
+class ParseSettings(_Section):
+    # worker processes that parse; None: one per CPU; 0: parse in process, without a deadline
+    workers: Annotated[int, Strict(), Field(ge=0)] | None = None
+    timeout: Duration = timedelta(seconds=30)  # per message; then quarantined "parse timeout"
+    inline_max_size: Size = 4 * 1024  # mail up to this size is parsed in process
 
 
 class Settings(_Section):
@@ -530,12 +709,111 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
     webhooks: tuple[Webhook, ...] = ()
+    queues: tuple[Queue, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    parse: ParseSettings = ParseSettings()
+    calendars: tuple[CalendarSettings, ...] = ()
+    sla: tuple[SlaSettings, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)
+    _queue_list: tuple[Queue, ...] = PrivateAttr(default=())
 
     @property
     def source_path(self) -> Path | None:
         """The file these settings came from; None for the embedded default."""
         return self._source_path
+
+    @property
+    def queue_list(self) -> tuple[Queue, ...]:
+        """The queues in effect: the configured ones, else one `support` holding [smtp] addresses."""
+        # built once: ingest asks for it for every new ticket
+        if not self._queue_list:
+            self._queue_list = self.queues or (
+                Queue(name="support", addresses=self.smtp.addresses),
+            )
+        return self._queue_list
+
+    @property
+    def accepted_addresses(self) -> tuple[str, ...]:
+        """Every address the listener accepts (plus-tokens on them too): [smtp] and the queues'."""
+        found = [*self.smtp.addresses, *(a for q in self.queues for a in q.addresses)]
+        return tuple(dict.fromkeys(found))
+
+    def queue(self, name: str | None) -> Queue:
+        """A queue by name; the first queue for an unknown name (e.g. one removed from the config)."""
+        queues = self.queue_list
+        return next((q for q in queues if q.name == name), queues[0])
+
+    def queue_sender(self, name: str | None) -> tuple[str, str]:
+        """(from address, from name) of a queue's outbound mail."""
+        queue = self.queue(name)
+        fallback = self.outbound.from_address or self.smtp.addresses[0]
+        address = queue.from_address or (
+            queue.addresses[0] if self.queues and queue.addresses else fallback
+        )
+        return address.lower(), queue.from_name or self.outbound.from_name
+
+    def queue_members(self, name: str | None) -> tuple[str, ...]:
+        """Who may own the queue's tickets: its members, else every agent listed by address."""
+        return self.queue(name).members or self.agents.addresses
+
+    def queue_notify(self, name: str | None) -> tuple[str, ...]:
+        notify = self.queue(name).notify
+        return self.agents.notify if notify is None else notify
+
+    def is_agent(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.agents.addresses or address.rpartition("@")[2] in self.agents.domains
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> Settings:
+        problems: list[tuple[Loc, str]] = []
+        owner_of: dict[str, str] = {}
+        imap_names = {account.name for account in self.imap}
+        for i, queue in enumerate(self.queues):
+            for j, address in enumerate(queue.addresses):
+                other = owner_of.setdefault(address, queue.name)
+                if other != queue.name:
+                    problems.append(
+                        (
+                            ("queues", i, "addresses", j),
+                            f"{address} is also an address of queue {other!r}",
+                        )
+                    )
+            for j, name in enumerate(queue.imap):
+                if name not in imap_names:
+                    problems.append((("queues", i, "imap", j), f"no [[imap]] named {name!r}"))
+            for j, member in enumerate(queue.members):
+                if not self.is_agent(member):
+                    problems.append(
+                        (("queues", i, "members", j), f"{member} is not an agent ([agents])")
+                    )
+        names = {q.name for q in self.queue_list}
+        for i, rule in enumerate(self.filters):
+            if rule.set_.queue is not None and rule.set_.queue not in names:
+                problems.append((("filters", i, "set"), f"unknown queue {rule.set_.queue!r}"))
+            if rule.set_.owner is not None and not self.is_agent(rule.set_.owner):
+                problems.append((("filters", i, "set"), f"{rule.set_.owner} is not an agent"))
+        _reject("queues", problems)
+        return self
+
+    @model_validator(mode="after")
+    def _check_sla(self) -> Settings:
+        names = {c.name for c in self.calendars}
+        _reject(
+            "settings",
+            [
+                (("sla", i, "calendar"), f"unknown calendar {sla.calendar!r}")
+                for i, sla in enumerate(self.sla)
+                if sla.calendar is not None and sla.calendar not in names
+            ],
+        )
+        return self
+
+    def calendar_for(self, sla: SlaSettings) -> business_time.Calendar | None:
+        for entry in self.calendars:
+            if entry.name == sla.calendar:
+                return entry.calendar()
+        return None
 
     @model_validator(mode="before")
     @classmethod
@@ -703,7 +981,7 @@ def _without(data: dict[str, Any], locs: list[Loc]) -> tuple[dict[str, Any], lis
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     # checked on the raw tables, so a duplicate is reported even beside other errors
     problems: list[tuple[Loc, str]] = []
-    for section in ("imap", "rules", "webhooks"):
+    for section in ("imap", "rules", "webhooks", "queues", "filters", "calendars", "sla"):
         items, seen = data.get(section), set()
         for index, item in enumerate(items if isinstance(items, list) else []):
             name = item.get("name") if isinstance(item, dict) else None

@@ -50,11 +50,14 @@ class Tokens:
 
     def __init__(self, support_addresses: Iterable[str], separator: str = "+") -> None:
         self.separator = separator
-        self.support = {a.lower() for a in support_addresses}
+        self.ordered = list(dict.fromkeys(a.lower() for a in support_addresses))
+        self.support = set(self.ordered)
         self._pattern = re.compile(r"^([^@]+?)" + re.escape(separator) + r"([a-z2-7]{8,40})@(.+)$")
 
-    def address(self, token: str) -> str:
-        base = sorted(self.support)[0] if self.support else "support@localhost"
+    def address(self, token: str, base: str | None = None) -> str:
+        """The ticket's token address on `base` (its queue's from address), else on the first
+        configured address."""
+        base = (base or (self.ordered[0] if self.ordered else "support@localhost")).lower()
         local, _, domain = base.partition("@")
         return f"{local}{self.separator}{token}@{domain}"
 

@@ -30,6 +30,7 @@ from mailbridge.config import Settings, describe, load_settings
 from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.metrics import Metrics
+from mailbridge.parse_pool import ParsePool
 from mailbridge.scheduler import Scheduler
 from mailbridge.sender import OutboxSender
 from mailbridge.sources import smtp as smtp_source
@@ -81,8 +82,9 @@ async def _watchdog(interval: float) -> None:
 
 def components_for(app: App, settings: Settings) -> list[Component]:
     """What `run` runs, in start order (stopped in reverse): metrics and workers first, intake last."""
-    metrics = Metrics(app.store, settings.metrics.listen)
+    metrics = Metrics(app.store, settings.metrics.listen, [q.name for q in settings.queue_list])
     app.metrics = metrics
+    app.ingestor.on_assign = metrics.assigned
     sender = OutboxSender(
         app, settings, on_delivery=metrics.delivery, on_webhook=metrics.webhook_delivery
     )
@@ -93,7 +95,14 @@ def components_for(app: App, settings: Settings) -> list[Component]:
             sender.kick()  # acknowledgements and notifications leave now, not at the next poll
 
     app.ingestor.on_outcome = after_commit
-    sweeps = Sweeps(app.store, settings, app.clock, app.outbound, on_rule=metrics.rule_run)
+    sweeps = Sweeps(
+        app.store,
+        settings,
+        app.clock,
+        app.outbound,
+        on_rule=metrics.rule_run,
+        on_breach=metrics.sla_breach,
+    )
     # SQLite has one writer: a second committing thread would only wait on its lock. PostgreSQL
     # overlaps the commits' fsyncs: one committer per process measured 0.78x of pool_size
     # committers (bench/anchors.py, same sitting), so each process keeps pool_size of them
@@ -101,7 +110,13 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     processes = settings.smtp.workers
     if processes > 1:
         smtp_source.WORKER_LABEL = " worker=1"
+    # started before the sources and stopped after them; the IMAP pollers reach it through
+    # the ingestor, the listener parses with it before a mail joins a group commit
+    parser = ParsePool.from_settings(settings)
+    if parser is not None:
+        app.ingestor.parser = parser
     components: list[Component] = [
+        *([parser] if parser is not None else []),
         metrics,
         sender,
         Scheduler(sweeps, app.clock),
@@ -112,6 +127,7 @@ def components_for(app: App, settings: Settings) -> list[Component]:
             ingest_workers=committers,
             metrics=metrics,
             reuse_port=processes > 1,
+            parser=parser,
         ),
     ]
     if processes > 1:
@@ -243,7 +259,13 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
     # only the listener's committers use the pool here: one connection each (pool_size of them)
     app = await asyncio.to_thread(App.build, settings, system_clock)
     committers = settings.database.pool_size
-    listener = SmtpListener(app.ingestor, settings, ingest_workers=committers, reuse_port=True)
+    # the same parse deadline as in the main process: a pool of its own ([parse] workers)
+    parser = ParsePool.from_settings(settings)
+    if parser is not None:
+        app.ingestor.parser = parser
+    listener = SmtpListener(
+        app.ingestor, settings, ingest_workers=committers, reuse_port=True, parser=parser
+    )
 
     def on_hup() -> None:
         try:
@@ -256,6 +278,8 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
+        if parser is not None:
+            await parser.start()
         await listener.start()
         # a restarted worker's supervisor does not wait for this: the pipe may be closed
         with contextlib.suppress(OSError):
@@ -267,6 +291,8 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
         log.error("smtp worker cannot start: %s", exc)
         return 1
     finally:
+        if parser is not None:
+            await parser.stop()
         app.close()
         executor.shutdown(wait=True)
     return 0
@@ -283,6 +309,7 @@ _RESTART_ONLY = (
     ("database", "pool_size"),
     ("smtp", "listen"),
     ("smtp", "mode"),
+    ("parse", "workers"),
 )
 
 

@@ -10,24 +10,36 @@ StorageUnavailable (the SMTP source turns it into 451).
 from __future__ import annotations
 
 import base64
+import email.policy
 import json
 import logging
+import re
 import secrets
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
-from mailbridge import agent_commands, classify, correlate, lifecycle
+from mailbridge import (
+    agent_commands,
+    assignment,
+    classify,
+    correlate,
+    lifecycle,
+    ownership,
+    routing,
+)
 from mailbridge.clock import Clock, system_clock
 from mailbridge.envelope import Envelope, Outcome, Source
-from mailbridge.errors import IllegalTransition, ParseError, StorageUnavailable
+from mailbridge.errors import IllegalTransition, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.lifecycle import Kind, Status, TicketState
-from mailbridge.parse import Address, ParsedMessage, parse
+from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, decode_header_text
+from mailbridge.parse_pool import InlineParser, Parser, ParseResult
 from mailbridge.storage import repository as repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
@@ -94,14 +106,29 @@ class Ingestor:
         self.clock = clock
         self.outbound = outbound
         self.on_outcome = on_outcome
+        # told the strategy of each automatic assignment (the metrics count them)
+        self.on_assign: Callable[[str], None] | None = None
+        # parses mail handed in without a ParseResult; the daemon puts its worker pool here
+        self.parser: Parser = InlineParser()
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
         """(Re)build what ingest derives from the config; called again on reload."""
         self.settings = settings
         agents = settings.agents
-        support = [a.lower() for a in settings.smtp.addresses]
+        support = [a.lower() for a in settings.accepted_addresses]
         self.tokens = correlate.Tokens(support, settings.tickets.plus_separator)
+        self.router = routing.Router(
+            settings.queue_list, settings.filters, settings.tickets.plus_separator
+        )
+        extra = sorted(self.router.header_names - CLASSIFY_HEADERS)
+        self._extra_headers = (
+            re.compile(
+                b"^(?:" + b"|".join(re.escape(n.encode()) for n in extra) + b"):", re.I | re.M
+            )
+            if extra
+            else None
+        )
         self.tagger = correlate.Tagger(settings.tickets.subject_tag)
         self.policy = classify.Policy(
             identity=settings.outbound.identity or "mailbridge",
@@ -114,13 +141,24 @@ class Ingestor:
 
     # --- entry points -------------------------------------------------------------------
 
-    def accept(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
-        return self.accept_many([(raw, envelope, source)])[0]
+    def accept(
+        self, raw: bytes, envelope: Envelope, source: Source, parsed: ParseResult | None = None
+    ) -> Outcome:
+        return self.accept_many([(raw, envelope, source)], [parsed])[0]
 
-    def accept_many(self, items: Sequence[tuple[bytes, Envelope, Source]]) -> list[Outcome]:
+    def accept_many(
+        self,
+        items: Sequence[tuple[bytes, Envelope, Source]],
+        parsed: Sequence[ParseResult | None] | None = None,
+    ) -> list[Outcome]:
         """Ingest several messages in one transaction (group commit); each is acknowledged by the caller
-        only after this returns, i.e. after the commit that holds it."""
-        prepared = [self.prepare(raw, env, src) for raw, env, src in items]
+        only after this returns, i.e. after the commit that holds it. `parsed` holds what a source
+        already parsed (None where it did not); `self.parser` parses the rest."""
+        results = self._parse([raw for raw, _, _ in items], parsed)
+        prepared = [
+            self.prepare(raw, env, src, result)
+            for (raw, env, src), result in zip(items, results, strict=True)
+        ]
         started = self.clock()
         try:
             # fast path: the whole batch in one transaction without savepoints
@@ -134,7 +172,10 @@ class Ingestor:
                 if len(prepared) == 1:
                     raise
                 # the transaction itself cannot commit: give every message its own chance
-                return [self.accept(p.raw, p.envelope, p.source) for p in prepared]
+                return [
+                    self.accept(p.raw, p.envelope, p.source, ParseResult(p.parsed, p.parse_error))
+                    for p in prepared
+                ]
         elapsed = (self.clock() - started).total_seconds() / max(len(prepared), 1)
         for outcome, p in zip(outcomes, prepared, strict=True):
             log.log(
@@ -195,15 +236,23 @@ class Ingestor:
             session.rollback()
             session.close()
 
-    def prepare(self, raw: bytes, envelope: Envelope, source: Source) -> Prepared:
-        parsed: ParsedMessage | None = None
-        error: str | None = None
-        try:
-            parsed = parse(raw)
-        except ParseError as exc:
-            error = f"unparseable: {exc}"
-        except Exception as exc:  # a parser bug must not lose the mail either
-            error = f"parser error: {exc.__class__.__name__}: {exc}"
+    def _parse(
+        self, raws: list[bytes], given: Sequence[ParseResult | None] | None
+    ) -> list[ParseResult]:
+        results = list(given) if given is not None else [None] * len(raws)
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            parsed = self.parser.parse_many([raws[i] for i in missing])
+            for i, result in zip(missing, parsed, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def prepare(
+        self, raw: bytes, envelope: Envelope, source: Source, result: ParseResult | None = None
+    ) -> Prepared:
+        if result is None:
+            result = self.parser.parse_many([raw])[0]
+        parsed, error = result.parsed, result.error
         chash = content_hash(raw)
         return Prepared(
             raw,
@@ -278,17 +327,20 @@ class Ingestor:
         ):
             return self._not_a_ticket(session, p, verdict, found, now)
         if verdict.kind == classify.BLOCKED:
-            ticket, message = self._create(
+            ticket, message, routed = self._create(
                 session, p, verdict, f"new ticket: {verdict.rule}", now, None
             )
-            self._transition(
-                session,
-                ticket,
-                lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"),
-                now,
-                message.id,
+            if ticket.status != Status.SPAM:
+                self._transition(
+                    session,
+                    ticket,
+                    lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"),
+                    now,
+                    message.id,
+                )
+            return Outcome(
+                "created", ticket.number, f"{verdict.rule} -> spam; {routed}", message.id
             )
-            return Outcome("created", ticket.number, f"{verdict.rule} -> spam", message.id)
         if verdict.agent:
             return self._agent_mail(session, p, verdict, found, now)
         return self._customer_mail(session, p, verdict, found, now)
@@ -381,10 +433,9 @@ class Ingestor:
     ) -> Outcome:
         ticket, actor = found.ticket, self._actor(p)
         if ticket is not None:
+            kind = Kind.CONFIRM if self._confirms(session, p, ticket) else Kind.CUSTOMER_MAIL
             try:
-                transition = lifecycle.apply(
-                    self._state(ticket), lifecycle.Event(Kind.CUSTOMER_MAIL, actor), now
-                )
+                transition = lifecycle.apply(self._state(ticket), lifecycle.Event(kind, actor), now)
             except (
                 IllegalTransition
             ):  # pragma: no cover - the table accepts customer mail everywhere
@@ -415,11 +466,20 @@ class Ingestor:
                 return self._quarantine(
                     session, p, "flood", f"more than {limit} new tickets from {sender} in an hour"
                 )
-        ticket, message = self._create(session, p, verdict, rule, now, follow)
+        ticket, message, routed = self._create(session, p, verdict, rule, now, follow)
         self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
-        if self.outbound and p.source.live:
+        if self.outbound and p.source.live and ticket.status != Status.SPAM:
             self.outbound.new_ticket(session, ticket, message, p.parsed, verdict, now)
-        return Outcome("created", ticket.number, rule, message.id)
+        return Outcome("created", ticket.number, f"{rule}; {routed}", message.id)
+
+    def _confirms(self, session: Session, p: Prepared, ticket: Ticket) -> bool:
+        """A close word from the ticket's customer or a participant on a resolved ticket (SPEC 8)."""
+        if ticket.status != Status.RESOLVED or p.parsed is None:
+            return False
+        if not lifecycle.confirms(p.parsed.body_text, self.settings.tickets.customer_close_words):
+            return False
+        sender = self._sender(p)
+        return sender == ticket.customer or repo.is_participant(session, ticket.number, sender)
 
     def _agent_mail(
         self,
@@ -435,7 +495,7 @@ class Ingestor:
         ticket = found.ticket
         if ticket is None:
             # an agent writing afresh: the ticket's customer is whom they wrote to, if anyone
-            ticket, message = self._create(
+            ticket, message, routed = self._create(
                 session,
                 p,
                 verdict,
@@ -445,7 +505,9 @@ class Ingestor:
                 direction="outbound",
                 author_kind="agent",
             )
-            return Outcome("created", ticket.number, f"{verdict.rule}; {found.rule}", message.id)
+            return Outcome(
+                "created", ticket.number, f"{verdict.rule}; {found.rule}; {routed}", message.id
+            )
 
         parsed_cmds = agent_commands.split_commands(msg.body_text)
         if self.outbound:
@@ -478,7 +540,23 @@ class Ingestor:
             self._apply_or_refuse(
                 session, ticket, lifecycle.Event(Kind.AGENT_REPLY, actor), now, message.id, refusals
             )
+            self._owner_on_reply(session, ticket, agent, now, message.id)
         for cmd in parsed_cmds.commands:
+            if cmd.name in ownership.COMMANDS:
+                try:
+                    ownership.command(
+                        session,
+                        self.settings,
+                        ticket,
+                        cmd.name,
+                        cmd.argument,
+                        agent,
+                        now,
+                        message.id,
+                    )
+                except ownership.Refused as exc:
+                    refusals.append(str(exc))
+                continue
             event = self._command_event(cmd, actor, now, refusals)
             if event is not None:
                 self._apply_or_refuse(session, ticket, event, now, message.id, refusals)
@@ -531,6 +609,71 @@ class Ingestor:
                 f"#{event.kind}: {exc}" if event.kind is not Kind.AGENT_REPLY else str(exc)
             )
 
+    def _owner_on_reply(
+        self, session: Session, ticket: Ticket, agent: str, now: datetime, message_pk: int
+    ) -> None:
+        """`assign_on_reply`: the first agent to answer an unowned ticket becomes its owner."""
+        if ticket.owner is not None or not self.settings.queue(ticket.queue).assign_on_reply:
+            return
+        members = self.settings.queue(ticket.queue).members
+        if members and agent not in members:
+            return
+        ticket.owner = agent
+        record = lifecycle.Record(
+            now, "assign", agent, ticket.status, ticket.status, f"assign_on_reply -> {agent}"
+        )
+        repo.add_events(session, ticket.number, [record], message_pk)
+
+    # --- routing and assignment ---------------------------------------------------------
+
+    def _route(self, p: Prepared) -> routing.Route:
+        msg = p.parsed
+        assert msg is not None
+        headers: Mapping[str, Sequence[str]] = msg.headers
+        if self._extra_headers is not None and self._extra_headers.search(
+            block := _header_block(p.raw)
+        ):
+            # a filter on a header the parser does not keep, and the mail has it: read the
+            # header block once more
+            wanted = self.router.header_names - CLASSIFY_HEADERS
+            found = _HEADERS.parsebytes(block)
+            extra = {n: tuple(decode_header_text(v) for v in found.get_all(n, ())) for n in wanted}
+            headers = {**headers, **extra}
+        imap = p.source.name if p.source.kind in ("imap", "imap-sent") else None
+        return self.router.route(
+            routing.Facts(
+                sender=self._sender(p),
+                envelope_to=tuple(r.lower() for r in p.envelope.rcpt_tos),
+                delivered_to=tuple(
+                    v.strip().strip("<>").lower()
+                    for name in ("delivered-to", "x-original-to")
+                    for v in headers.get(name, ())
+                ),
+                to=tuple(a.addr.lower() for a in msg.to),
+                cc=tuple(a.addr.lower() for a in msg.cc),
+                subject=msg.subject,
+                body=msg.body_text if self.router.needs_body else "",
+                headers=headers,
+                imap_account=imap,
+            )
+        )
+
+    def _assign(
+        self, session: Session, route: routing.Route, customer: str, now: datetime
+    ) -> assignment.Assignment:
+        queue = route.queue
+        return assignment.choose(
+            self.settings.queue(queue).assign,
+            self.settings.queue_members(queue),
+            take_turn=lambda: repo.take_turn(session, queue),
+            open_counts=lambda: repo.open_counts(session, self.settings.queue_members(queue)),
+            last_owner=lambda: repo.last_owner(
+                session, customer, queue, now - assignment.STICKY_WINDOW
+            ),
+            filter_owner=route.owner,
+            filter_name=route.owner_filter,
+        )
+
     # --- building blocks ----------------------------------------------------------------
 
     def _create(
@@ -543,7 +686,8 @@ class Ingestor:
         follow_up_of: int | None,
         direction: str = "inbound",
         author_kind: str = "customer",
-    ) -> tuple[Ticket, Message]:
+    ) -> tuple[Ticket, Message, str]:
+        """The new ticket, its first message, and how it was routed and assigned (in words)."""
         msg = p.parsed
         assert msg is not None
         author = _author(msg)
@@ -557,6 +701,11 @@ class Ingestor:
             ]
             if others:
                 customer, name = others[0].addr.lower(), others[0].name
+        route = self._route(p)
+        spam = route.spam is not None or verdict.kind == classify.BLOCKED
+        chosen = None if spam else self._assign(session, route, customer, now)
+        explained = chosen is not None and (chosen.owner or chosen.strategy != "none")
+        routed = "; ".join((route.explain(), *([chosen.rule] if chosen and explained else [])))
         ticket = repo.add_ticket(
             session,
             Ticket(
@@ -571,6 +720,9 @@ class Ingestor:
                 last_activity_at=now,
                 follow_up_of=follow_up_of,
                 thread_index=msg.thread_index,
+                queue=route.queue,
+                owner=chosen.owner if chosen else None,
+                priority=route.priority,
             ),
         )
         # the customer first: the participant limit counts them, and their Cc may then join
@@ -579,15 +731,31 @@ class Ingestor:
             session, p, ticket, direction, author_kind, rule, now, participants=False
         )
         repo.add_events(
-            session, ticket.number, lifecycle.create(self._actor(p), now, rule).records, message.id
+            session,
+            ticket.number,
+            lifecycle.create(self._actor(p), now, f"{rule}; {routed}").records,
+            message.id,
         )
+        if route.tags:
+            repo.add_tags(session, ticket.number, route.tags)
+        if chosen is not None and chosen.owner is not None:
+            record = lifecycle.Record(
+                now, "assign", f"rule:{chosen.strategy}", Status.NEW, Status.NEW, chosen.detail
+            )
+            repo.add_events(session, ticket.number, [record], message.id)
+            if self.on_assign is not None:
+                self.on_assign(chosen.strategy)
+        if route.spam is not None:
+            self._transition(
+                session, ticket, lifecycle.Event(Kind.SPAM, f"rule:{route.spam}"), now, message.id
+            )
         if author_kind == "agent" and customer != self._sender(p):
             self._transition(
                 session, ticket, lifecycle.Event(Kind.AGENT_REPLY, self._actor(p)), now, message.id
             )
         # whoever opens a ticket is its customer, or an agent writing to one
         self._add_participants(session, p, ticket, now, message.id)
-        return ticket, message
+        return ticket, message, routed
 
     def _cc_participants(self, msg: ParsedMessage, customer: str) -> list[str]:
         found: dict[str, None] = {}
@@ -807,6 +975,16 @@ class Ingestor:
         return self._sender(p) or "unknown"
 
 
+# compat32 hands back the raw values, which decode_header_text decodes like the parser does;
+# the default policy's header objects cost several times more
+_HEADERS = BytesHeaderParser(policy=email.policy.compat32)
+
+
+def _header_block(raw: bytes) -> bytes:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[: min(ends)] if ends else raw
+
+
 def _author(msg: ParsedMessage | None) -> Address | None:
     """Who wrote the mail: From, else Sender, else Reply-To (some clients and forwarders omit From)."""
     if msg is None:
@@ -824,6 +1002,7 @@ def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
     ticket.postponed_until = state.postponed_until
     ticket.updated_at = now
     ticket.last_activity_at = now
+    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
 
 
 def ticket_state(ticket: Ticket) -> TicketState:

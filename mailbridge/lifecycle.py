@@ -7,6 +7,7 @@ diagram and the exhaustive tests are generated from `TRANSITIONS`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +31,8 @@ class Kind(StrEnum):
 
     CREATED = "created"
     CUSTOMER_MAIL = "customer-mail"
+    # a customer mail whose first line is a close word (SPEC 8); stored as `close` when it closes
+    CONFIRM = "confirm"
     AGENT_REPLY = "agent-reply"
     RESOLVE = "resolve"
     POSTPONE = "postpone"
@@ -63,6 +66,8 @@ TRANSITIONS: dict[tuple[Status, Kind], str] = {
     (S.POSTPONED, Kind.CUSTOMER_MAIL): S.OPEN,
     (S.SPAM, Kind.CUSTOMER_MAIL): S.SPAM,
     (S.DELETED, Kind.CUSTOMER_MAIL): NEW_TICKET,
+    # customer confirms (close word): resolved -> closed, elsewhere as customer mail (below)
+    (S.RESOLVED, Kind.CONFIRM): S.CLOSED,
     # agent reply
     **{(s, Kind.AGENT_REPLY): S.ANSWERED for s in (*_ACTIVE, S.RESOLVED, S.CLOSED)},
     # agent #resolve
@@ -79,6 +84,27 @@ TRANSITIONS: dict[tuple[Status, Kind], str] = {
     (S.SPAM, Kind.RESTORE): BEFORE,
     (S.DELETED, Kind.RESTORE): BEFORE,
 }
+
+# a close word is only a confirmation on a resolved ticket; anywhere else it is an ordinary reply
+for (_status, _kind), _target in list(TRANSITIONS.items()):
+    if _kind is Kind.CUSTOMER_MAIL and (_status, Kind.CONFIRM) not in TRANSITIONS:
+        TRANSITIONS[(_status, Kind.CONFIRM)] = _target
+
+CONFIRMED = "confirmed by customer"  # the detail of a close by the customer
+
+
+def confirms(body: str, close_words: Iterable[str]) -> bool:
+    """Whether a reply's first non-empty line is a close word (case and trailing punctuation aside).
+
+    The whole line must be the word: "Solved!" confirms, "Solved, but one more thing" does not,
+    because a customer who adds anything may still be asking for something.
+    """
+    first = next((line for line in body.splitlines() if line.strip()), "")
+    said = first.strip().rstrip(_TRAILING).strip().casefold()
+    return bool(said) and said in {w.strip().casefold() for w in close_words}
+
+
+_TRAILING = ".,;:!?…) \t"
 
 _WHY = {
     Kind.AGENT_REPLY: "agents cannot reply on a ticket that is {status}; restore it first",
@@ -151,6 +177,11 @@ def apply(state: TicketState, event: Event, now: datetime) -> Transition:
         )
     if target == NEW_TICKET:
         return Transition(state, (), new_ticket=True)
+    if event.kind is Kind.CONFIRM:
+        # stored as what it amounts to, so everything that counts closes or replies sees it
+        closes = state.status is S.RESOLVED
+        kind = Kind.CLOSE if closes else Kind.CUSTOMER_MAIL
+        event = Event(kind, event.actor, detail=CONFIRMED if closes else event.detail)
 
     if event.kind is Kind.POSTPONE:
         if event.until is None or event.until <= now:
@@ -189,6 +220,7 @@ _ROWS = (
     (Kind.POSTPONE, "postpone until T"),
     (Kind.CLOSE, "`#close` / rule / CLI"),
     (Kind.WAKE, "postponement due"),
+    (Kind.CONFIRM, "customer confirms (close word)"),
     (Kind.SPAM, "mark spam"),
     (Kind.DELETE, "delete"),
     (Kind.RESTORE, "restore"),

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ class Metrics:
 
     name = "metrics"
 
-    def __init__(self, store: Store, listen: str | None = None) -> None:
+    def __init__(self, store: Store, listen: str | None = None, queues: Sequence[str] = ()) -> None:
         self.store = store
         self.listen = listen
         self.registry = CollectorRegistry()
@@ -114,7 +114,23 @@ class Metrics:
             self.smtp_auth_lockouts.labels(label)  # the series exist at 0 for alerts
         for label in ("total", "client"):
             self.smtp_refused.labels(label)
+        self.sla_breaches = Counter(
+            "mailbridge_sla_breaches",
+            "SLA targets missed (one per ticket and target, SPEC 8).",
+            ["queue", "target"],
+            registry=r,
+        )
         self.registry.register(DatabaseCollector(store))
+        self.assignments = Counter(
+            "mailbridge_assignments",
+            "Owners given to new tickets, by strategy (round_robin, least_open, sticky, filter).",
+            ["strategy"],
+            registry=r,
+        )
+        for label in ("round_robin", "least_open", "sticky", "filter"):
+            self.assignments.labels(label)
+        self.queue_collector = QueueCollector(store, queues)
+        self.registry.register(self.queue_collector)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -124,6 +140,10 @@ class Metrics:
         """`Ingestor(on_outcome=...)`: one call per message, after its commit."""
         self.ingested.labels(source.kind, outcome.outcome).inc()
         self.ingest_seconds.observe(max(seconds, 0.0))
+
+    def assigned(self, strategy: str) -> None:
+        """`Ingestor.on_assign`: one call per automatic owner."""
+        self.assignments.labels(strategy).inc()
 
     def poller_error(self, mailbox: str) -> None:
         self.poller_errors.labels(mailbox).inc()
@@ -151,6 +171,10 @@ class Metrics:
 
     def smtp_connection_refused(self, limit: str) -> None:
         self.smtp_refused.labels(limit).inc()
+
+    def sla_breach(self, queue: str, target: str) -> None:
+        """`Sweeps(on_breach=...)`: one call per recorded `sla-breach` event."""
+        self.sla_breaches.labels(queue, target).inc()
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -181,6 +205,7 @@ class Metrics:
         server.server_close()
 
     def reload(self, settings: Any) -> None:
+        self.queue_collector.queues = [q.name for q in settings.queue_list]
         if settings.metrics.listen != self.listen:
             log.warning("[metrics] listen changed: takes effect after a restart")
 
@@ -240,6 +265,36 @@ class DatabaseCollector(Collector):
                 labels=["state"],
             ),
             GaugeMetricFamily("mailbridge_database_up", "1 if the last scrape read the database."),
+        )
+
+
+class QueueCollector(Collector):
+    """Unassigned live tickets per queue, read at scrape time; every configured queue at 0 too."""
+
+    def __init__(self, store: Store, queues: Sequence[str]) -> None:
+        self.store = store
+        self.queues = list(queues)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        try:
+            with self.store.unit() as session:
+                counts = repo.unassigned_counts(session)
+        except MailbridgeError:
+            return  # DatabaseCollector reports the database as down
+        for queue in [*self.queues, *sorted(set(counts) - set(self.queues))]:
+            family.add_metric([queue], counts.get(queue, 0))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "mailbridge_unassigned_tickets",
+            "Tickets in new, open, answered or postponed that nobody owns, by queue.",
+            labels=["queue"],
         )
 
 

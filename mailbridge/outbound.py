@@ -120,7 +120,7 @@ class Outbound:
         self.from_address = (out.from_address or settings.smtp.addresses[0]).lower()
         self.domain = self.from_address.rpartition("@")[2]
         self.identity = out.identity or self.from_address
-        self.tokens = correlate.Tokens(settings.smtp.addresses, tickets.plus_separator)
+        self.tokens = correlate.Tokens(settings.accepted_addresses, tickets.plus_separator)
         self.tagger = correlate.Tagger(tickets.subject_tag)
         self.agents = classify.Policy(
             agent_addresses=frozenset(a.lower() for a in agents.addresses),
@@ -128,9 +128,17 @@ class Outbound:
         )
         self.trusted_authserv_ids = frozenset(a.lower() for a in agents.trusted_authserv_ids)
         self.notify = [a for a in agents.notify if not self.tokens.is_ours(a)]
-        self.notify_boxes = [a for a in (mailbox("", n) for n in self.notify) if a]
         custom = tickets.ack_template
         self.ack_template = Path(custom).read_text("utf-8") if custom else _template("ack")
+        # per queue (SPEC 7): who hears of its tickets, and its own acknowledgement text
+        self.queue_notify: dict[str, list[str]] = {}
+        self.queue_ack: dict[str, str] = {}
+        for queue in settings.queue_list:
+            notify = settings.queue_notify(queue.name)
+            self.queue_notify[queue.name] = [a for a in notify if not self.tokens.is_ours(a)]
+            if queue.ack_template is not None:
+                self.queue_ack[queue.name] = Path(queue.ack_template).read_text("utf-8")
+        self.all_notify = {a for n in self.queue_notify.values() for a in n} | set(self.notify)
 
     # --- the hooks ---------------------------------------------------------------------
 
@@ -191,7 +199,7 @@ class Outbound:
             )
             return
         name = parsed.from_.name if parsed.from_ and parsed.from_.name else agent.partition("@")[0]
-        from_name = self.settings.outbound.from_name
+        from_name = self._from_name(ticket)
         if self.settings.agents.display_names:
             from_name = f"{name} via {from_name}"
         # addresses only SMTPUTF8 can carry go as a mail of their own: should the smarthost
@@ -242,21 +250,30 @@ class Outbound:
             to=[to],
             subject=subject or reply_subject(parsed.subject or ticket.subject),
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=parsed.message_id,
             auto_submitted="auto-replied",
             verdict=f"refused: {'; '.join(reasons)}",
         )
         self._queue(session, ticket, [draft], now)
 
-    def rule_notice(self, session: Session, ticket: Ticket, rule: str, now: datetime) -> None:
+    def rule_notice(
+        self,
+        session: Session,
+        ticket: Ticket,
+        rule: str,
+        now: datetime,
+        template: Path | None = None,
+    ) -> None:
         """Tell the customer a rule changed their ticket (`[[rules]] notify = true`)."""
         if ticket.status in ("spam", "deleted"):
             return  # never write to the sender of spam
         to, cc = self._customer_recipients(session, ticket)
         if not to:
             return
-        subject, body = render(_template("rule"), self._values(ticket) | {"rule": rule})
+        values = self._values(ticket) | {"rule": rule, "confirm": self._confirm_hint(ticket)}
+        text = template.read_text("utf-8") if template else _template("rule")
+        subject, body = render(text, values)
         draft = Draft(
             kind="rule",
             author_kind="system",
@@ -264,12 +281,95 @@ class Outbound:
             cc=cc,
             subject=subject or reply_subject(ticket.subject),
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=self._last_customer_id(session, ticket),
             auto_submitted="auto-generated",
             verdict=f"rule:{rule}",
         )
         self._queue(session, ticket, [draft], now)
+
+    def rule_mail(
+        self,
+        session: Session,
+        ticket: Ticket,
+        kind: str,
+        values: dict[str, object],
+        now: datetime,
+        template: Path | None = None,
+        recipients: list[str] | None = None,
+    ) -> None:
+        """A `remind` (to the customer) or `escalate` (to `recipients`) mail of a rule (SPEC 8),
+        queued in the transaction that records its event."""
+        if recipients is None:
+            to, cc = self._customer_recipients(session, ticket)
+        else:
+            to = [b for b in (mailbox("", a) for a in dict.fromkeys(recipients)) if b]
+            cc = []
+        if not to:
+            return
+        text = template.read_text("utf-8") if template else _template(kind)
+        subject, body = render(text, self._values(ticket) | values)
+        draft = Draft(
+            kind="rule" if recipients is None else "notice",
+            author_kind="system",
+            to=to,
+            cc=cc,
+            subject=subject or reply_subject(ticket.subject),
+            body=body,
+            from_name=self.settings.outbound.from_name,
+            in_reply_to=self._last_customer_id(session, ticket) if recipients is None else None,
+            auto_submitted="auto-generated",
+            verdict=f"rule:{values.get('rule')} {kind}",
+        )
+        self._queue(session, ticket, [draft], now)
+
+    def queue_notify_addresses(self, ticket: Ticket) -> list[str]:
+        """Whom "queue" means for a ticket: its queue's notify (SPEC 7), else `[agents] notify`."""
+        per_queue = getattr(self, "queue_notify", None)
+        if per_queue is not None:
+            return list(per_queue.get(getattr(ticket, "queue", None), self.notify))
+        return [a.addr_spec for a in self.notify_boxes]
+
+    def _owner_or_queue(self, ticket: Ticket) -> list[Address]:
+        """The ticket's owner when it has one, else its queue's notify addresses."""
+        owner = getattr(ticket, "owner", None)
+        addresses = [owner] if owner else self.queue_notify_addresses(ticket)
+        boxes = [b for b in (mailbox("", a) for a in addresses) if b]
+        return boxes[: self.settings.smtp.max_recipients]
+
+    def sla_breach_notice(
+        self, session: Session, ticket: Ticket, values: dict[str, object], now: datetime
+    ) -> None:
+        """Tell the agents a ticket missed an SLA target (SPEC 8), in the breach's transaction.
+
+        Goes to the ticket's owner when tickets have one, else to the queue's (for now the
+        `[agents] notify`) addresses."""
+        boxes = self._owner_or_queue(ticket)
+        if not boxes:
+            return
+        subject, body = render(_template("sla_breach"), self._values(ticket) | values)
+        draft = Draft(
+            kind="notice",
+            author_kind="system",
+            to=boxes,
+            subject=subject or reply_subject(ticket.subject),
+            body=body,
+            from_name=self.settings.outbound.from_name,
+            in_reply_to=None,
+            auto_submitted="auto-generated",
+            verdict=f"sla breach: {values.get('target')}",
+        )
+        self._queue(session, ticket, [draft], now)
+
+    def _confirm_hint(self, ticket: Ticket) -> str:
+        """How the customer closes a resolved ticket themselves (SPEC 8), else nothing."""
+        words = self.settings.tickets.customer_close_words
+        if ticket.status != "resolved" or not words:
+            return ""
+        return (
+            f'If your problem is solved, reply with just the word "{words[0]}" to close the '
+            "ticket.\n"
+        )
 
     def delivery_failed(
         self, session: Session, ticket: Ticket, row: Outbox, error: str, now: datetime
@@ -315,7 +415,7 @@ class Outbound:
         author: str | None,
         now: datetime,
     ) -> None:
-        to = self._notify_addresses()
+        to = self._notify_addresses(ticket)
         box = mailbox("", author) if author else None
         if box is not None and all(a.addr_spec.lower() != box.addr_spec.lower() for a in to):
             to.append(box)
@@ -332,7 +432,7 @@ class Outbound:
             to=to,
             subject=subject or f"Undelivered reply: {ticket.subject}",
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=None,
             auto_submitted="auto-generated",
             verdict=f"delivery failed: {error}"[:500],
@@ -359,7 +459,7 @@ class Outbound:
             return "acknowledgements are off"
         if verdict.kind != classify.MAIL or verdict.bulk:
             return f"not personal mail ({verdict.rule})"
-        if self.tokens.is_ours(customer) or customer in self.notify:
+        if self.tokens.is_ours(customer) or customer in self.all_notify:
             return f"{customer} is our own address"
         if verdict.claimed_agent or classify.is_agent_address(customer, self.agents):
             return f"{customer} is an agent address"
@@ -379,7 +479,8 @@ class Outbound:
         return None
 
     def _ack(self, ticket: Ticket, message: Message) -> Draft:
-        subject, body = render(self.ack_template, self._values(ticket))
+        template = self.queue_ack.get(ticket.queue, self.ack_template)
+        subject, body = render(template, self._values(ticket))
         to = mailbox(ticket.customer_name, ticket.customer)
         assert to is not None  # _no_ack_reason checked it
         return Draft(
@@ -388,7 +489,7 @@ class Outbound:
             to=[to],
             subject=subject or reply_subject(ticket.subject),
             body=body,
-            from_name=self.settings.outbound.from_name,
+            from_name=self._from_name(ticket),
             in_reply_to=message.message_id,
             auto_submitted="auto-replied",
             verdict="acknowledgement",
@@ -400,7 +501,9 @@ class Outbound:
         """The customer's mail with its attachments, from "<customer> via Support", to the agents."""
         # nobody is notified of their own mail: a notify list's naive autoresponder cannot loop
         to = [
-            a for a in self._notify_addresses() if a.addr_spec.lower() != message.from_addr.lower()
+            a
+            for a in self._notify_addresses(ticket)
+            if a.addr_spec.lower() != message.from_addr.lower()
         ]
         if not to:
             return []
@@ -415,7 +518,7 @@ class Outbound:
             to=to,
             subject=header_safe(message.subject) or ticket.subject or "(no subject)",
             body=f"{body}\n\n{footer}" if body else footer,
-            from_name=f"{sender} via {self.settings.outbound.from_name}",
+            from_name=f"{sender} via {self._from_name(ticket)}",
             in_reply_to=message.message_id,
             auto_submitted="auto-generated",
             attach_pk=message.id,
@@ -423,8 +526,20 @@ class Outbound:
         )
         return [draft]
 
-    def _notify_addresses(self) -> list[Address]:
-        return list(self.notify_boxes[: self.settings.smtp.max_recipients])
+    def _notify_addresses(self, ticket: Ticket) -> list[Address]:
+        """The owner when the ticket has one, else its queue's notify list (SPEC 7)."""
+        if ticket.owner:
+            addresses = [ticket.owner]
+        else:
+            addresses = self.queue_notify.get(ticket.queue, self.notify)
+        boxes = [a for a in (mailbox("", n) for n in addresses) if a]
+        return boxes[: self.settings.smtp.max_recipients]
+
+    def _from(self, ticket: Ticket) -> str:
+        return self.settings.queue_sender(ticket.queue)[0]
+
+    def _from_name(self, ticket: Ticket) -> str:
+        return self.settings.queue_sender(ticket.queue)[1]
 
     def _relay_recipients(
         self, session: Session, ticket: Ticket
@@ -445,7 +560,8 @@ class Outbound:
                 unreachable.append((address, "the address cannot be written safely in a header"))
             else:
                 (to if is_customer else cc).append(box)
-        return to, cc, unreachable
+        limit = min(self.settings.tickets.max_participants, self.settings.smtp.max_recipients)
+        return to[:limit], cc[: max(0, limit - len(to[:limit]))], unreachable
 
     def _customer_recipients(
         self, session: Session, ticket: Ticket
@@ -476,8 +592,8 @@ class Outbound:
             "status": ticket.status,
             "customer": ticket.customer,
             "name": header_safe(ticket.customer_name) or ticket.customer,
-            "reply_to": self.tokens.address(ticket.token),
-            "from_name": self.settings.outbound.from_name,
+            "reply_to": self.tokens.address(ticket.token, self._from(ticket)),
+            "from_name": self._from_name(ticket),
         }
 
     # --- headers, storage, outbox -------------------------------------------------------
@@ -506,7 +622,7 @@ class Outbound:
                     # unique until the bytes exist; the sender puts the real key in place
                     "dedup_key": dedup_key(message_id, ""),
                     "content_hash": "",
-                    "from_addr": self.from_address,
+                    "from_addr": self._from(ticket),
                     "from_name": pending.from_name,
                     "to_addrs": ", ".join(a.addr_spec for a in draft.to),
                     "cc_addrs": ", ".join(a.addr_spec for a in draft.cc),
@@ -524,7 +640,7 @@ class Outbound:
                 {
                     "ticket_number": ticket.number,
                     "kind": draft.kind,
-                    "mail_from": self.from_address,
+                    "mail_from": self._from(ticket),
                     "rcpt_tos": ",".join(recipients),
                     "rcpt_key": recipients[0][:320],
                     "spec": pending.to_json(),
@@ -550,13 +666,13 @@ class Outbound:
             ticket=ticket.number,
             message_id=message_id,
             at=now,
-            from_address=self.from_address,
+            from_address=self._from(ticket),
             from_name=header_safe(draft.from_name, 200),
             to=[box_of(a) for a in draft.to],
             cc=[box_of(a) for a in draft.cc],
             subject=header_safe(self.tagger.tagged(header_safe(draft.subject), ticket.number)),
-            reply_name=header_safe(self.settings.outbound.from_name, 200),
-            reply_to=self.tokens.address(ticket.token),
+            reply_name=header_safe(self._from_name(ticket), 200),
+            reply_to=self.tokens.address(ticket.token, self._from(ticket)),
             topic=header_safe(ticket.subject) or "(no subject)",
             conversation=_conversation(ticket).hex(),
             loop=header_safe(self.identity),

@@ -8,9 +8,10 @@ defect.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TypeVar
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 __all__ = ["Address", "Attachment", "ParsedMessage", "guard"]
 
@@ -47,6 +48,17 @@ class ParsedMessage:
     body_text: str
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # parse workers send results back pickled, and a mappingproxy does not pickle
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["headers"] = dict(self.headers)
+        return (_unpickle, (values,))
+
+
+def _unpickle(values: dict[str, Any]) -> ParsedMessage:
+    values["headers"] = MappingProxyType(values["headers"])
+    return ParsedMessage(**values)
 
 
 T = TypeVar("T")

@@ -20,11 +20,22 @@ JSON keys (durations are seconds, floats rounded to milliseconds; times ISO 8601
 - `created_per_day`: `{YYYY-MM-DD: {queue: n}}` for every day from the first ticket to the last
   (or the period's bounds), days without tickets at 0.
 - `queues`: `{queue: {tickets, by_status, first_response, resolution}}`, the two delays as above
-  plus `histogram`: `[{bucket, count}]` over `HISTOGRAM_BUCKETS`. Until queues exist (SPEC 7)
-  every ticket is in the one queue `support` (`queue_of`).
+  plus `histogram`: `[{bucket, count}]` over `HISTOGRAM_BUCKETS`; a ticket's queue is read in
+  one place (`queue_of`).
 - `transitions`: `[{from, to, count}]`, how often each status change happened (events with a
   from and a to status that differ; `created` counts as from null), most frequent first.
-- `sla`: `{configured, met, breached}`; `configured` stays false until SLAs exist (SPEC 8).
+- `closed_by`: `{customer, agent, rule}`: closes (a change to `closed`) by the customer's
+  confirmation (detail `confirmed by customer`), by a `[[rules]]` rule (actor `rule:...`), and
+  by anyone else (an agent's `#close` or the CLI). A confirmation is a close, not a reopen.
+- `sla`: `{configured, met, breached, rate, queues: {queue: {met, breached, rate}}}` over the
+  tickets an `[[sla]]` applies to (SPEC 8): `breached` tickets have an `sla-breach` event,
+  `met` ones do not (yet); `rate` = met / (met + breached), or null. `configured` is false
+  while no ticket has an SLA.
+- `by_queue`, `by_owner`, `by_tag`, `by_priority` (SPEC 7): `{key: {tickets, share, open_now,
+  first_response_p50, first_response_p90, resolution_p50, resolution_p90, reopen_rate}}`.
+  `share` is of all tickets in the period (a ticket with two tags counts under both);
+  `open_now` are in new, open, answered or postponed; unowned and untagged tickets are under
+  `(none)`; the delays are seconds or null, `reopen_rate` 0..1 or null.
 """
 
 from __future__ import annotations
@@ -32,11 +43,11 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mailbridge.lifecycle import Kind, Status
+from mailbridge.lifecycle import CONFIRMED, Kind, Status
 from mailbridge.storage import repository as repo
 from mailbridge.views import iso
 
@@ -45,6 +56,7 @@ if TYPE_CHECKING:
 
 STATUSES = tuple(s.value for s in Status)
 ENDED = frozenset({Status.RESOLVED.value, Status.CLOSED.value})
+SLA_BREACH = "sla-breach"  # the event kind the SLA sweep records
 NOT_WAITING = frozenset({Status.SPAM.value, Status.DELETED.value})
 PERCENTILES = (50, 90, 99)
 DEFAULT_QUEUE = "support"
@@ -83,11 +95,12 @@ def build_report(
     with store.unit() as session:
         tickets = repo.all_tickets(session)
         events = repo.all_events(session)
-    return summarize(tickets, events, now, since, until)
+        tags = repo.all_tags(session)
+    return summarize(tickets, events, now, since, until, tags)
 
 
 def queue_of(ticket: TicketRow) -> str:
-    """The one place a ticket's queue is read: `support` for all until queues exist (SPEC 7)."""
+    """The one place a ticket's queue is read (SPEC 7); rows without one are `support`'s."""
     return getattr(ticket, "queue", None) or DEFAULT_QUEUE
 
 
@@ -97,6 +110,7 @@ def summarize(
     now: datetime,
     since: datetime | None = None,
     until: datetime | None = None,
+    tags: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The report from plain rows (events in time order per ticket); pure."""
     tickets = [
@@ -125,7 +139,9 @@ def summarize(
         "created_per_day": _created_per_day(tickets, since, until),
         "queues": _queues(tickets, by_ticket),
         "transitions": _transitions(by_ticket),
-        "sla": {"configured": False, "met": 0, "breached": 0},
+        "closed_by": _closed_by(by_ticket),
+        "sla": _sla(tickets, by_ticket),
+        **_breakdowns(tickets, by_ticket, tags or {}),
     }
 
 
@@ -215,8 +231,50 @@ def _transitions(by_ticket: dict[int, list[EventRow]]) -> list[dict[str, Any]]:
     return [{"from": a, "to": b, "count": n} for (a, b), n in ordered]
 
 
-def _reopen(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
-    followed_up = {t.follow_up_of for t in tickets if t.follow_up_of is not None}
+def _sla(tickets: Sequence[TicketRow], by_ticket: dict[int, list[EventRow]]) -> dict[str, Any]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for t in tickets:
+        if not getattr(t, "sla_name", None):
+            continue
+        missed = any(e.kind == SLA_BREACH for e in by_ticket.get(t.number, []))
+        counts[queue_of(t)]["breached" if missed else "met"] += 1
+
+    def rates(met: int, breached: int) -> dict[str, Any]:
+        rate = round(met / (met + breached), 4) if met + breached else None
+        return {"met": met, "breached": breached, "rate": rate}
+
+    total = rates(
+        sum(c["met"] for c in counts.values()), sum(c["breached"] for c in counts.values())
+    )
+    return {
+        "configured": bool(counts),
+        **total,
+        "queues": {q: rates(c["met"], c["breached"]) for q, c in sorted(counts.items())},
+    }
+
+
+def _closed_by(by_ticket: dict[int, list[EventRow]]) -> dict[str, int]:
+    counts = {"customer": 0, "agent": 0, "rule": 0}
+    for history in by_ticket.values():
+        for e in history:
+            if e.to_status != Status.CLOSED.value or e.from_status == Status.CLOSED.value:
+                continue
+            if getattr(e, "detail", None) == CONFIRMED:
+                counts["customer"] += 1
+            elif str(getattr(e, "actor", "")).startswith("rule:"):
+                counts["rule"] += 1
+            else:
+                counts["agent"] += 1
+    return counts
+
+
+def _reopen(
+    tickets: Sequence[TicketRow],
+    by_ticket: dict[int, list[EventRow]],
+    followed_up: set[int] | None = None,
+) -> dict[str, Any]:
+    if followed_up is None:
+        followed_up = {t.follow_up_of for t in tickets if t.follow_up_of is not None}
     resolved = reopened = 0
     for t in tickets:
         history = by_ticket.get(t.number, [])
@@ -262,6 +320,60 @@ def _spans(ticket: TicketRow, history: list[EventRow], now: datetime) -> list[tu
         (status, max((end - start).total_seconds(), 0.0))
         for (start, status), end in zip(changes, ends, strict=True)
     ]
+
+
+OPEN_NOW = frozenset({"new", "open", "answered", "postponed"})
+PRIORITY_ORDER = ("urgent", "high", "normal", "low")
+NONE_KEY = "(none)"
+
+
+def _breakdowns(
+    tickets: Sequence[TicketRow],
+    by_ticket: dict[int, list[EventRow]],
+    tags: Mapping[int, Sequence[str]],
+) -> dict[str, Any]:
+    """by_queue, by_owner, by_tag, by_priority: which kinds of ticket come often, which are hard."""
+    followed_up = {t.follow_up_of for t in tickets if t.follow_up_of is not None}
+    keys: dict[str, Callable[[TicketRow], Sequence[str]]] = {
+        "by_queue": lambda t: [queue_of(t)],
+        "by_owner": lambda t: [getattr(t, "owner", None) or NONE_KEY],
+        "by_tag": lambda t: list(tags.get(t.number, ())) or [NONE_KEY],
+        "by_priority": lambda t: [getattr(t, "priority", None) or "normal"],
+    }
+    out: dict[str, Any] = {}
+    for section, key_of in keys.items():
+        groups: dict[str, list[TicketRow]] = defaultdict(list)
+        for t in tickets:
+            for key in key_of(t):
+                groups[key].append(t)
+        if section == "by_priority":
+            order = [p for p in PRIORITY_ORDER if p in groups] + sorted(
+                set(groups) - set(PRIORITY_ORDER)
+            )
+        else:
+            order = sorted(groups, key=lambda k: (k == NONE_KEY, k))
+        out[section] = {
+            key: _breakdown_row(groups[key], len(tickets), by_ticket, followed_up) for key in order
+        }
+    return out
+
+
+def _breakdown_row(
+    group: Sequence[TicketRow],
+    total: int,
+    by_ticket: dict[int, list[EventRow]],
+    followed_up: set[int],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "tickets": len(group),
+        "share": round(len(group) / total, 4) if total else 0.0,
+        "open_now": sum(1 for t in group if t.status in OPEN_NOW),
+    }
+    for key, kinds in (("first_response", FIRST_RESPONSE), ("resolution", RESOLUTION)):
+        stats = distribution(list(_delay_values(group, by_ticket, kinds).values()))
+        row[f"{key}_p50"], row[f"{key}_p90"] = stats["p50"], stats["p90"]
+    row["reopen_rate"] = _reopen(group, by_ticket, followed_up)["rate"]
+    return row
 
 
 def _mailboxes(tickets: Iterable[TicketRow]) -> dict[str, Any]:
@@ -317,8 +429,12 @@ def human_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def render(report: dict[str, Any], width: int = 100) -> str:
-    """The report as readable tables (rich), for a terminal or a mail to the team."""
+BY = ("queue", "owner", "tag", "priority")
+
+
+def render(report: dict[str, Any], width: int = 100, by: Sequence[str] = BY) -> str:
+    """The report as readable tables (rich), for a terminal or a mail to the team; `by` picks
+    the breakdowns shown (all four by default)."""
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
@@ -327,6 +443,7 @@ def render(report: dict[str, Any], width: int = 100) -> str:
         _delay_table(report),
         _time_table(report),
         _mailbox_table(report),
+        *(_breakdown_table(report, name) for name in by if f"by_{name}" in report),
     ):
         console.print(table)
         console.print()
@@ -378,6 +495,21 @@ def _time_table(report: dict[str, Any]) -> Any:
                 human_duration(d["total_seconds"]),
                 human_duration(d["mean_seconds"]),
             )
+    return table
+
+
+_BREAKDOWN_DELAYS = ("first_response_p50", "first_response_p90", "resolution_p50", "resolution_p90")
+
+
+def _breakdown_table(report: dict[str, Any], name: str) -> Any:
+    columns = ("tickets", "share", "open now", "1st resp p50", "p90", "resolved p50", "p90")
+    table = _table(f"By {name}", name, *columns, "reopened")
+    for key, d in report[f"by_{name}"].items():
+        rate = "-" if d["reopen_rate"] is None else f"{d['reopen_rate']:.0%}"
+        delays = [human_duration(d[k]) for k in _BREAKDOWN_DELAYS]
+        table.add_row(
+            key, str(d["tickets"]), f"{d['share']:.0%}", str(d["open_now"]), *delays, rate
+        )
     return table
 
 

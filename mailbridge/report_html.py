@@ -223,8 +223,17 @@ def _sla(report: dict[str, Any]) -> str:
             '<p class="empty" id="sla-empty">No SLA configured: met and breached tickets '
             "appear here once <code>[[sla]]</code> targets exist.</p>"
         )
-    else:  # pragma: no cover - SLAs arrive with SPEC 8
-        body = f"<p>met {sla['met']}, breached {sla['breached']}</p>"
+    else:
+        rows = "".join(
+            f"<tr><td>{html.escape(q)}</td><td>{v['met']}</td><td>{v['breached']}</td>"
+            f"<td>{'-' if v['rate'] is None else format(v['rate'], '.1%')}</td></tr>"
+            for q, v in sla["queues"].items()
+        )
+        body = (
+            f'<p id="sla-total">met {sla["met"]}, breached {sla["breached"]}</p>'
+            '<table id="sla-queues"><tr><th>queue</th><th>met</th><th>breached</th>'
+            f"<th>rate</th></tr>{rows}</table>"
+        )
     return f"<section><h2>SLA met / breached</h2>{body}</section>"
 
 

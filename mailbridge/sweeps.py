@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from mailbridge import lifecycle
+from mailbridge import lifecycle, sla
 from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import IllegalTransition
 from mailbridge.ingest import apply_state, ticket_state
@@ -36,9 +36,13 @@ log = logging.getLogger("mailbridge.sweeps")
 WAKE = "wake"  # the built-in rule that ends postponements
 PURGED = "purged"  # `to_status` of a Change that removed the ticket
 _KINDS = {"resolved": Kind.RESOLVE, "closed": Kind.CLOSE}
+_FINISHED = frozenset({Status.CLOSED, Status.SPAM, Status.DELETED})
 
 # (rule name, changes made) after each rule's pass; metrics count rule runs with it
 RuleObserver = Callable[[str, int], None]
+# (queue, target) for each recorded SLA breach
+BreachObserver = Callable[[str, str], None]
+SLA_BREACH = "sla-breach"  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +53,12 @@ class Change:
     from_status: str
     to_status: str
     rule: str
+    action: str = "status"  # status | sla_breach | remind | escalate
+    detail: str | None = None
 
     def describe(self) -> str:
+        if self.action != "status":
+            return f"#{self.number} {self.action}: {self.detail} ({self.rule})"
         return f"#{self.number} {self.from_status} -> {self.to_status} (rule {self.rule})"
 
     def as_json(self) -> dict[str, Any]:
@@ -59,6 +67,8 @@ class Change:
             "from_status": self.from_status,
             "to_status": self.to_status,
             "rule": self.rule,
+            # status changes keep the shape scripts already read; other actions say what they are
+            **({"action": self.action, "detail": self.detail} if self.action != "status" else {}),
         }
 
 
@@ -71,12 +81,14 @@ class Sweeps:
         outbound: Any = None,
         on_rule: RuleObserver | None = None,
         batch_size: int = 200,
+        on_breach: BreachObserver | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.outbound = outbound
         self.on_rule = on_rule
+        self.on_breach = on_breach
         self.batch_size = batch_size
 
     def reload(self, settings: Settings) -> None:
@@ -99,12 +111,35 @@ class Sweeps:
             lambda s, limit: repo.due_postponed(s, at, limit),
             lambda number: self._wake(number, at, dry_run),
         )
+        if self.settings.sla:
+            # due times of tickets that changed, then the targets that ran out: both claim
+            # each ticket on its own, so a second run or node records nothing twice
+            changes += self._pass(
+                "sla",
+                dry_run,
+                halt,
+                lambda s, limit: repo.sla_stale_tickets(s, limit),
+                lambda number: self._sla(number, at, dry_run),
+            )
+            changes += self._pass(
+                "sla",
+                dry_run,
+                halt,
+                lambda s, limit: repo.sla_due_tickets(s, at, limit),
+                lambda number: self._sla(number, at, dry_run),
+            )
+            if dry_run:
+                # nothing is written in a dry run, so a stale ticket is also still due: list once
+                unique = {(c.number, c.action, c.detail): c for c in changes}
+                changes = list(unique.values())
         for rule in rules:
             changes += self._pass(
                 rule.name,
                 dry_run,
                 halt,
-                lambda s, limit, r=rule: repo.idle_tickets(s, r.when, at - r.idle_for, limit),
+                lambda s, limit, r=rule: repo.idle_tickets_in(
+                    s, r.statuses, at - r.idle_for, limit, _fires_once(r)
+                ),
                 lambda number, r=rule: self._apply_rule(r, number, at, dry_run),
             )
         return changes
@@ -117,13 +152,15 @@ class Sweeps:
         dry_run: bool,
         halt: threading.Event | None,
         candidates: Callable[[Session, int], list[int]],
-        one: Callable[[int], Change | None],
+        one: Callable[[int], Change | list[Change] | None],
     ) -> list[Change]:
-        changes = [
-            change
-            for number in self._candidates(candidates, halt)
-            if (change := one(number)) is not None
-        ]
+        changes: list[Change] = []
+        for number in self._candidates(candidates, halt):
+            result = one(number)
+            if isinstance(result, list):
+                changes += result
+            elif result is not None:
+                changes.append(result)
         if not dry_run and self.on_rule is not None:
             self.on_rule(rule, len(changes))
         return changes
@@ -164,19 +201,100 @@ class Sweeps:
 
     def _apply_rule(self, rule: Rule, number: int, at: datetime, dry_run: bool) -> Change | None:
         with self.store.unit() as session:
-            ticket = repo.lock_ticket_if(session, number, rule.when)
+            ticket = repo.lock_ticket(session, number)
             # re-checked under the lock: a mail may have arrived since the candidates were read
-            if ticket is None or ticket.last_activity_at > at - rule.idle_for:
+            if (
+                ticket is None
+                or ticket.status not in rule.statuses
+                or ticket.last_activity_at > at - rule.idle_for
+                or not narrowed(rule, ticket, _ticket_tags(session, number))
+            ):
                 return None
             if rule.then == "purge":
                 return self._purge(session, ticket, rule, at, dry_run)
+            if rule.then in ("remind", "escalate"):
+                return self._mail_rule(session, ticket, rule, at, dry_run)
             event = lifecycle.Event(
                 _KINDS[rule.then], f"rule:{rule.name}", detail=f"idle for {_span(rule.idle_for)}"
             )
             change = self._transition(session, ticket, event, rule.name, at, dry_run)
             if change is not None and rule.notify and not dry_run:
-                self._notify(session, ticket, rule.name, at)
+                self._notify(session, ticket, rule, at)
             return change
+
+    def _mail_rule(
+        self, session: Session, ticket: Ticket, rule: Rule, at: datetime, dry_run: bool
+    ) -> Change | None:
+        """`remind` / `escalate`: once per quiet spell, and without touching the idle time.
+
+        The spell is the time since the ticket's last message or status change
+        (`last_activity_at`); an event of this rule inside it means it already fired. Neither the
+        event nor the mail moves `last_activity_at`, so later rules still count from the spell's
+        start (remind at 5d, resolve at 7d)."""
+        actor = f"rule:{rule.name}"
+        spell = ticket.last_activity_at
+        if any(
+            e.kind == rule.then and e.actor == actor and e.at >= spell
+            for e in repo.ticket_events(session, ticket.number)
+        ):
+            return None
+        idle = _span(rule.idle_for)
+        recipients = None
+        detail = f"idle for {idle}"
+        if rule.reassign:
+            done = "reassign" if dry_run else self._reassign(session, ticket, rule, at)
+            detail += f"; {done}"
+        if rule.then == "escalate":
+            recipients = self._escalation_recipients(ticket, rule)
+            detail += f"; to {', '.join(recipients) or 'nobody'}"
+        change = Change(ticket.number, ticket.status, ticket.status, rule.name, rule.then, detail)
+        if dry_run:
+            return change
+        record = lifecycle.Record(at, rule.then, actor, ticket.status, ticket.status, detail)
+        repo.add_events(session, ticket.number, [record], None)
+        send = getattr(self.outbound, "rule_mail", None)
+        if send is not None:
+            values = {"rule": rule.name, "idle": idle}
+            send(session, ticket, rule.then, values, at, rule.template, recipients)
+        log.info("%s", change.describe())
+        return change
+
+    def _reassign(self, session: Session, ticket: Ticket, rule: Rule, at: datetime) -> str:
+        """Unown the ticket and let its queue's strategy pick again, never the previous owner."""
+        try:
+            from mailbridge import assignment, ownership  # queues and owners (SPEC 7)
+        except ImportError:
+            log.warning("rule %s: reassign needs queues and owners (SPEC 7)", rule.name)
+            return "not reassigned: no queues"
+        previous = getattr(ticket, "owner", None)
+        queue = queue_of(ticket)
+        settings: Any = self.settings
+        members = [m for m in settings.queue_members(queue) if m != previous]
+        choice = assignment.choose(
+            settings.queue(queue).assign,
+            members,
+            take_turn=lambda: repo.take_turn(session, queue),  # type: ignore[attr-defined]
+            open_counts=lambda: repo.open_counts(session, members),  # type: ignore[attr-defined]
+            last_owner=lambda: None,  # sticky would give it straight back
+        )
+        what = f"reassigned {previous or 'none'} -> {choice.owner or 'none'} ({choice.detail})"
+        ownership.assign(
+            session, settings, ticket, choice.owner, f"rule:{rule.name}", at, detail=what
+        )
+        return what
+
+    def _escalation_recipients(self, ticket: Ticket, rule: Rule) -> list[str]:
+        found: list[str] = []
+        for entry in rule.to:
+            if entry == "owner":
+                owner = getattr(ticket, "owner", None)
+                found += [owner] if owner else []
+            elif entry == "queue":
+                addresses = getattr(self.outbound, "queue_notify_addresses", None)
+                found += addresses(ticket) if addresses else []
+            else:
+                found.append(entry)
+        return list(dict.fromkeys(a.lower() for a in found))
 
     def _purge(
         self, session: Session, ticket: Ticket, rule: Rule, at: datetime, dry_run: bool
@@ -186,6 +304,64 @@ class Sweeps:
             removed = repo.purge_ticket(session, ticket.number, at)
             log.info("%s; %d messages removed, tombstones kept", change.describe(), removed)
         return change
+
+    # --- SLA ---------------------------------------------------------------------------------
+
+    def _sla(self, number: int, at: datetime, dry_run: bool) -> list[Change]:
+        """Recompute the ticket's due times from its events; record each newly missed target."""
+        with self.store.unit() as session:
+            ticket = repo.lock_ticket(session, number)
+            if ticket is None:
+                return []
+            clock, policy = sla_clock(self.settings, ticket, repo.ticket_events(session, number))
+            recorded = [t for t in (ticket.sla_breached or "").split(",") if t]
+            changes = []
+            # a ticket that left normal life keeps its history: enabling an SLA on an old
+            # database must not report every closed ticket of the past as a breach today
+            live = ticket.status not in _FINISHED
+            for missed, by in clock.missed(at) if clock and live else []:
+                target = missed.name
+                if missed.key in recorded:
+                    continue
+                detail = f"{target} by {sla.describe(by)}"
+                changes.append(
+                    Change(
+                        number, ticket.status, ticket.status, f"sla {policy}", "sla_breach", detail
+                    )
+                )
+                # one next_response marker: the newest wait (the column stays short)
+                recorded = [r for r in recorded if r.partition("@")[0] != target]
+                recorded.append(missed.key)
+                if dry_run:
+                    continue
+                record = lifecycle.Record(
+                    at, SLA_BREACH, f"sla:{policy}", ticket.status, ticket.status, detail
+                )
+                repo.add_events(session, number, [record], None)
+                log.warning("ticket #%d: SLA %s missed %s", number, policy, detail)
+                notice = getattr(self.outbound, "sla_breach_notice", None)
+                if notice is not None:
+                    due = _due(clock, target)
+                    values = {
+                        "target": target,
+                        "sla": policy,
+                        "due": due.isoformat() if due else "",
+                        "detail": f"missed by {sla.describe(by)}",
+                    }
+                    notice(session, ticket, values, at)
+                if self.on_breach is not None:
+                    self.on_breach(queue_of(ticket), target)
+            if dry_run:
+                session.rollback()
+                return changes
+            ticket.sla_name = policy
+            ticket.first_response_due = _due(clock, "first_response")
+            ticket.next_response_due = _due(clock, "next_response")
+            ticket.resolution_due = _due(clock, "resolution")
+            ticket.sla_due = clock.next_due(at, recorded) if clock and live else None
+            ticket.sla_breached = ",".join(recorded) or None
+            ticket.sla_stale = False
+            return changes
 
     # --- building blocks -------------------------------------------------------------------
 
@@ -213,14 +389,73 @@ class Sweeps:
             log.info("%s", change.describe())
         return change
 
-    def _notify(self, session: Session, ticket: Ticket, rule: str, at: datetime) -> None:
+    def _notify(self, session: Session, ticket: Ticket, rule: Rule, at: datetime) -> None:
         """Queue the rule's notice in the transition's own transaction: exactly once with it."""
         notice = getattr(self.outbound, "rule_notice", None)
         if notice is None:
-            # TODO(lead): Outbound.rule_notice(session, ticket, rule_name, now) is not built yet
-            log.debug("rule %s: notify is set but outbound cannot send rule notices", rule)
+            log.debug("rule %s: notify is set but outbound cannot send rule notices", rule.name)
             return
-        notice(session, ticket, rule, at)
+        if rule.template is not None:
+            notice(session, ticket, rule.name, at, template=rule.template)
+        else:
+            notice(session, ticket, rule.name, at)
+
+
+def _fires_once(rule: Rule) -> tuple[str, str] | None:
+    """The event that marks a remind/escalate rule as done for the current quiet spell."""
+    return (rule.then, f"rule:{rule.name}") if rule.then in ("remind", "escalate") else None
+
+
+def narrowed(rule: Rule, ticket: Ticket, tags: Iterable[str] = ()) -> bool:
+    """Whether a rule's optional `queue`, `priority` and `tags` (all of them) take this ticket."""
+    if rule.queue is not None and queue_of(ticket) != rule.queue:
+        return False
+    priority = getattr(ticket, "priority", None) or "normal"
+    if rule.priority is not None and priority != rule.priority:
+        return False
+    return set(rule.tags) <= set(tags)
+
+
+def _ticket_tags(session: Session, number: int) -> list[str]:
+    # tags are rows of their own (SPEC 7); before they exist no ticket has any
+    tags_of = getattr(repo, "tags_of", None)
+    return list(tags_of(session, [number]).get(number, [])) if tags_of else []
+
+
+def queue_of(ticket: Ticket) -> str:
+    """The ticket's queue; `support` for every ticket until queues exist (SPEC 7)."""
+    return getattr(ticket, "queue", None) or "support"
+
+
+def policy_for(settings: Settings, ticket: Ticket) -> sla.Policy | None:
+    """The first `[[sla]]` whose queues and priorities take the ticket."""
+    priority = getattr(ticket, "priority", None) or "normal"
+    for entry in settings.sla:
+        if entry.applies(queue_of(ticket), priority):
+            return sla.Policy(
+                entry.name,
+                settings.calendar_for(entry),
+                entry.first_response,
+                entry.next_response,
+                entry.resolution,
+            )
+    return None
+
+
+def sla_clock(
+    settings: Settings, ticket: Ticket, events: Iterable[Any]
+) -> tuple[sla.Clock | None, str | None]:
+    """The ticket's SLA targets from its stored events (pure computation in `mailbridge.sla`)."""
+    policy = policy_for(settings, ticket)
+    if policy is None:
+        return None, None
+    history = [sla.HistoryEvent(e.at, e.kind, e.to_status) for e in events]
+    return sla.compute(policy, ticket.created_at, history), policy.name
+
+
+def _due(clock: sla.Clock | None, name: str) -> datetime | None:
+    target = clock.target(name) if clock else None
+    return target.due if target else None
 
 
 def _span(delta: timedelta) -> str:

@@ -14,7 +14,9 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def ticket_summary(ticket: Ticket, message_count: int) -> dict[str, Any]:
+def ticket_summary(
+    ticket: Ticket, message_count: int, tags: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "number": ticket.number,
         "status": ticket.status,
@@ -23,6 +25,17 @@ def ticket_summary(ticket: Ticket, message_count: int) -> dict[str, Any]:
         "created_at": iso(ticket.created_at),
         "updated_at": iso(ticket.updated_at),
         "message_count": message_count,
+        **ownership_view(ticket, tags),
+    }
+
+
+def ownership_view(ticket: Ticket, tags: list[str] | None) -> dict[str, Any]:
+    """SPEC 7's fields of a ticket: queue, owner (or null), priority, tags (sorted)."""
+    return {
+        "queue": ticket.queue,
+        "owner": ticket.owner,
+        "priority": ticket.priority,
+        "tags": sorted(tags or ()),
     }
 
 
@@ -51,11 +64,16 @@ def event_view(e: Event) -> dict[str, Any]:
         "actor": e.actor,
         "from_status": e.from_status,
         "to_status": e.to_status,
+        "detail": e.detail,
     }
 
 
 def ticket_detail(
-    ticket: Ticket, reply_to: str, messages: list[Message], events: list[Event]
+    ticket: Ticket,
+    reply_to: str,
+    messages: list[Message],
+    events: list[Event],
+    tags: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
         "number": ticket.number,
@@ -67,8 +85,30 @@ def ticket_detail(
         "updated_at": iso(ticket.updated_at),
         "postponed_until": iso(ticket.postponed_until),
         "follow_up_of": ticket.follow_up_of,
+        **ownership_view(ticket, tags),
         "messages": [message_view(m) for m in messages],
         "events": [event_view(e) for e in events],
+    }
+
+
+def sla_view(ticket: Ticket, clock: Any, name: str | None) -> dict[str, Any] | None:
+    """`ticket show`'s `sla` (SPEC 8): due times from the ticket's history (`sweeps.sla_clock`);
+    `breached` the targets the sweep recorded (what `tickets --breached` lists too)."""
+    if clock is None:
+        return None
+    # next_response@<start>: which wait was missed; shown by target name
+    recorded = sorted({t.partition("@")[0] for t in (ticket.sla_breached or "").split(",") if t})
+
+    def due(target: str) -> str | None:
+        found = clock.target(target)
+        return iso(found.due) if found else None
+
+    return {
+        "name": name,
+        "first_response_due": due("first_response"),
+        "next_response_due": due("next_response"),
+        "resolution_due": due("resolution"),
+        "breached": recorded,
     }
 
 
@@ -101,6 +141,9 @@ def thread_lines(
         lines.append(f"  postponed until {iso(ticket.postponed_until)}")
     if ticket.follow_up_of:
         lines.append(f"  follow-up of #{ticket.follow_up_of}")
+    lines.append(
+        f"  queue:     {ticket.queue}   owner: {ticket.owner or '(none)'}   priority: {ticket.priority}"
+    )
     lines.append("")
     items: list[tuple[datetime, int, str]] = []
     for m in messages:

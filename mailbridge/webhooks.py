@@ -90,7 +90,7 @@ class Subscriptions:
     address of a ticket (for the ticket's JSON). Installed on the store's sessions by `App`."""
 
     hooks: Sequence[Webhook]
-    reply_to: Callable[[str], str]
+    reply_to: Callable[[str, str | None], str]
 
     def rows(self, ticket: Any, records: Iterable[Any]) -> list[dict[str, Any]]:
         """Outbox rows (as column dicts) for the events in `records` on `ticket`."""
@@ -104,7 +104,7 @@ class Subscriptions:
             if not wanted:
                 continue
             if shape is None:
-                shape = ticket_json(ticket, self.reply_to(ticket.token))
+                shape = ticket_json(ticket, self.reply_to(ticket.token, ticket.queue))
             body = payload(kind, r.at, shape, r.actor, before, after, r.detail)
             rows += [
                 {

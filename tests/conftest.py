@@ -142,3 +142,12 @@ def app(make_app: Callable[..., object], db_url: str) -> object:
 @pytest.fixture
 def sqlite_app(make_app: Callable[..., object], sqlite_url: str) -> object:
     return make_app(sqlite_url)
+
+
+@pytest.fixture
+def postfix_factory() -> Iterator[Callable[..., object]]:
+    """Starts private Postfix instances (tests/fixtures/postfix.py); all stopped after the test."""
+    from tests.fixtures.postfix import postfix_servers
+
+    with postfix_servers() as make:
+        yield make

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import grp
 import ipaddress
 import logging
 import os
@@ -46,6 +47,7 @@ from mailbridge.correlate import Tokens
 from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
+from mailbridge.parse_pool import ParsePool, ParseResult
 from mailbridge.sources.smtp_fast import FastSMTP, register
 
 if TYPE_CHECKING:
@@ -109,7 +111,7 @@ class ListenerConfig:
             mode=smtp.mode,
             hostname=smtp.hostname or socket.gethostname(),
             trusted_peers=smtp.trusted_peers,
-            tokens=Tokens(smtp.addresses, settings.tickets.plus_separator),
+            tokens=Tokens(settings.accepted_addresses, settings.tickets.plus_separator),
             max_recipients=smtp.max_recipients,
             max_message_size=smtp.max_message_size,
             max_connections_per_client=smtp.max_connections_per_client,
@@ -279,11 +281,20 @@ class GroupCommit:
     its busy handler), more for PostgreSQL.
     """
 
-    def __init__(self, ingestor: Ingestor, workers: int = 1, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        workers: int = 1,
+        max_batch: int = MAX_BATCH,
+        parser: ParsePool | None = None,
+    ) -> None:
         self.ingestor = ingestor
         self.workers = max(1, workers)
         self.max_batch = max_batch
-        self.pending: list[tuple[bytes, Envelope, Source, asyncio.Future[Outcome]]] = []
+        self.parser = parser
+        self.pending: list[
+            tuple[bytes, Envelope, Source, ParseResult | None, asyncio.Future[Outcome]]
+        ] = []
         self.in_flight = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -301,8 +312,11 @@ class GroupCommit:
 
     async def submit(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
         """The outcome once committed; raises StorageUnavailable if the bytes could not be stored."""
+        # parsed by a worker process before it queues, so a slow parse holds neither the event
+        # loop nor the commit of other mail (small mail is parsed in the commit thread)
+        parsed = await self.parser.parse_async(raw) if self.parser else None
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.pending.append((raw, envelope, source, future))
+        self.pending.append((raw, envelope, source, parsed, future))
         self._wakeup.set()
         return await future
 
@@ -316,7 +330,7 @@ class GroupCommit:
                 continue
             self.in_flight += 1
             try:
-                results = await asyncio.to_thread(self._commit, [item[:3] for item in batch])
+                results = await asyncio.to_thread(self._commit, [item[:4] for item in batch])
             finally:
                 self.in_flight -= 1
             for (*_, future), result in zip(batch, results, strict=True):
@@ -327,9 +341,11 @@ class GroupCommit:
                 else:
                     future.set_result(result)
 
-    def _commit(self, items: list[tuple[bytes, Envelope, Source]]) -> list[Outcome | BaseException]:
+    def _commit(
+        self, items: list[tuple[bytes, Envelope, Source, ParseResult | None]]
+    ) -> list[Outcome | BaseException]:
         try:
-            return list(self.ingestor.accept_many(items))
+            return list(self.ingestor.accept_many([i[:3] for i in items], [i[3] for i in items]))
         except Exception as exc:
             if len(items) == 1:
                 return [exc]
@@ -822,12 +838,14 @@ class SmtpListener:
         shutdown_grace: float = SHUTDOWN_GRACE,
         metrics: Metrics | None = None,
         reuse_port: bool = False,
+        parser: ParsePool | None = None,
     ) -> None:
         self.reuse_port = reuse_port  # several processes share the port ([smtp] workers)
-        ingest = GroupCommit(ingestor, ingest_workers)
+        ingest = GroupCommit(ingestor, ingest_workers, parser=parser)
         self.handler = Handler(ingest, ListenerConfig.from_settings(settings), metrics)
         self.metrics = metrics
         self.endpoint: tuple[str, int] | Path = settings.smtp.endpoint
+        self.socket_access = (int(settings.smtp.socket_mode, 8), settings.smtp.socket_group)
         self.shutdown_grace = shutdown_grace
         self.server: asyncio.AbstractServer | None = None
         self.sessions: set[Connection] = set()
@@ -850,8 +868,7 @@ class SmtpListener:
         if isinstance(self.endpoint, Path):
             _clear_stale_socket(self.endpoint)
             self.server = await loop.create_unix_server(self._new_session, path=str(self.endpoint))
-            # like a TCP port on 127.0.0.1, any local user may connect; restrict via the directory
-            os.chmod(self.endpoint, 0o666)
+            _restrict_socket(self.endpoint, *self.socket_access)
         else:
             host, port = self.endpoint
             self.server = await loop.create_server(
@@ -961,6 +978,23 @@ class SmtpListener:
 
 def _keep_endpoint(new: ListenerConfig, old: ListenerConfig) -> ListenerConfig:
     return replace(new, listen=old.listen, mode=old.mode)
+
+
+def _restrict_socket(path: Path, mode: int, group: str | None) -> None:
+    """Who may deliver over the Unix socket: its mode and group, set before READY is announced.
+
+    Until then the socket has the umask's mode (0755 under the usual 022: only we can connect,
+    since connecting needs write permission), so there is no moment open to every local user.
+    """
+    if group is not None:
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, PermissionError) as exc:
+            # a non-root daemon may only hand the socket to a group it is a member of
+            raise OSError(
+                f"cannot give {path} to group {group!r} (is this user a member of it?): {exc}"
+            ) from exc
+    os.chmod(path, mode)
 
 
 def _clear_stale_socket(path: Path) -> None:

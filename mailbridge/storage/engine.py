@@ -84,8 +84,9 @@ class Store:
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
-    def upgrade(self) -> str:
-        """Apply pending migrations; returns the revision the database is at."""
+    def upgrade(self, first_queue: str = "support") -> str:
+        """Apply pending migrations; returns the revision the database is at. Tickets from
+        before queues existed land in `first_queue`."""
         from alembic import command
         from alembic.config import Config
 
@@ -95,6 +96,7 @@ class Store:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
+            cfg.attributes["first_queue"] = first_queue
             command.upgrade(cfg, "head")
             return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar())
 
@@ -121,12 +123,14 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(url: str, pool_size: int = 5, migrate: bool = True) -> Store:
+def open_store(
+    url: str, pool_size: int = 5, migrate: bool = True, first_queue: str = "support"
+) -> Store:
     """Open the database, migrating it to the current schema first (safe on several nodes at once)."""
     store = Store(make_engine(url, pool_size))
     if migrate and not store.is_current():
         try:
-            store.upgrade()
+            store.upgrade(first_queue)
         except SQLAlchemyError as exc:
             raise StorageUnavailable(
                 f"cannot migrate {make_url(url).render_as_string()}: {exc}"

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -77,6 +79,8 @@ class Ticket(Base):
     __table_args__ = (
         Index("ix_tickets_status_activity", "status", "last_activity_at"),
         Index("ix_tickets_customer_created", "customer", "created_at"),
+        Index("ix_tickets_queue_status", "queue", "status"),
+        Index("ix_tickets_owner_status", "owner", "status"),
         {"sqlite_autoincrement": True},
     )
 
@@ -98,10 +102,49 @@ class Ticket(Base):
         ForeignKey("tickets.number", ondelete="SET NULL"), index=True
     )
     thread_index: Mapped[str | None] = mapped_column(CleanString(64), index=True)
+    # SPEC 7: the department, its one owning agent (None: unowned), and the priority
+    queue: Mapped[str] = mapped_column(CleanString(64), default="support")
+    owner: Mapped[str | None] = mapped_column(CleanString(320))
+    priority: Mapped[str] = mapped_column(CleanString(8), default="normal")
+    # SLA (SPEC 8): the due times of the ticket's [[sla]], recomputed by the sweep from its
+    # events after every status change (sla_stale); sla_due is the earliest target still to
+    # watch, so the breach sweep is one indexed range query
+    sla_name: Mapped[str | None] = mapped_column(CleanString(100))
+    first_response_due: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_response_due: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolution_due: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sla_due: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    sla_breached: Mapped[str | None] = mapped_column(
+        CleanString(100), index=True
+    )  # targets, comma-separated
+    sla_stale: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true(), index=True
+    )
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class TicketTag(Base):
+    """A ticket's tags (lowercase words), a row each so `tickets --tag` is an index lookup."""
+
+    __tablename__ = "ticket_tags"
+
+    ticket_number: Mapped[int] = mapped_column(
+        ForeignKey("tickets.number", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(CleanString(64), primary_key=True, index=True)
+
+
+class QueueCursor(Base):
+    """A queue's round-robin position: bumped by `UPDATE ... RETURNING` in the transaction that
+    creates the ticket, so the row lock orders concurrent nodes and a rollback returns the turn."""
+
+    __tablename__ = "queue_cursors"
+
+    queue: Mapped[str] = mapped_column(CleanString(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Participant(Base):

@@ -22,8 +22,10 @@ from mailbridge.storage.models import (
     Outbox,
     Participant,
     Quarantine,
+    QueueCursor,
     ThreadKey,
     Ticket,
+    TicketTag,
     Tombstone,
 )
 
@@ -252,7 +254,16 @@ def count_new_tickets_from(session: Session, customer: str, since: datetime) -> 
     return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
 
 
-def list_tickets(session: Session, status: str | None = None) -> list[tuple[Ticket, int]]:
+def list_tickets(
+    session: Session,
+    status: str | None = None,
+    *,
+    queue: str | None = None,
+    owner: str | None = None,
+    unassigned: bool = False,
+    tag: str | None = None,
+    priority: str | None = None,
+) -> list[tuple[Ticket, int]]:
     counts = (
         select(Message.ticket_number, func.count().label("n"))
         .group_by(Message.ticket_number)
@@ -265,6 +276,17 @@ def list_tickets(session: Session, status: str | None = None) -> list[tuple[Tick
     )
     if status:
         stmt = stmt.where(Ticket.status == status)
+    if queue:
+        stmt = stmt.where(Ticket.queue == queue)
+    if owner:
+        stmt = stmt.where(Ticket.owner == owner.lower())
+    if unassigned:
+        stmt = stmt.where(Ticket.owner.is_(None))
+    if priority:
+        stmt = stmt.where(Ticket.priority == priority)
+    if tag:
+        tagged = select(TicketTag.ticket_number).where(TicketTag.tag == tag.lower())
+        stmt = stmt.where(Ticket.number.in_(tagged))
     return [(t, n) for t, n in session.execute(stmt)]
 
 
@@ -376,6 +398,60 @@ def idle_tickets(
             .limit(limit)
         )
     )
+
+
+def idle_tickets_in(
+    session: Session,
+    statuses: Sequence[str],
+    idle_since: datetime,
+    limit: int = 500,
+    not_fired: tuple[str, str] | None = None,
+) -> list[int]:
+    """Tickets in one of `statuses`, quiet since `idle_since`; with `not_fired = (kind, actor)`,
+    only those without such an event in their current quiet spell (remind/escalate fire once
+    per spell, so a ticket they already served leaves the candidates)."""
+    stmt = select(Ticket.number).where(
+        Ticket.status.in_(list(statuses)), Ticket.last_activity_at <= idle_since
+    )
+    if not_fired is not None:
+        kind, actor = not_fired
+        fired = select(Event.id).where(
+            Event.ticket_number == Ticket.number,
+            Event.kind == kind,
+            Event.actor == actor,
+            Event.at >= Ticket.last_activity_at,
+        )
+        stmt = stmt.where(~fired.exists())
+    return list(session.scalars(stmt.order_by(Ticket.last_activity_at).limit(limit)))
+
+
+def sla_stale_tickets(session: Session, limit: int = 500) -> list[int]:
+    """Tickets whose SLA due times need recomputing (created, or a status change since)."""
+    return list(
+        session.scalars(
+            select(Ticket.number)
+            .where(Ticket.sla_stale.is_(True))
+            .order_by(Ticket.number)
+            .limit(limit)
+        )
+    )
+
+
+def sla_due_tickets(session: Session, now: datetime, limit: int = 500) -> list[int]:
+    """Tickets with an SLA target due by `now` that is not recorded as breached yet."""
+    return list(
+        session.scalars(
+            select(Ticket.number).where(Ticket.sla_due <= now).order_by(Ticket.sla_due).limit(limit)
+        )
+    )
+
+
+def lock_ticket(session: Session, number: int) -> Ticket | None:
+    """Claim a ticket whatever its status (SKIP LOCKED on PostgreSQL, as `lock_ticket_if`)."""
+    stmt = select(Ticket).where(Ticket.number == number)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalar(stmt)
 
 
 def lock_ticket_if(session: Session, number: int, status: str) -> Ticket | None:
@@ -784,3 +860,125 @@ def all_events(session: Session) -> list[Event]:
 
 def all_tickets(session: Session) -> list[Ticket]:
     return list(session.scalars(select(Ticket).order_by(Ticket.number)))
+
+
+# --- queues, owners, tags (SPEC 7) --------------------------------------------------------
+
+_OPEN = ("new", "open", "answered", "postponed")
+
+
+def take_turn(session: Session, queue: str) -> int:
+    """Advance a queue's round-robin cursor and return the turn it was at (0 first).
+
+    The UPDATE holds the row's lock until the creating transaction ends, so nodes creating
+    tickets in one queue at once take turns one after another, and a rollback gives the turn back."""
+    # Core on the session's connection: the ORM's statement handling costs more than the UPDATE
+    connection = session.connection()
+    position = connection.execute(_TAKE_TURN, {"q": queue}).scalar()
+    if position is None:  # the queue's first ticket: make its row, then take the turn
+        _insert_ignore(session, QueueCursor, [{"queue": queue, "position": 0}])
+        position = connection.execute(_TAKE_TURN, {"q": queue}).scalar_one()
+    return int(position) - 1
+
+
+# built once, on the Core table: it runs for every new ticket of a round-robin queue
+_CURSORS = QueueCursor.__table__
+_TAKE_TURN = (
+    update(_CURSORS)
+    .where(_CURSORS.c.queue == bindparam("q"))
+    .values(position=_CURSORS.c.position + 1)
+    .returning(_CURSORS.c.position)
+)
+
+
+def open_counts(session: Session, members: Sequence[str]) -> dict[str, int]:
+    """Tickets each member owns in new/open/answered/postponed, over all queues (their workload)."""
+    stmt = (
+        select(Ticket.owner, func.count())
+        .where(Ticket.owner.in_(list(members)), Ticket.status.in_(_OPEN))
+        .group_by(Ticket.owner)
+    )
+    return {str(owner): int(n) for owner, n in session.execute(stmt)}
+
+
+def last_owner(session: Session, customer: str, queue: str, since: datetime) -> str | None:
+    """The owner of this customer's most recent owned ticket in the queue created since `since`."""
+    return session.scalar(
+        select(Ticket.owner)
+        .where(
+            Ticket.customer == customer,
+            Ticket.queue == queue,
+            Ticket.created_at >= since,
+            Ticket.owner.is_not(None),
+        )
+        .order_by(Ticket.created_at.desc(), Ticket.number.desc())
+        .limit(1)
+    )
+
+
+def add_tags(session: Session, number: int, tags: Iterable[str]) -> None:
+    rows = [{"ticket_number": number, "tag": t} for t in tags]
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    stmt = _ADD_TAGS.get(dialect)
+    if stmt is None:
+        make = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = _ADD_TAGS[dialect] = make(TicketTag.__table__).on_conflict_do_nothing()
+    session.connection().execute(stmt, rows)
+
+
+_ADD_TAGS: dict[str, Any] = {}
+
+
+def remove_tags(session: Session, number: int, tags: Iterable[str]) -> None:
+    session.execute(
+        delete(TicketTag).where(TicketTag.ticket_number == number, TicketTag.tag.in_(list(tags)))
+    )
+
+
+def tags_of(session: Session, numbers: Sequence[int]) -> dict[int, list[str]]:
+    """Each ticket's tags, sorted; tickets without tags are absent."""
+    found: dict[int, list[str]] = {}
+    for start in range(0, len(numbers), 500):
+        chunk = list(numbers[start : start + 500])
+        rows = session.execute(
+            select(TicketTag.ticket_number, TicketTag.tag)
+            .where(TicketTag.ticket_number.in_(chunk))
+            .order_by(TicketTag.ticket_number, TicketTag.tag)
+        )
+        for n, tag in rows:
+            found.setdefault(int(n), []).append(str(tag))
+    return found
+
+
+def all_tags(session: Session) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for n, tag in session.execute(
+        select(TicketTag.ticket_number, TicketTag.tag).order_by(TicketTag.tag)
+    ):
+        found.setdefault(int(n), []).append(str(tag))
+    return found
+
+
+def queue_summary(session: Session) -> list[tuple[str, str, bool, int, datetime | None]]:
+    """(queue, status, unowned, count, oldest last activity) groups, for `mailbridge queues`."""
+    stmt = select(
+        Ticket.queue,
+        Ticket.status,
+        Ticket.owner.is_(None),
+        func.count(),
+        func.min(Ticket.last_activity_at),
+    ).group_by(Ticket.queue, Ticket.status, Ticket.owner.is_(None))
+    return [
+        (str(q), str(s), bool(u), int(n), oldest) for q, s, u, n, oldest in session.execute(stmt)
+    ]
+
+
+def unassigned_counts(session: Session) -> dict[str, int]:
+    stmt = (
+        select(Ticket.queue, func.count())
+        .where(Ticket.owner.is_(None), Ticket.status.in_(_OPEN))
+        .group_by(Ticket.queue)
+    )
+    return {str(q): int(n) for q, n in session.execute(stmt)}

@@ -59,6 +59,10 @@ def test_ingest_json_tickets_and_show(config: Path, tmp_path: Path) -> None:
             "created_at": listing[0]["created_at"],
             "updated_at": listing[0]["updated_at"],
             "message_count": 2,
+            "queue": "support",
+            "owner": None,
+            "priority": "normal",
+            "tags": [],
         }
     ]
     assert json.loads(run(config, "tickets", "--status", "open", "--json").stdout) == []
@@ -74,9 +78,15 @@ def test_ingest_json_tickets_and_show(config: Path, tmp_path: Path) -> None:
         "updated_at",
         "postponed_until",
         "follow_up_of",
+        "queue",
+        "owner",
+        "priority",
+        "tags",
         "messages",
         "events",
+        "sla",
     }
+    assert show["sla"] is None  # no [[sla]] configured (SPEC 8)
     assert show["reply_to"].startswith("support+") and show["reply_to"].endswith("@example.com")
     m = show["messages"][0]
     assert set(m) == {
@@ -108,8 +118,10 @@ def test_ingest_json_tickets_and_show(config: Path, tmp_path: Path) -> None:
             "actor": "carol@customer.example",
             "from_status": None,
             "to_status": "new",
+            "detail": show["events"][0]["detail"],
         }
     ]
+    assert show["events"][0]["detail"] == "no thread match; queue support: to support@example.com"
 
     human = run(config, "ticket", "show", "1").stdout
     assert "Ticket #1  [new]  Printer on fire" in human and "attachment: log.txt" in human

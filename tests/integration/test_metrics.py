@@ -176,3 +176,25 @@ def test_two_instances_do_not_share_a_registry(app: Any) -> None:
     a.rule_run("x", 1)
     assert b'mailbridge_rule_runs_total{rule="x"}' in a.exposition()
     assert b'mailbridge_rule_runs_total{rule="x"}' not in b.exposition()
+
+
+def test_unassigned_per_queue_and_assignments_by_strategy(make_app: Any, sqlite_url: str) -> None:
+    app = make_app(
+        sqlite_url,
+        extra='[[queues]]\nname = "support"\naddresses = ["support@example.com"]\n'
+        '[[queues]]\nname = "billing"\naddresses = ["billing@example.com"]\n'
+        'members = ["alice@example.com"]\nassign = "round_robin"\n',
+    )
+    endpoint = Endpoint(Metrics(app.store, "127.0.0.1:0", ["support", "billing"]))
+    try:
+        app.ingestor.on_assign = endpoint.metrics.assigned
+        assert endpoint.value("mailbridge_unassigned_tickets", queue="billing") == 0
+        assert endpoint.value("mailbridge_assignments_total", strategy="round_robin") == 0
+        app.ingestor.accept(make_mail(to="billing@example.com"), Envelope(), SMTP)
+        app.ingestor.accept(make_mail(to="support@example.com"), Envelope(), SMTP)
+        app.ingestor.accept(make_mail(to="support@example.com"), Envelope(), SMTP)
+        assert endpoint.value("mailbridge_unassigned_tickets", queue="support") == 2
+        assert endpoint.value("mailbridge_unassigned_tickets", queue="billing") == 0
+        assert endpoint.value("mailbridge_assignments_total", strategy="round_robin") == 1
+    finally:
+        endpoint.stop()

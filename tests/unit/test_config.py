@@ -106,8 +106,18 @@ def test_example_fully_uncommented_validates() -> None:
         "MAILBRIDGE_WEBHOOK_SECRET": "z",
     }
     settings = parse_settings(text, "x.toml", env=env)
-    assert [rule.name for rule in settings.rules] == ["auto-resolve", "auto-close", "purge-spam"]
+    assert [rule.name for rule in settings.rules] == [
+        "auto-resolve",
+        "auto-close",
+        "purge-spam",
+        "nudge",
+        "nobody-answered",
+    ]
     assert settings.rules[2].then == "purge"
+    assert settings.rules[3].statuses == ("answered", "resolved")
+    assert settings.rules[4].to == ("lead@example.com", "owner", "queue")
+    assert [s.name for s in settings.sla] == ["standard"]
+    assert settings.calendar_for(settings.sla[0]).timezone == "Europe/Bucharest"
     assert settings.outbound.port == 587 and settings.outbound.starttls
     assert settings.outbound.smarthost == "smtp.example.com" and settings.tickets.acknowledge
     assert settings.agents.domains == ("example.com",)
@@ -353,3 +363,50 @@ def test_unsupported_database_and_absurd_sizes_are_refused() -> None:
         "ok.toml",
     )
     assert ok.smtp.max_message_size == 1024**3
+
+
+QUEUES = """
+[agents]
+addresses = ["alice@example.com"]
+domains = ["staff.example.com"]
+
+[[imap]]
+name = "billing-box"
+host = "imap.example.com"
+username = "billing"
+password_env = "PW"
+
+[[queues]]
+name = "support"
+addresses = ["support@example.com"]
+
+[[queues]]
+name = "billing"
+addresses = ["billing@example.com", "support@example.com"]
+imap = ["billing-box", "nobox"]
+members = ["alice@example.com", "joe@staff.example.com", "mallory@elsewhere.example"]
+
+[[filters]]
+name = "vip"
+match = { from = "@bigcustomer.example" }
+set = { queue = "sales" }
+"""
+
+
+def test_queue_errors_name_file_line_and_key() -> None:
+    assert problems(QUEUES, env={"PW": "x"}) == [
+        "mailbridge.toml:18: queues[1].addresses[1]: support@example.com is also an address of queue 'support'",
+        "mailbridge.toml:19: queues[1].imap[1]: no [[imap]] named 'nobox'",
+        "mailbridge.toml:20: queues[1].members[2]: mallory@elsewhere.example is not an agent ([agents])",
+        "mailbridge.toml:25: filters[0].set: unknown queue 'sales'",
+    ]
+
+
+def test_queues_and_filters_parse() -> None:
+    text = QUEUES.replace(', "support@example.com"]', "]").replace(', "nobox"', "")
+    text = text.replace(', "mallory@elsewhere.example"', "").replace('"sales"', '"billing"')
+    settings = parse_settings(text, "t.toml", env={"PW": "x"})
+    assert [q.name for q in settings.queue_list] == ["support", "billing"]
+    assert settings.filters[0].set_.queue == "billing"
+    assert settings.filters[0].match.from_ == "@bigcustomer.example"
+    assert "billing@example.com" in settings.accepted_addresses

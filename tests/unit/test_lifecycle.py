@@ -77,6 +77,17 @@ SPEC: dict[Kind, dict[Status, str | None]] = {
         S.SPAM: None,
         S.DELETED: None,
     },
+    # SPEC 8: resolved -> closed; every other status as customer mail (threaded)
+    Kind.CONFIRM: {
+        S.NEW: "new",
+        S.OPEN: "open",
+        S.ANSWERED: "open",
+        S.RESOLVED: "closed",
+        S.CLOSED: "NEW",
+        S.POSTPONED: "open",
+        S.SPAM: "spam",
+        S.DELETED: "NEW",
+    },
     Kind.SPAM: {**{s: "spam" for s in L.LIVE}, S.SPAM: None, S.DELETED: None},
     Kind.DELETE: {**{s: "deleted" for s in L.LIVE}, S.SPAM: None, S.DELETED: None},
     Kind.RESTORE: {**{s: None for s in L.LIVE}, S.SPAM: "open", S.DELETED: "open"},
@@ -118,6 +129,20 @@ def test_table_cell(kind: Kind, status: Status, want: str | None) -> None:
 def test_every_spec_cell_is_in_the_table_and_nothing_more() -> None:
     allowed = {(s, k) for k, s, want in CELLS if want is not None}
     assert allowed == set(L.TRANSITIONS)
+
+
+def test_confirmation_is_stored_as_a_close_by_the_customer() -> None:
+    result = L.apply(TicketState(S.RESOLVED), L.Event(Kind.CONFIRM, "c@example.com"), NOW)
+    (record,) = result.records
+    assert (record.kind, record.actor, record.detail) == (
+        Kind.CLOSE,
+        "c@example.com",
+        "confirmed by customer",
+    )
+    # on any other status a close word is an ordinary customer reply
+    result = L.apply(TicketState(S.ANSWERED), L.Event(Kind.CONFIRM, "c@example.com"), NOW)
+    (record,) = result.records
+    assert (record.kind, record.to_status, record.detail) == (Kind.CUSTOMER_MAIL, S.OPEN, None)
 
 
 def test_wake_returns_to_new_when_it_was_new() -> None:
@@ -173,6 +198,10 @@ def test_pure_modules_import_only_stdlib_and_each_other() -> None:
         "mime_payload",
         "attachment_names",
         "mime_walk",
+        "routing",
+        "assignment",
+        "business_time",
+        "sla",
     ]
     root = Path(L.__file__).parent
     for name in pure:

@@ -289,7 +289,13 @@ def test_default_templates_use_known_fields() -> None:
         "rule": "auto",
         "recipients": "c@x",
         "error": "550",
+        "confirm": "",
+        "target": "first_response",
+        "sla": "standard",
+        "due": "2026-11-02T13:00:00+00:00",
+        "detail": "missed by 5m",
+        "idle": "5d",
     }
-    for name in ("ack", "refused", "rule", "failed"):
+    for name in ("ack", "refused", "rule", "failed", "sla_breach", "remind", "escalate"):
         _, body = outbound.render(outbound._template(name), values)
         assert "$" not in body, name

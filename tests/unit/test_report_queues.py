@@ -105,6 +105,8 @@ def test_sla_says_it_is_not_configured() -> None:
         "configured": False,
         "met": 0,
         "breached": 0,
+        "rate": None,
+        "queues": {},
     }
 
 
