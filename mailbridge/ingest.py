@@ -459,10 +459,8 @@ class Ingestor:
         if p.source.live:
             limit = self.settings.tickets.max_new_per_sender_per_hour
             sender = self._sender(p)
-            if (
-                sender
-                and repo.count_new_tickets_from(session, sender, now - timedelta(hours=1)) >= limit
-            ):
+            since = now - timedelta(hours=1)
+            if sender and repo.count_new_tickets_from(session, sender, since, limit) >= limit:
                 return self._quarantine(
                     session, p, "flood", f"more than {limit} new tickets from {sender} in an hour"
                 )

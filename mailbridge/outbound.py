@@ -468,13 +468,14 @@ class Outbound:
         if dmarc_failed(verdict, parsed, self.trusted_authserv_ids):
             return "the From domain failed DMARC: the sender is likely forged"
         since = now - _HOUR
-        if repo.count_outbox_to(session, "ack", customer, since) >= limit:
+        if repo.count_outbox_to(session, "ack", customer, since, limit) >= limit:
             return f"already {limit} acknowledgements to {customer} this hour"
         domain = customer.rpartition("@")[2]
         per_domain = settings.ack_max_per_domain_per_hour
-        if repo.count_outbox_kind(session, "ack", since, domain) >= per_domain:
+        if repo.count_outbox_kind(session, "ack", since, per_domain, domain) >= per_domain:
             return f"already {per_domain} acknowledgements to @{domain} this hour"
-        if repo.count_outbox_kind(session, "ack", since) >= settings.ack_max_per_hour:
+        total = settings.ack_max_per_hour
+        if repo.count_outbox_kind(session, "ack", since, total) >= total:
             return f"already {settings.ack_max_per_hour} acknowledgements this hour"
         return None
 

@@ -8,7 +8,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, union_all, update
+from sqlalchemy import (
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached, undefer
@@ -241,16 +252,23 @@ def add_ticket(session: Session, ticket: Ticket) -> Ticket:
     return ticket
 
 
-_COUNT_NEW_TICKETS_FROM = (
-    select(func.count())
-    .select_from(Ticket)
-    .where(Ticket.customer == bindparam("customer"), Ticket.created_at >= bindparam("since"))
+def _count_up_to(stmt: Select[Any]) -> Select[Any]:
+    """count(*) of `stmt`'s rows, reading at most `:at_most` of them: a rate limit only needs
+    to know whether its limit is reached, and a busy sender's history must not cost more."""
+    return select(func.count()).select_from(stmt.limit(bindparam("at_most")).subquery())
+
+
+_COUNT_NEW_TICKETS_FROM = _count_up_to(
+    select(Ticket.number).where(
+        Ticket.customer == bindparam("customer"), Ticket.created_at >= bindparam("since")
+    )
 )
 
 
-def count_new_tickets_from(session: Session, customer: str, since: datetime) -> int:
-    # built once: it runs for every new ticket from a live source (the flood guard)
-    params = {"customer": customer, "since": since}
+def count_new_tickets_from(session: Session, customer: str, since: datetime, at_most: int) -> int:
+    """Tickets `customer` opened since `since`, counted up to `at_most` (the flood guard)."""
+    # built once: it runs for every new ticket from a live source
+    params = {"customer": customer, "since": since, "at_most": at_most}
     return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
 
 
@@ -673,40 +691,39 @@ def raw_of_messages(session: Session, pks: Sequence[int]) -> dict[int, bytes]:
     return {pk: raw for pk, raw in rows}
 
 
-_COUNT_OUTBOX_TO = (
-    select(func.count())
-    .select_from(Outbox)
-    .where(
-        Outbox.kind == bindparam("kind"),
-        Outbox.rcpt_key == bindparam("rcpt_key"),
-        Outbox.created_at >= bindparam("since"),
-    )
+_OUTBOX_TO = select(Outbox.id).where(
+    Outbox.kind == bindparam("kind"),
+    Outbox.rcpt_key == bindparam("rcpt_key"),
+    Outbox.created_at >= bindparam("since"),
 )
+_COUNT_OUTBOX_TO = _count_up_to(_OUTBOX_TO)
 
 
-def count_outbox_to(session: Session, kind: str, rcpt_key: str, since: datetime) -> int:
+def count_outbox_to(
+    session: Session, kind: str, rcpt_key: str, since: datetime, at_most: int
+) -> int:
+    """Rows of `kind` to `rcpt_key` queued since `since`, counted up to `at_most`."""
     # built once: building the statement costs more than running it (live ingest, per ack)
-    params = {"kind": kind, "rcpt_key": rcpt_key, "since": since}
+    params = {"kind": kind, "rcpt_key": rcpt_key, "since": since, "at_most": at_most}
     return session.scalar(_COUNT_OUTBOX_TO, params) or 0
 
 
-_COUNT_OUTBOX_KIND = (
-    select(func.count())
-    .select_from(Outbox)
-    .where(Outbox.kind == bindparam("kind"), Outbox.created_at >= bindparam("since"))
+_OUTBOX_KIND = select(Outbox.id).where(
+    Outbox.kind == bindparam("kind"), Outbox.created_at >= bindparam("since")
 )
+_COUNT_OUTBOX_KIND = _count_up_to(_OUTBOX_KIND)
 
 
 def count_outbox_kind(
-    session: Session, kind: str, since: datetime, domain: str | None = None
+    session: Session, kind: str, since: datetime, at_most: int, domain: str | None = None
 ) -> int:
     """Rows of `kind` queued since `since`, all of them or those whose first recipient is at
-    `domain` (acknowledgement limits)."""
-    params: dict[str, Any] = {"kind": kind, "since": since}
+    `domain` (acknowledgement limits), counted up to `at_most`."""
+    params: dict[str, Any] = {"kind": kind, "since": since, "at_most": at_most}
     if domain is None:
         return session.scalar(_COUNT_OUTBOX_KIND, params) or 0
     pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    stmt = _COUNT_OUTBOX_KIND.where(Outbox.rcpt_key.like(pattern, escape="\\"))
+    stmt = _count_up_to(_OUTBOX_KIND.where(Outbox.rcpt_key.like(pattern, escape="\\")))
     return session.scalar(stmt, params) or 0
 
 
