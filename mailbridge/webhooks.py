@@ -2,7 +2,9 @@
 
 Queueing happens in `repository.add_events`, the one place events are written, so ingest, ticket
 actions and sweeps all get it: each event that a `[[webhooks]]` entry subscribes to becomes an
-outbox row of kind `webhook` in the same transaction. A rolled-back event leaves no row, and a
+outbox row of kind `webhook` in the same transaction. `message` is the exception: it is queued
+per stored message (`repository.add_message`, `queue_outbound`), inbound and outbound copies
+alike, since most messages (a customer's second mail on an open ticket) write no event. A rolled-back event leaves no row, and a
 committed one always has its row. The JSON body is built then, so it shows the ticket as it was
 at the event, and stored on the row (`raw`); retries post the same bytes.
 
@@ -41,10 +43,6 @@ DELIVERY_HEADER = "X-Mailbridge-Delivery"
 EVENT_HEADER = "X-Mailbridge-Event"
 RETRIED_4XX = frozenset({408, 429})
 
-# stored event kinds that are a message arriving on (or leaving from) a ticket
-_MESSAGE_KINDS = frozenset(
-    {Kind.CUSTOMER_MAIL, Kind.AGENT_REPLY, "auto-reply", "bounce", "loop", "blocked"}
-)
 # event kinds other than the lifecycle's that stored events carry
 _OTHER_KINDS = ("delivery-failed", "unauthenticated-agent", "auto-reply", "bounce", "loop")
 
@@ -58,7 +56,9 @@ def _changes_status(kind: str, before: str | None, after: str | None) -> bool:
 _SPEC_NAMES: dict[str, Callable[[str, str | None, str | None], bool]] = {
     "created": lambda kind, _b, _a: kind == Kind.CREATED,
     "status": _changes_status,
-    "message": lambda kind, _b, _a: kind in _MESSAGE_KINDS,
+    # queued per stored message (`Subscriptions.message_rows`), not per event: many messages
+    # (a second customer mail on an open ticket) write no event at all
+    "message": lambda _k, _b, _a: False,
     "assign": lambda kind, _b, _a: kind == "assign",
     "queue": lambda kind, _b, _a: kind == "queue",
     "sla_breach": lambda kind, _b, _a: kind == "sla-breach",
@@ -106,23 +106,52 @@ class Subscriptions:
             if shape is None:
                 shape = ticket_json(ticket, self.reply_to(ticket.token, ticket.queue))
             body = payload(kind, r.at, shape, r.actor, before, after, r.detail)
-            rows += [
-                {
-                    "ticket_number": ticket.number,
-                    "message_pk": None,  # not an outbound mail: `message raw` must not find it
-                    "kind": KIND,
-                    "mail_from": h.name,
-                    "rcpt_tos": h.url,
-                    "rcpt_key": uuid.uuid4().hex,
-                    "raw": body,
-                    "state": "queued",
-                    "attempts": 0,
-                    "next_attempt_at": r.at,
-                    "created_at": r.at,
-                }
-                for h in wanted
-            ]
+            rows += [_row(ticket.number, h, body, r.at) for h in wanted]
         return rows
+
+    def message_rows(self, ticket: Any, messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One `message` post per webhook subscribed to it, for each message (column dicts with
+        `id`) just stored on `ticket`, inbound or outbound alike."""
+        wanted = [h for h in self.hooks if "message" in h.events]
+        if not wanted:
+            return []
+        shape = ticket_json(ticket, self.reply_to(ticket.token, ticket.queue))
+        rows: list[dict[str, Any]] = []
+        for m in messages:
+            detail = {
+                "id": m["id"],
+                "message_id": m["message_id"],
+                "direction": m["direction"],
+                "author_kind": m["author_kind"],
+                "from": m["from_addr"],
+                "actor": m["from_addr"],
+                "subject": m["subject"],
+            }
+            body = {
+                "event": "message",
+                "at": iso(m["stored_at"]),
+                "ticket": shape,
+                "detail": detail,
+            }
+            raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            rows += [_row(ticket.number, h, raw, m["stored_at"]) for h in wanted]
+        return rows
+
+
+def _row(number: int, hook: Webhook, body: bytes, at: Any) -> dict[str, Any]:
+    return {
+        "ticket_number": number,
+        "message_pk": None,  # not an outbound mail: `message raw` must not find it
+        "kind": KIND,
+        "mail_from": hook.name,
+        "rcpt_tos": hook.url,
+        "rcpt_key": uuid.uuid4().hex,
+        "raw": body,
+        "state": "queued",
+        "attempts": 0,
+        "next_attempt_at": at,
+        "created_at": at,
+    }
 
 
 def ticket_json(ticket: Any, reply_to: str) -> dict[str, Any]:

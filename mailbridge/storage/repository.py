@@ -503,7 +503,25 @@ def add_message(session: Session, message: Message, attachments: Sequence[Attach
             ],
         )
     message.attachments = list(attachments)
+    _queue_message_webhooks(
+        session,
+        message.ticket_number,
+        [{c: getattr(message, c) for c in _HOOK_COLUMNS} | {"id": message.id}],
+    )
     return message
+
+
+_HOOK_COLUMNS = ("message_id", "direction", "author_kind", "from_addr", "subject", "stored_at")
+
+
+def _queue_message_webhooks(session: Session, number: int, messages: list[dict[str, Any]]) -> None:
+    """A `message` webhook for each message just stored on ticket `number`, in its transaction
+    (SPEC 9); messages write no event of their own, so `add_events` cannot do it."""
+    hooks = session.info.get("webhooks")
+    if not hooks or (ticket := session.get(Ticket, number)) is None:
+        return
+    if rows := hooks.message_rows(ticket, messages):
+        session.execute(insert(Outbox.__table__), rows)  # type: ignore[arg-type]
 
 
 def get_message(session: Session, pk: int, with_raw: bool = False) -> Message | None:
@@ -601,6 +619,9 @@ def queue_outbound(
     session.execute(
         insert(Outbox.__table__),  # type: ignore[arg-type]
         [row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)],
+    )
+    _queue_message_webhooks(
+        session, number, [m | {"id": pk} for m, pk in zip(messages, ids, strict=True)]
     )
     return ids
 

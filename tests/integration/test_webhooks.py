@@ -257,12 +257,61 @@ def test_agent_replies_and_time_rules_post_too(
     Sweeps(app.store, app.settings, clock, app.outbound).run(clock())
 
     sender.deliver_due()
-    posts = sorted(receiver.posts, key=lambda p: p.json["at"])
-    assert [(p.json["event"], p.json["detail"]["actor"]) for p in posts] == [
-        ("agent-reply", "alice@example.com"),
-        ("resolve", "rule:auto-resolve"),
+    posts = sorted(receiver.posts, key=lambda p: (p.json["at"], p.json["detail"].get("id", 0)))
+    # every message stored on the ticket once: the customer's, the team's notice, the agent's
+    # reply and its relay to carol; then the rule's event
+    assert [
+        (p.json["event"], p.json["detail"]["actor"], p.json["detail"].get("author_kind"))
+        for p in posts
+    ] == [
+        ("message", "carol@customer.example", "customer"),
+        ("message", "support@example.com", "system"),
+        ("message", "alice@example.com", "agent"),
+        ("message", "support@example.com", "agent"),
+        ("resolve", "rule:auto-resolve", None),
     ]
-    assert [p.json["ticket"]["status"] for p in posts] == ["answered", "resolved"]
+    assert [p.json["detail"].get("direction") for p in posts[:4]] == [
+        "inbound",
+        "outbound",
+        "inbound",
+        "outbound",
+    ]
+    assert posts[-1].json["ticket"]["status"] == "resolved"
+
+
+def test_every_customer_mail_on_a_ticket_is_one_message_post(
+    make_app: Callable[..., App], sqlite_url: str, clock: FixedClock, receiver: Receiver
+) -> None:
+    app = make_app(sqlite_url, hook_config(receiver.url, '["message"]'))
+    sender = OutboxSender(app.store, app.settings, clock)
+    number = customer_mail(app)
+    with app.store.unit() as session:
+        (first,) = [m for m in repo.ticket_messages(session, number) if m.direction == "inbound"]
+        events_before = [e.kind for e in repo.ticket_events(session, number)]
+    clock.advance(minutes=5)
+    # a second mail on a `new` ticket changes no status and so writes no event
+    again = make_mail(
+        sender="carol@customer.example", subject="Re", body="Still.\n", in_reply_to=first.message_id
+    )
+    outcome = app.ingestor.accept(again, Envelope("carol@customer.example"), LIVE)
+    assert outcome.ticket == number
+
+    sender.deliver_due()
+    clock.advance(days=1)
+    assert sender.deliver_due() == 0  # nothing is posted twice
+    with app.store.unit() as session:
+        assert [e.kind for e in repo.ticket_events(session, number)] == events_before
+        stored = [m.id for m in repo.ticket_messages(session, number)]
+    posts = sorted(receiver.posts, key=lambda p: p.json["detail"]["id"])
+    assert [p.json["detail"]["id"] for p in posts] == stored  # each stored message once
+    assert {p.json["event"] for p in posts} == {"message"}
+    customer = [p for p in posts if p.json["detail"]["direction"] == "inbound"]
+    assert [p.json["detail"]["from"] for p in customer] == ["carol@customer.example"] * 2
+    assert [p.json["at"] for p in customer] == ["2026-11-02T09:00:00Z", "2026-11-02T09:05:00Z"]
+    # the rest are the team's notices of each mail, stored on the ticket as outbound copies
+    assert {p.json["detail"]["author_kind"] for p in posts if p not in customer} == {"system"}
+    assert all(p.signed() for p in posts)
+    assert len({p.headers["x-mailbridge-delivery"] for p in posts}) == len(posts)
 
 
 def test_two_senders_on_postgresql_post_each_event_once(
