@@ -333,7 +333,9 @@ class FolderPoller:
     def _checkpoint(self) -> Checkpoint | None:
         with self.app.store.unit() as session:
             row = repo.imap_checkpoint(session, self.account.name, self.watch.folder)
-            return row and Checkpoint(row.uidvalidity, row.last_uid, row.last_success_at)
+            if row is None:
+                return None
+            return Checkpoint(row.uidvalidity, row.last_uid, row.last_success_at)
 
     def _save_checkpoint(self, uidvalidity: int, last_uid: int) -> None:
         with self.app.store.unit() as session:
@@ -434,6 +436,12 @@ class FolderPoller:
 
     def _say(self, level: int, message: str, *args: object) -> None:
         log.log(level, "imap %s: " + message, self.watch.label, *args)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    """Settle a poller's future from the loop thread, unless it is settled already."""
+    if not done.done():
+        done.set_result(None)
 
 
 @dataclass
@@ -549,7 +557,7 @@ class ImapPollers:
         finally:
             loop = self._loop
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(_resolve, done)
 
     async def _join(self, runs: list[_Running]) -> None:
         for run in runs:
