@@ -516,11 +516,11 @@ class ImapPollers:
         found: dict[str, dict[str, Any]] = {}
         for name, group in self._running.items():
             states = [run.poller.status for run in group]
-            successes = [s.last_success for s in states]
+            successes = [s.last_success for s in states if s.last_success is not None]
             found[name] = {
                 "ok": all(s.ok for s in states),
                 # the account is as fresh as its stalest folder
-                "last_success": None if None in successes else min(successes),  # type: ignore[type-var]
+                "last_success": min(successes) if len(successes) == len(states) else None,
                 "last_error": next((s.last_error for s in states if s.last_error), None),
                 "folders": {run.poller.watch.folder: run.poller.status.state for run in group},
             }
