@@ -111,7 +111,7 @@ def filename(part: Message, ctype: str, text: TextDecoder, unique: Callable[[str
         return name
     if description and (name := sanitize_filename(description + extension(ctype))):
         return unique(name)
-    stem = _STEMS.get(ctype) or _MAIN_STEMS.get(ctype.split("/", 1)[0])
-    if stem is None and local and (name := sanitize_filename(local)):
+    known = _STEMS.get(ctype) or _MAIN_STEMS.get(ctype.split("/", 1)[0])
+    if known is None and local and (name := sanitize_filename(local)):
         return name
-    return unique((stem or "attachment") + extension(ctype))
+    return unique((known or "attachment") + extension(ctype))

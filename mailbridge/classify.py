@@ -182,11 +182,11 @@ def classify(msg: ParsedMessage, env: Envelope, source: Source, policy: Policy) 
             return Verdict(rule.name, why, bulk, None, "", claimed, (why,))
     if agent:
         return Verdict(MAIL, f"agent: {authority}", bulk, agent, authority)
-    rule = "customer mail"
+    reason = "customer mail"
     if claimed:
-        rule = "customer mail: agent From without authentication"
+        reason = "customer mail: agent From without authentication"
         if authority:
-            rule += f" ({authority})"
+            reason += f" ({authority})"
     elif bulk:
-        rule = f"customer mail: bulk ({precedence or 'list-id'}), not acknowledged"
-    return Verdict(MAIL, rule, bulk, None, "", claimed)
+        reason = f"customer mail: bulk ({precedence or 'list-id'}), not acknowledged"
+    return Verdict(MAIL, reason, bulk, None, "", claimed)

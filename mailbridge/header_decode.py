@@ -174,7 +174,7 @@ class TextDecoder:
                 isinstance(v, str) and v.isascii() for _, v in headers
             ):
                 fixed = [(n, self.recover(v) if isinstance(v, str) else v) for n, v in headers]
-                part._headers = fixed  # type: ignore[attr-defined]
+                part._headers = fixed  # type: ignore[attr-defined]  # stdlib-private header list
 
     def header(self, value: str) -> str:
         """Unfolded text with RFC 2047 encoded-words decoded (adjacent words joined)."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy.exc import IntegrityError
 
@@ -239,13 +239,13 @@ class Ingestor:
     def _parse(
         self, raws: list[bytes], given: Sequence[ParseResult | None] | None
     ) -> list[ParseResult]:
-        results = list(given) if given is not None else [None] * len(raws)
+        results: list[ParseResult | None] = list(given) if given is not None else [None] * len(raws)
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
             parsed = self.parser.parse_many([raws[i] for i in missing])
             for i, result in zip(missing, parsed, strict=True):
                 results[i] = result
-        return results  # type: ignore[return-value]
+        return cast(list[ParseResult], results)  # every None was filled just above
 
     def prepare(
         self, raw: bytes, envelope: Envelope, source: Source, result: ParseResult | None = None
@@ -260,7 +260,7 @@ class Ingestor:
             source,
             parsed,
             error,
-            dedup_key(parsed and parsed.message_id, chash),
+            dedup_key(parsed.message_id if parsed is not None else None, chash),
             chash,
         )
 

@@ -184,7 +184,7 @@ def _expand(msg: Message, view: memoryview, spans: list[tuple[int, int]]) -> boo
             if isinstance(payload, str) and "\x00MBX" in payload:
                 if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in part.defects):
                     return False  # headers ended at a line that may be the marker
-                part._payload = lazy(payload)  # type: ignore[assignment]
+                part._payload = lazy(payload)  # type: ignore[attr-defined]  # stdlib-private body slot
             for attr in ("preamble", "epilogue"):
                 value = getattr(part, attr, None)
                 if isinstance(value, str) and "\x00MBX" in value:

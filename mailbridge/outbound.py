@@ -325,10 +325,8 @@ class Outbound:
 
     def queue_notify_addresses(self, ticket: Ticket) -> list[str]:
         """Whom "queue" means for a ticket: its queue's notify (SPEC 7), else `[agents] notify`."""
-        per_queue = getattr(self, "queue_notify", None)
-        if per_queue is not None:
-            return list(per_queue.get(getattr(ticket, "queue", None), self.notify))
-        return [a.addr_spec for a in self.notify_boxes]
+        # __init__ always sets queue_notify; the fallback read a `notify_boxes` nobody defines
+        return list(self.queue_notify.get(ticket.queue, self.notify))
 
     def _owner_or_queue(self, ticket: Ticket) -> list[Address]:
         """The ticket's owner when it has one, else its queue's notify addresses."""

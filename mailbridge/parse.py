@@ -24,7 +24,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_tz
+from functools import partial
 from types import MappingProxyType
+from typing import Any
 
 from mailbridge.header_decode import TextDecoder, clean, unfold
 from mailbridge.large_message import split_large
@@ -68,6 +70,9 @@ CLASSIFY_HEADERS = frozenset(
 # Above this size the stdlib never sees the long bodies (`mailbridge.large_message`).
 LARGE_MESSAGE_BYTES = 4 * 1024 * 1024
 
+# what `parse` keeps when the body cannot be walked
+_NO_BODY: tuple[str, tuple[Attachment, ...]] = ("", ())
+
 
 # ---------------------------------------------------------------------------- entry points
 
@@ -80,7 +85,7 @@ def parse(raw: bytes) -> ParsedMessage:
         msg = split(BytesParser, data, defects)
     text = TextDecoder(raw=data)
     guard(lambda: text.fix_8bit_headers(iter_parts(msg)), None, defects, "8bit-headers")
-    body, attachments = guard(lambda: Walker(text, defects).run(msg), ("", ()), defects, "body")
+    body, attachments = guard(lambda: Walker(text, defects).run(msg), _NO_BODY, defects, "body")
     return _build(msg, text, defects, body, attachments, walk_defects=True)
 
 
@@ -139,7 +144,9 @@ def _build(
     def mailbox(key: str) -> Address | None:
         """From and Sender name one mailbox; of repeated headers the first usable one wins."""
         for value in seen.get(key, []):
-            found = guard(lambda v=value: text.addresses([v], defects), (), defects, key)  # type: ignore[misc]
+            found: tuple[Address, ...] = guard(
+                partial(text.addresses, [value], defects), (), defects, key
+            )
             if found and "@" in found[0].addr:
                 return found[0]
         found = addresses(key)
@@ -157,7 +164,7 @@ def _build(
 
     message_id = ids("message-id")
     content_type = guard(msg.get_content_type, "text/plain", defects, "content-type")
-    fields = {
+    fields: dict[str, Any] = {
         "message_id": message_id[0] if message_id else None,
         "in_reply_to": ids("in-reply-to"),
         "references": ids("references"),
@@ -179,7 +186,7 @@ def _build(
             {k: tuple(decoded(k, v) for v in seen[k]) for k in seen if k in CLASSIFY_HEADERS}
         ),
     }
-    found = guard(lambda: _collect_defects(msg, walk_defects), [], defects, "defects")
+    found: list[str] = guard(lambda: _collect_defects(msg, walk_defects), [], defects, "defects")
     return ParsedMessage(
         **fields,
         body_text=body,

@@ -401,7 +401,7 @@ def distribution(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
     ordered = sorted(values)
-    stats = {"mean": _seconds(sum(ordered) / len(ordered))}
+    stats: dict[str, float | None] = {"mean": _seconds(sum(ordered) / len(ordered))}
     return stats | {f"p{p}": _seconds(percentile(ordered, p)) for p in PERCENTILES}
 
 
@@ -437,7 +437,8 @@ def render(report: dict[str, Any], width: int = 100, by: Sequence[str] = BY) -> 
     the breakdowns shown (all four by default)."""
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=False, color_system=None)
     for table in (
         _status_table(report),
         _delay_table(report),
@@ -453,7 +454,7 @@ def render(report: dict[str, Any], width: int = 100, by: Sequence[str] = BY) -> 
         f"Reopen rate: {rate} ({reopen['reopened']} of {reopen['resolved']} resolved tickets came back)"
     )
     console.print(f"As of {report['generated_at']}")
-    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+    return out.getvalue()
 
 
 def _table(title: str, *columns: str) -> Any:

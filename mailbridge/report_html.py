@@ -31,7 +31,7 @@ _CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": [
 
 def render_html(report: dict[str, Any]) -> str:
     """The page for `report` (the dict `build_report` returns)."""
-    from plotly.offline import get_plotlyjs  # type: ignore[import-untyped]
+    from plotly.offline import get_plotlyjs
 
     charts = [
         ("created", "Tickets created per day, by queue", _created(report)),

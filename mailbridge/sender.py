@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mailbridge import lifecycle
 from mailbridge.clock import Clock, system_clock
@@ -236,8 +236,8 @@ class OutboxSender:
         on_webhook: Callable[[str], None] | None = None,
     ) -> None:
         # the daemon hands over its App; tests and one-shot commands a bare Store
-        self.store: Store = getattr(store, "store", store)
-        self.clock: Clock = clock or getattr(store, "clock", system_clock)
+        self.store = cast("Store", getattr(store, "store", store))
+        self.clock = clock or cast(Clock, getattr(store, "clock", system_clock))
         self.tls_context = tls_context  # tests pass one that trusts their own certificate
         self.poll_interval = poll_interval
         self.batch_size = batch_size

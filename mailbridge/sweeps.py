@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mailbridge import lifecycle, sla
@@ -137,10 +138,8 @@ class Sweeps:
                 rule.name,
                 dry_run,
                 halt,
-                lambda s, limit, r=rule: repo.idle_tickets_in(
-                    s, r.statuses, at - r.idle_for, limit, _fires_once(r)
-                ),
-                lambda number, r=rule: self._apply_rule(r, number, at, dry_run),
+                _idle_finder(rule, at),
+                partial(self._apply_rule, rule, at=at, dry_run=dry_run),
             )
         return changes
 
@@ -273,8 +272,8 @@ class Sweeps:
         choice = assignment.choose(
             settings.queue(queue).assign,
             members,
-            take_turn=lambda: repo.take_turn(session, queue),  # type: ignore[attr-defined]
-            open_counts=lambda: repo.open_counts(session, members),  # type: ignore[attr-defined]
+            take_turn=lambda: repo.take_turn(session, queue),
+            open_counts=lambda: repo.open_counts(session, members),
             last_owner=lambda: None,  # sticky would give it straight back
         )
         what = f"reassigned {previous or 'none'} -> {choice.owner or 'none'} ({choice.detail})"
@@ -399,6 +398,13 @@ class Sweeps:
             notice(session, ticket, rule.name, at, template=rule.template)
         else:
             notice(session, ticket, rule.name, at)
+
+
+def _idle_finder(rule: Rule, at: datetime) -> Callable[[Session, int], list[int]]:
+    """One rule's candidates; a function of its own so that each rule's finder keeps its rule."""
+    return lambda s, limit: repo.idle_tickets_in(
+        s, rule.statuses, at - rule.idle_for, limit, _fires_once(rule)
+    )
 
 
 def _fires_once(rule: Rule) -> tuple[str, str] | None:

@@ -333,7 +333,9 @@ class FolderPoller:
     def _checkpoint(self) -> Checkpoint | None:
         with self.app.store.unit() as session:
             row = repo.imap_checkpoint(session, self.account.name, self.watch.folder)
-            return row and Checkpoint(row.uidvalidity, row.last_uid, row.last_success_at)
+            if row is None:
+                return None
+            return Checkpoint(row.uidvalidity, row.last_uid, row.last_success_at)
 
     def _save_checkpoint(self, uidvalidity: int, last_uid: int) -> None:
         with self.app.store.unit() as session:
@@ -436,6 +438,12 @@ class FolderPoller:
         log.log(level, "imap %s: " + message, self.watch.label, *args)
 
 
+def _resolve(done: asyncio.Future[None]) -> None:
+    """Settle a poller's future from the loop thread, unless it is settled already."""
+    if not done.done():
+        done.set_result(None)
+
+
 @dataclass
 class _Running:
     poller: FolderPoller
@@ -508,11 +516,11 @@ class ImapPollers:
         found: dict[str, dict[str, Any]] = {}
         for name, group in self._running.items():
             states = [run.poller.status for run in group]
-            successes = [s.last_success for s in states]
+            successes = [s.last_success for s in states if s.last_success is not None]
             found[name] = {
                 "ok": all(s.ok for s in states),
                 # the account is as fresh as its stalest folder
-                "last_success": None if None in successes else min(successes),  # type: ignore[type-var]
+                "last_success": min(successes) if len(successes) == len(states) else None,
                 "last_error": next((s.last_error for s in states if s.last_error), None),
                 "folders": {run.poller.watch.folder: run.poller.status.state for run in group},
             }
@@ -549,7 +557,7 @@ class ImapPollers:
         finally:
             loop = self._loop
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(_resolve, done)
 
     async def _join(self, runs: list[_Running]) -> None:
         for run in runs:

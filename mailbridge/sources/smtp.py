@@ -478,7 +478,7 @@ class Handler:
 
     async def auth_PLAIN(self, server: Connection, args: list[str]) -> AuthResult:
         if len(args) == 1:
-            blob = await server.challenge_auth("")
+            blob: object = await server.challenge_auth("")  # bytes, MISSING, or None below
             if blob is MISSING:
                 return AuthResult(success=False)  # challenge_auth has replied already
         else:
@@ -495,7 +495,7 @@ class Handler:
 
     async def auth_LOGIN(self, server: Connection, args: list[str]) -> AuthResult:
         if len(args) == 1:
-            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            login: object = await server.challenge_auth(server.AuthLoginUsernameChallenge)
         else:
             login = _b64decode(args[1])
             if login is None:
@@ -693,7 +693,7 @@ class Connection(FastSMTP):
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         replacement = self._replies.get(text)
         if replacement is None:
-            await super().push(status)
+            await super().push(status)  # type: ignore[type-var]  # AnyStr: str or bytes, each fine
             return
         if text in _DATA_PHASE_REPLIES:
             replacement = self.per_recipient(replacement)

@@ -47,7 +47,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class CleanText(TypeDecorator[str]):
     """Text both backends accept: PostgreSQL refuses NUL bytes and lone surrogates that mail can carry."""
 
-    impl = Text
+    impl: type[String] = Text  # CleanString narrows it to String
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: object) -> str | None:

@@ -6,10 +6,11 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     Select,
+    Table,
     bindparam,
     delete,
     func,
@@ -22,10 +23,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session, make_transient_to_detached, undefer
 
 from mailbridge.storage.models import (
     Attachment,
+    Base,
     Event,
     ImapFolder,
     Lease,
@@ -43,6 +46,38 @@ from mailbridge.storage.models import (
 
 def key_of(message_id: str) -> str:
     return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _table(model: type[Base]) -> Table:
+    """The Core table of a mapped class (declarative types `__table__` only as a FromClause)."""
+    return cast(Table, model.__table__)
+
+
+_OUTBOX = _table(Outbox)
+_MESSAGES = _table(Message)
+_ATTACHMENTS = _table(Attachment)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Session.execute is typed as returning a Result; for DML it is a CursorResult."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+class EventRecord(Protocol):
+    """What `add_events` reads of an event (lifecycle.Record; storage does not import it)."""
+
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def from_status(self) -> str | None: ...
+    @property
+    def to_status(self) -> str | None: ...
+    @property
+    def detail(self) -> str | None: ...
 
 
 def _insert_ignore(session: Session, model: type, rows: list[dict[str, object]]) -> None:
@@ -81,7 +116,7 @@ def known_dedup_keys(
         return {}, {}
     unique = list(set(keys))
     # one round trip for the three places a key can be: this runs once per group commit
-    rows = session.execute(
+    rows: Sequence[Any] = session.execute(  # the union's columns are untyped
         union_all(
             select(Message.dedup_key, Message.ticket_number, literal("m")).where(
                 Message.dedup_key.in_(unique)
@@ -119,7 +154,7 @@ def tickets_for_message_ids(session: Session, message_ids: Sequence[str]) -> dic
     if (pending := _deferred(session)) is not None:
         for key, mid in keys.items():
             if mid not in found and key in pending.thread_keys:
-                found[mid] = int(pending.thread_keys[key]["ticket_number"])  # type: ignore[call-overload]
+                found[mid] = int(pending.thread_keys[key]["ticket_number"])
     return found
 
 
@@ -131,9 +166,9 @@ class _Deferred:
     """Rows nobody needs an id of (events, participants, Message-ID index), written once per batch
     with executemany instead of one statement per message; reads below see them meanwhile."""
 
-    events: list[dict[str, object]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     participants: dict[tuple[int, str], dict[str, object]] = field(default_factory=dict)
-    thread_keys: dict[str, dict[str, object]] = field(default_factory=dict)
+    thread_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def defer_writes(session: Session) -> None:
@@ -227,10 +262,10 @@ def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -
 # --- tickets -----------------------------------------------------------------------------
 
 
-def _insert_returning(session: Session, obj: object, pk: str) -> int:
+def _insert_returning(session: Session, obj: Base, pk: str) -> int:
     """Core INSERT ... RETURNING for a new row: the ORM's unit of work costs several times more on
     the ingest hot path. Unset attributes fall back to the column defaults."""
-    table = type(obj).__table__  # type: ignore[attr-defined]
+    table = _table(type(obj))
     values = {
         c.key: v for c in table.columns if c.key != pk and (v := getattr(obj, c.key)) is not None
     }
@@ -327,18 +362,18 @@ def ticket_events(session: Session, number: int) -> list[Event]:
 
 
 def add_events(
-    session: Session, number: int, records: Iterable[object], message_pk: int | None
+    session: Session, number: int, records: Iterable[EventRecord], message_pk: int | None
 ) -> None:
     records = list(records)  # read twice: the events, then the webhooks they cause
     rows = [
         {
             "ticket_number": number,
-            "at": r.at,  # type: ignore[attr-defined]
-            "kind": str(r.kind),  # type: ignore[attr-defined]
-            "actor": r.actor[:320],  # type: ignore[attr-defined]
-            "from_status": r.from_status and str(r.from_status),  # type: ignore[attr-defined]
-            "to_status": r.to_status and str(r.to_status),  # type: ignore[attr-defined]
-            "detail": r.detail,  # type: ignore[attr-defined]
+            "at": r.at,
+            "kind": str(r.kind),
+            "actor": r.actor[:320],
+            "from_status": r.from_status and str(r.from_status),
+            "to_status": r.to_status and str(r.to_status),
+            "detail": r.detail,
             "message_pk": message_pk,
         }
         for r in records
@@ -361,7 +396,7 @@ def _queue_webhooks(session: Session, number: int, records: Iterable[object]) ->
         return
     rows = hooks.rows(ticket, records)
     if rows:
-        session.execute(insert(Outbox.__table__), rows)  # type: ignore[arg-type]
+        session.execute(insert(_OUTBOX), rows)
 
 
 def install_webhooks(sessions: Any, subscriptions: object | None) -> None:
@@ -491,7 +526,7 @@ def add_message(session: Session, message: Message, attachments: Sequence[Attach
     message.id = _insert_returning(session, message, "id")
     if attachments:
         session.execute(
-            insert(Attachment.__table__),  # type: ignore[arg-type]
+            insert(_ATTACHMENTS),
             [
                 {
                     "message_pk": message.id,
@@ -597,8 +632,8 @@ def add_outbox(session: Session, row: Outbox) -> Outbox:
     return row
 
 
-_ADD_OUTBOUND = insert(Message.__table__).returning(  # type: ignore[arg-type]
-    Message.__table__.c.id,  # type: ignore[attr-defined]
+_ADD_OUTBOUND = insert(_MESSAGES).returning(
+    _MESSAGES.c.id,
     sort_by_parameter_order=True,
 )
 
@@ -617,7 +652,7 @@ def queue_outbound(
     ids = [int(pk) for pk in session.execute(_ADD_OUTBOUND, list(messages)).scalars()]
     add_thread_keys(session, number, [m["message_id"] for m in messages])
     session.execute(
-        insert(Outbox.__table__),  # type: ignore[arg-type]
+        insert(_OUTBOX),
         [row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)],
     )
     _queue_message_webhooks(
@@ -635,7 +670,7 @@ def outbox_specs(session: Session, ids: Sequence[int]) -> dict[int, str]:
             Outbox.id.in_(list(ids)), Outbox.raw.is_(None), Outbox.spec.is_not(None)
         )
     )
-    return {pk: spec for pk, spec in rows}
+    return {pk: spec for pk, spec in rows if spec is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,13 +687,11 @@ class Written:
 
 
 _SAVE_OUTBOX_RAW = (
-    update(Outbox.__table__)  # type: ignore[arg-type]
-    .where(Outbox.__table__.c.id == bindparam("b_id"))  # type: ignore[attr-defined]
-    .values(raw=bindparam("raw"), spec=None)
+    update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id")).values(raw=bindparam("raw"), spec=None)
 )
 _SAVE_COPY = (
-    update(Message.__table__)  # type: ignore[arg-type]
-    .where(Message.__table__.c.id == bindparam("b_id"))  # type: ignore[attr-defined]
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("b_id"))
     .values(
         raw=bindparam("raw"),
         dedup_key=bindparam("dedup_key"),
@@ -701,7 +734,7 @@ def save_written(session: Session, written: Sequence[Written]) -> None:
         for a in w.attachments
     ]
     if files:
-        session.execute(insert(Attachment.__table__), files)  # type: ignore[arg-type]
+        session.execute(insert(_ATTACHMENTS), files)
 
 
 def raw_of_messages(session: Session, pks: Sequence[int]) -> dict[int, bytes]:
@@ -792,7 +825,7 @@ def get_outbox(session: Session, pk: int) -> Outbox | None:
 
 
 def outbox_counts(session: Session) -> dict[str, int]:
-    return dict(session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all())  # type: ignore[arg-type]
+    return dict(session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all())
 
 
 def list_outbox(session: Session, state: str | None = None) -> list[Outbox]:
@@ -851,8 +884,8 @@ def acquire_lease(
         .where(Lease.name == name, or_(mine, Lease.expires_at < now))
         .values(**values, heartbeat_at=now)
     )
-    if result.rowcount or reclaim is None:  # type: ignore[attr-defined]
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    if _rowcount(result) or reclaim is None:
+        return bool(_rowcount(result))
     row = session.get(Lease, name)
     if row is None or row.owner != owner or not reclaim(row.incarnation):
         return False
@@ -863,7 +896,7 @@ def acquire_lease(
         .values(**values, heartbeat_at=now)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(_rowcount(result))
 
 
 def release_lease(session: Session, name: str, owner: str, incarnation: str = "") -> None:
@@ -889,7 +922,7 @@ def lease_holder(session: Session, name: str) -> tuple[str, str | None, datetime
 
 
 def status_counts(session: Session) -> dict[str, int]:
-    return dict(session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all())  # type: ignore[arg-type]
+    return dict(session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all())
 
 
 def all_events(session: Session) -> list[Event]:
@@ -920,7 +953,7 @@ def take_turn(session: Session, queue: str) -> int:
 
 
 # built once, on the Core table: it runs for every new ticket of a round-robin queue
-_CURSORS = QueueCursor.__table__
+_CURSORS = _table(QueueCursor)
 _TAKE_TURN = (
     update(_CURSORS)
     .where(_CURSORS.c.queue == bindparam("q"))
@@ -962,7 +995,7 @@ def add_tags(session: Session, number: int, tags: Iterable[str]) -> None:
     stmt = _ADD_TAGS.get(dialect)
     if stmt is None:
         make = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = _ADD_TAGS[dialect] = make(TicketTag.__table__).on_conflict_do_nothing()
+        stmt = _ADD_TAGS[dialect] = make(_table(TicketTag)).on_conflict_do_nothing()
     session.connection().execute(stmt, rows)
 
 

@@ -18,7 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    first = op.get_context().config.attributes.get("first_queue", "support")
+    config = op.get_context().config  # None only when run without an alembic Config
+    first = config.attributes.get("first_queue", "support") if config else "support"
     with op.batch_alter_table("tickets", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("queue", sa.String(length=64), nullable=False, server_default=first)
