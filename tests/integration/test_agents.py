@@ -328,7 +328,8 @@ def test_a_naive_autoresponder_gets_at_most_the_hourly_acknowledgements(
 def test_end_to_end_through_the_smtp_listener(
     tmp_path: Path, sqlite_url: str, sink: SmtpSink
 ) -> None:
-    from tests.helpers_daemon import InProcessDaemon, free_port, settings_from
+    from bench.servers.ports import free_port
+    from tests.helpers_daemon import InProcessDaemon, settings_from
 
     users = tmp_path / "smtp-users"
     users.write_text(f"{ALICE}:{hash_password('wonderland')}\n")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_daemon import REPO, DaemonProcess, free_port, settings_from, write_config
+from bench.servers.ports import free_port
+from tests.helpers_daemon import REPO, DaemonProcess, settings_from, write_config
 from tests.mail import make_mail as make_lf_mail
 
 SUPPORT = "support@example.com"

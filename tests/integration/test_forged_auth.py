@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from bench.servers.ports import free_port
 from mailbridge.storage import repository as repo
 from tests.desk import ALICE, CUSTOMER, SUPPORT, Desk, answer, open_ticket
 from tests.fixtures.smtp_sink import Received
-from tests.helpers_daemon import InProcessDaemon, free_port, settings_from
+from tests.helpers_daemon import InProcessDaemon, settings_from
 from tests.mail import make_mail, message_id_of
 
 REAL_FAIL = "mx.example.com; dkim=none; dmarc=fail (p=reject dis=reject) header.from=example.com"

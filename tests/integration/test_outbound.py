@@ -337,7 +337,7 @@ def test_refused_recipient_fails_and_others_are_still_delivered(
 def test_unreachable_smarthost_backs_off_then_fails(
     make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
 ) -> None:
-    from tests.fixtures.smtp_sink import free_port
+    from bench.servers.ports import free_port
 
     outbound = f'[outbound]\nsmarthost = "127.0.0.1"\nport = {free_port()}\ntimeout = "2s"\nmax_attempts = 4'
     desk = make_desk(sink, tickets="acknowledge = false", outbound=outbound)

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from bench.servers.ports import free_port
 from mailbridge.auth_users import hash_password
 from mailbridge.storage import repository as repo
 from tests.helpers_daemon import (
     InProcessDaemon,
-    free_port,
     make_cert,
     settings_from,
     write_config,
