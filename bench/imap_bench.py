@@ -19,11 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mixgen import generate
+from bench.servers.dovecot import PASSWORD, USER, DovecotServer, missing_reason
 from mailbridge.app import App
 from mailbridge.config import parse_settings
 from mailbridge.envelope import Outcome, Source
 from mailbridge.sources.imap import FolderPoller, watches
-from tests.fixtures.dovecot import PASSWORD, USER, DovecotServer, missing_reason
 
 CONFIG = """
 [database]

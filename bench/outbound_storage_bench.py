@@ -80,12 +80,12 @@ def payload(db: Path) -> dict[str, int]:
 
 
 def run(kind: str, count: int, kb: int, work: Path) -> dict[str, object]:
+    from bench.servers.smtp_sink import SmtpSink
     from mailbridge.app import App
     from mailbridge.clock import FixedClock
     from mailbridge.config import parse_settings
     from mailbridge.envelope import Envelope, Source
     from mailbridge.sender import OutboxSender
-    from tests.fixtures.smtp_sink import SmtpSink
 
     db = work / f"{kind}.db"
     clock = FixedClock(datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT)
     args = parser.parse_args()
     sys.path.insert(0, str(args.root))
-    sys.path.insert(1, str(ROOT))  # the sink fixture
+    sys.path.insert(1, str(ROOT))  # bench.servers, the sink
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("attachment", "text"):
             print(json.dumps(run(kind, args.count, args.kb, Path(tmp))))

@@ -32,15 +32,15 @@ sys.path.insert(0, str(REPO))
 
 import mailparser  # noqa: E402
 
-from mailbridge.errors import ParseError  # noqa: E402
-from mailbridge.parse import parse, parse_headers_only  # noqa: E402
-from tests.unit.test_zammad_agreement import (  # noqa: E402
+from bench.zammad_agreement import (  # noqa: E402
     FIELDS,
     Extract,
     corpus_dir,
     extract_mailbridge,
     measure,
 )
+from mailbridge.errors import ParseError  # noqa: E402
+from mailbridge.parse import parse, parse_headers_only  # noqa: E402
 
 # ------------------------------------------------------------------- the parsers' full work
 

@@ -120,7 +120,7 @@ def smtp(duration: float) -> list[Row]:
 
 def imap() -> list[Row]:
     from bench import imap_bench
-    from tests.fixtures.dovecot import missing_reason
+    from bench.servers.dovecot import missing_reason
 
     if reason := missing_reason():
         return [("IMAP, 5,000 messages from Dovecot", f"not measured: {reason}", "< 10 s", None)]

@@ -36,6 +36,10 @@ from email.utils import make_msgid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: bench/ is not a package on the path then
+
+from bench.servers.ports import free_port  # noqa: E402
+
 SUPPORT = "support@example.com"
 BODY = (
     "Hello support,\n\nthe printer on the third floor prints only blank pages since this morning.\n"
@@ -61,12 +65,6 @@ max_new_per_sender_per_hour = 1000000
 [log]
 level = "warning"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -11,11 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailbridge.clock import FixedClock
-
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path(os.environ.get("MAILBRIDGE_CORPUS", REPO.parent / "shared" / "corpus"))
-PG_URL = os.environ.get("MAILBRIDGE_TEST_DATABASE_URL", "")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.env import CORPUS, IN_CI, PG_URL, REPO  # noqa: F401 (CORPUS, REPO: tests written before tests/env.py)
 
 
 def _pg_admin_url() -> str:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.servers.ports import free_port as free_port  # where tests written before it moved look
+
 REPO = Path(__file__).resolve().parent.parent
 
 CONFIG = """
@@ -44,12 +46,6 @@ from_address = "support@example.com"
 level = "info"
 {extra}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_text(url: str, listen: str, smtp: str = "", extra: str = "") -> str:

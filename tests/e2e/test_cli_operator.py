@@ -302,7 +302,7 @@ def test_auth_users_help_prints_usage() -> None:
 
 
 def test_run_logs_the_config_database_and_addresses(tmp_path: Path) -> None:
-    from tests.fixtures.smtp_sink import free_port
+    from bench.servers.ports import free_port
 
     port = free_port()
     config = write_config(

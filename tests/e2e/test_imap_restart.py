@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers_daemon import DaemonProcess, free_port, write_config
+from bench.servers.ports import free_port
+from tests.helpers_daemon import DaemonProcess, write_config
 from tests.mail import make_mail
 
 if TYPE_CHECKING:

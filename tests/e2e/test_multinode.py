@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from bench.servers.ports import free_port
 from tests.fixtures.dovecot import PASSWORD, DovecotServer
 from tests.fixtures.smtp_sink import SmtpSink
-from tests.helpers_daemon import DaemonProcess, free_port
+from tests.helpers_daemon import DaemonProcess
 from tests.mail import make_mail
 
 pytest_plugins = ("tests.fixtures.dovecot",)

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from bench.servers.ports import free_port
 from mailbridge.cli import cli
 from tests.fixtures.postfix import PostfixServer
 from tests.helpers_daemon import (
     DaemonProcess,
     InProcessDaemon,
-    free_port,
     settings_from,
     write_config,
 )

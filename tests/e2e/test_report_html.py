@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
-from tests.conftest import IN_CI, REPO
+from tests.env import IN_CI, REPO
 from tests.mail import make_mail, message_id_of
 
 CHROMIUM = os.environ.get("MAILBRIDGE_CHROMIUM", "/usr/bin/chromium")

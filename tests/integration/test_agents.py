@@ -8,88 +8,31 @@ from __future__ import annotations
 import base64
 import smtplib
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from mailbridge.auth_users import hash_password
 from mailbridge.clock import FixedClock
-from mailbridge.envelope import Outcome
 from mailbridge.outbound import FOOTER_MARK
 from mailbridge.storage import repository as repo
-from tests.fixtures.smtp_sink import Received, SmtpSink
-from tests.integration.test_outbound import (
+from tests.desk import (
+    AGENT_FROM,
+    ALICE,
     CUSTOMER,
+    DKIM_PASS,
     SUPPORT,
     TEAM,
     Desk,
     MakeDesk,
-    make_desk,
+    agent_answer,
+    answer,
     only,
+    open_ticket,
+    participants,
     text_of,
 )
+from tests.fixtures.smtp_sink import Received, SmtpSink
 from tests.mail import make_mail
-
-__all__ = ["make_desk"]  # the fixture, shared with test_outbound
-
-ALICE = "alice@example.com"
-AGENT_FROM = f"Alice Agent <{ALICE}>"
-DKIM_PASS = "mx.example.com; dkim=pass header.d=example.com header.s=mail; spf=pass"
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink.running() as running:
-        yield running
-
-
-@pytest.fixture
-def desk(make_desk: MakeDesk, sink: SmtpSink) -> Desk:
-    return make_desk(sink)
-
-
-def quote(text: str) -> str:
-    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
-
-
-def answer(to: Received, body: str, sender: str = AGENT_FROM, **mail: Any) -> bytes:
-    """A reply the way a mail client writes it: threading headers, and the mail quoted below."""
-    msg = to.message
-    reply_to = (
-        msg["Reply-To"].addresses[0].addr_spec
-        if msg["Reply-To"]
-        else msg["From"].addresses[0].addr_spec
-    )
-    text = f"{body}\n\nOn Mon, 2 Nov 2026 at 09:00, {msg['From']} wrote:\n{quote(text_of(msg))}\n"
-    mail = {
-        "to": reply_to,
-        "subject": f"Re: {msg['Subject']}",
-        "in_reply_to": msg["Message-ID"],
-    } | mail
-    return make_mail(sender=sender, body=text, references=msg["References"], **mail)
-
-
-def agent_answer(desk: Desk, to: Received, body: str, **mail: Any) -> Outcome:
-    """An agent, logged in at the listener (SMTP AUTH), answers a notification."""
-    raw = answer(to, body, **mail)
-    rcpt = to.message["Reply-To"].addresses[0].addr_spec
-    return desk.accept(raw, sender=ALICE, rcpts=(rcpt,), auth_user=ALICE)
-
-
-def open_ticket(desk: Desk, **mail: Any) -> tuple[int, Received]:
-    """A customer writes; returns the ticket and the agents' notification."""
-    outcome, _ = desk.customer(**mail)
-    assert outcome.outcome == "created" and outcome.ticket is not None
-    return outcome.ticket, only(desk.deliver(), TEAM)
-
-
-def participants(desk: Desk, number: int) -> list[str]:
-    with desk.app.store.unit() as session:
-        return repo.participants(session, number)
-
 
 # --- the happy path ------------------------------------------------------------------------
 
@@ -385,7 +328,8 @@ def test_a_naive_autoresponder_gets_at_most_the_hourly_acknowledgements(
 def test_end_to_end_through_the_smtp_listener(
     tmp_path: Path, sqlite_url: str, sink: SmtpSink
 ) -> None:
-    from tests.helpers_daemon import InProcessDaemon, free_port, settings_from
+    from bench.servers.ports import free_port
+    from tests.helpers_daemon import InProcessDaemon, settings_from
 
     users = tmp_path / "smtp-users"
     users.write_text(f"{ALICE}:{hash_password('wonderland')}\n")

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
+from bench.servers.ports import free_port
 from tests.fixtures.smtp_sink import Received, SmtpSink
-from tests.helpers_daemon import REPO, DaemonProcess, free_port
+from tests.helpers_daemon import REPO, DaemonProcess
 from tests.mail import make_mail
 
 TEAM = "team@example.com"

@@ -3,27 +3,10 @@ out and is recorded (issue 14, item 4). Against a real aiosmtpd sink as smarthos
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from mailbridge.storage import repository as repo
-from tests.fixtures.smtp_sink import SmtpSink
-from tests.integration.test_agents import ALICE, agent_answer, open_ticket
-from tests.integration.test_outbound import CUSTOMER, Desk, MakeDesk, make_desk, only, text_of
-
-__all__ = ["make_desk"]
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink.running() as running:
-        yield running
-
-
-@pytest.fixture
-def desk(make_desk: MakeDesk, sink: SmtpSink) -> Desk:
-    return make_desk(sink)
+from tests.desk import ALICE, CUSTOMER, Desk, agent_answer, only, open_ticket, text_of
 
 
 @pytest.mark.parametrize(

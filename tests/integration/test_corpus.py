@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mailbridge.envelope import Envelope, Source
-from tests.conftest import CORPUS
+from tests.env import CORPUS
 
 # Each expected non-ticket outcome, justified:
 JUSTIFIED_QUARANTINE = {

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_daemon import REPO, DaemonProcess, free_port, settings_from, write_config
+from bench.servers.ports import free_port
+from tests.helpers_daemon import REPO, DaemonProcess, settings_from, write_config
 from tests.mail import make_mail as make_lf_mail
+from tests.smtp_client import RawClient
 
 SUPPORT = "support@example.com"
 
@@ -44,32 +46,6 @@ def send(port: int, rcpt: str = SUPPORT, raw: bytes | None = None) -> tuple[int,
         if code != 250:
             return code, text
         return smtp.data(raw or make_mail(to=rcpt))
-
-
-class RawClient:
-    """A byte-level SMTP client: lets a test stop half-way through DATA."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def reply(self) -> bytes:
-        lines = []
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise ConnectionError("connection closed")
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"".join(lines)
-
-    def command(self, line: str) -> bytes:
-        self.sock.sendall(line.encode() + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def test_run_reports_ready_serves_mail_and_stops_cleanly(tmp_path: Path, config: Path) -> None:

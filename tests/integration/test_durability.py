@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import IN_CI
+from tests.env import IN_CI
 
 
 def test_live_sqlite_connection_runs_wal_with_full_sync(sqlite_app: Any) -> None:

@@ -9,34 +9,20 @@ relayed to the customer, the ticket's status does not follow its commands, and t
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.servers.ports import free_port
 from mailbridge.storage import repository as repo
-from tests.fixtures.smtp_sink import Received, SmtpSink
-from tests.helpers_daemon import InProcessDaemon, free_port, settings_from
-from tests.integration.test_agents import ALICE, answer, open_ticket
-from tests.integration.test_outbound import CUSTOMER, SUPPORT, Desk, MakeDesk, make_desk
+from tests.desk import ALICE, CUSTOMER, SUPPORT, Desk, answer, open_ticket
+from tests.fixtures.smtp_sink import Received
+from tests.helpers_daemon import InProcessDaemon, settings_from
 from tests.mail import make_mail, message_id_of
-
-__all__ = ["make_desk"]
 
 REAL_FAIL = "mx.example.com; dkim=none; dmarc=fail (p=reject dis=reject) header.from=example.com"
 FORGED_PASS = "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink.running() as running:
-        yield running
-
-
-@pytest.fixture
-def desk(make_desk: MakeDesk, sink: SmtpSink) -> Desk:
-    return make_desk(sink)
 
 
 def with_ar(raw: bytes, value: str) -> bytes:

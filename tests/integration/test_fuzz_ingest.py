@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbridge.envelope import Envelope, Source
-from tests.conftest import CORPUS
+from tests.env import CORPUS
 
 SAMPLES = [
     "zammad/mail001.eml",

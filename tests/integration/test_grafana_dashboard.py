@@ -15,7 +15,7 @@ import pytest
 
 from mailbridge.metrics import Metrics
 from mailbridge.storage import open_store
-from tests.conftest import REPO
+from tests.env import REPO
 
 DASHBOARD = REPO / "config" / "grafana-dashboard.json"
 KEYWORDS = frozenset(

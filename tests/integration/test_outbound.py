@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -21,129 +20,16 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from mailbridge.app import App
 from mailbridge.clock import FixedClock
-from mailbridge.envelope import Envelope, Outcome, Source
+from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import StorageUnavailable
 from mailbridge.outbound import FOOTER_MARK
 from mailbridge.parse import parse
 from mailbridge.sender import OutboxSender
 from mailbridge.storage import repository as repo
-from tests.fixtures.smtp_sink import Received, SmtpSink, tls_pair
+from tests.desk import ACK, CUSTOMER, SUPPORT, TEAM, Desk, MakeDesk, only, text_of
+from tests.fixtures.smtp_sink import SmtpSink, tls_pair
 from tests.mail import make_mail, message_id_of
-
-CUSTOMER = "carol@customer.example"
-SUPPORT = "support@example.com"
-TEAM = "team@example.com"
-LIVE = Source("smtp", "127.0.0.1:2525", live=True)
-ACK = "acknowledge = true\nack_max_per_sender_per_hour = 3\n"
-
-CONFIG = """
-[database]
-url = "{url}"
-
-[smtp]
-addresses = ["support@example.com"]
-{smtp}
-
-[agents]
-addresses = ["alice@example.com"]
-domains = ["agents.example.com"]
-trusted_authserv_ids = ["mx.example.com"]
-notify = ["team@example.com"]
-{agents}
-
-[tickets]
-{tickets}
-
-{outbound}
-"""
-
-
-class Desk:
-    """The core with a sink as smarthost: customers and agents write, `deliver()` runs the outbox."""
-
-    def __init__(self, app: App, sink: SmtpSink, clock: FixedClock, **sender: Any) -> None:
-        self.app, self.sink, self.clock = app, sink, clock
-        self.sender = OutboxSender(app.store, app.settings, clock, **sender)
-        self._seen = 0
-
-    def accept(
-        self, raw: bytes, sender: str = CUSTOMER, rcpts: tuple[str, ...] = (SUPPORT,), **env: Any
-    ) -> Outcome:
-        return self.app.ingestor.accept(raw, Envelope(sender, rcpts, **env), LIVE)
-
-    def customer(self, **mail: Any) -> tuple[Outcome, bytes]:
-        raw = make_mail(**mail)
-        return self.accept(raw), raw
-
-    def deliver(self) -> list[Received]:
-        """Run the sender once; the mail that arrived at the sink this time."""
-        self.sender.deliver_due()
-        new = self.sink.received[self._seen :]
-        self._seen = len(self.sink.received)
-        return new
-
-    def ticket(self, number: int) -> Any:
-        with self.app.store.unit() as session:
-            return repo.get_ticket(session, number)
-
-    def messages(self, number: int) -> list[Any]:
-        with self.app.store.unit() as session:
-            return repo.ticket_messages(session, number)
-
-    def outbox(self) -> list[Any]:
-        with self.app.store.unit() as session:
-            return repo.list_outbox(session)
-
-    def events(self, number: int) -> list[Any]:
-        with self.app.store.unit() as session:
-            return repo.ticket_events(session, number)
-
-
-MakeDesk = Callable[..., Desk]
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink.running() as running:
-        yield running
-
-
-@pytest.fixture
-def make_desk(make_app: Callable[..., Any], sqlite_url: str, clock: FixedClock) -> MakeDesk:
-    def make(
-        sink: SmtpSink,
-        url: str | None = None,
-        tickets: str = ACK,
-        agents: str = "",
-        outbound: str | None = None,
-        smtp: str = "",
-        **sender: Any,
-    ) -> Desk:
-        text = CONFIG.format(
-            smtp=smtp,
-            url=url or sqlite_url,
-            tickets=tickets,
-            agents=agents,
-            outbound=outbound if outbound is not None else sink.outbound_toml(),
-        )
-        return Desk(make_app(url or sqlite_url, base=text), sink, clock, **sender)
-
-    return make
-
-
-def only(received: list[Received], rcpt: str) -> Received:
-    found = [r for r in received if rcpt in r.rcpt_tos]
-    assert len(found) == 1, [r.rcpt_tos for r in received]
-    return found[0]
-
-
-def text_of(msg: EmailMessage) -> str:
-    body = msg.get_body(("plain",))
-    assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")
-
 
 # --- a customer writes ---------------------------------------------------------------------
 
@@ -451,7 +337,7 @@ def test_refused_recipient_fails_and_others_are_still_delivered(
 def test_unreachable_smarthost_backs_off_then_fails(
     make_desk: MakeDesk, sink: SmtpSink, clock: FixedClock
 ) -> None:
-    from tests.fixtures.smtp_sink import free_port
+    from bench.servers.ports import free_port
 
     outbound = f'[outbound]\nsmarthost = "127.0.0.1"\nport = {free_port()}\ntimeout = "2s"\nmax_attempts = 4'
     desk = make_desk(sink, tickets="acknowledge = false", outbound=outbound)

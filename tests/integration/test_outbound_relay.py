@@ -9,12 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.desk import ALICE, CUSTOMER, TEAM, Desk, MakeDesk, agent_answer, only, text_of
 from tests.fixtures.smtp_sink import SmtpSink
-from tests.integration.test_agents import ALICE, agent_answer, only, text_of
-from tests.integration.test_outbound import CUSTOMER, TEAM, Desk, MakeDesk, make_desk
 from tests.mail import make_mail
-
-__all__ = ["make_desk"]  # the fixture, shared with test_outbound
 
 JOERG = "jörg@exämple.test"
 

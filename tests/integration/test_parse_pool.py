@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from bench.servers.ports import free_port
 from mailbridge import parse_pool
 from mailbridge.cli import cli
 from mailbridge.parse_pool import (
@@ -29,7 +30,6 @@ from mailbridge.storage import repository as repo
 from tests import parse_faults
 from tests.helpers_daemon import (
     InProcessDaemon,
-    free_port,
     settings_from,
     write_config,
 )

@@ -7,33 +7,21 @@ than `[tickets] max_participants`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.fixtures.smtp_sink import SmtpSink
-from tests.integration.test_agents import (
+from tests.desk import (
     AGENT_FROM,
     ALICE,
+    CUSTOMER,
+    SUPPORT,
+    TEAM,
+    Desk,
+    MakeDesk,
     agent_answer,
+    only,
     open_ticket,
     participants,
 )
-from tests.integration.test_outbound import CUSTOMER, SUPPORT, TEAM, Desk, MakeDesk, make_desk, only
+from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
-
-__all__ = ["make_desk"]
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink.running() as running:
-        yield running
-
-
-@pytest.fixture
-def desk(make_desk: MakeDesk, sink: SmtpSink) -> Desk:
-    return make_desk(sink)
 
 
 def relayed_to(desk: Desk) -> list[str]:

@@ -6,18 +6,15 @@ sink as smarthost, on SQLite (and two nodes on PostgreSQL for the round-robin cu
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from mailbridge.envelope import Envelope
 from mailbridge.storage import repository as repo
+from tests.desk import LIVE, TEAM, Desk, MakeDesk, only
 from tests.fixtures.smtp_sink import SmtpSink
-from tests.integration.test_outbound import LIVE, TEAM, Desk, MakeDesk, make_desk, only
 from tests.mail import make_mail
-
-__all__ = ["make_desk"]
 
 # bob and erik are agents by the test config's agent domain
 ALICE, BOB, ERIK = "alice@example.com", "bob@agents.example.com", "erik@agents.example.com"
@@ -55,12 +52,6 @@ name = "rspamd"
 match = {{ header = "X-Spam", regex = "(?i)^yes" }}
 set = {{ status = "spam" }}
 """
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink.running() as running:
-        yield running
 
 
 @pytest.fixture

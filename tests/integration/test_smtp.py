@@ -19,17 +19,18 @@ from typing import Any
 
 import pytest
 
+from bench.servers.ports import free_port
 from mailbridge.auth_users import hash_password
 from mailbridge.storage import repository as repo
 from tests.helpers_daemon import (
     InProcessDaemon,
-    free_port,
     make_cert,
     settings_from,
     write_config,
 )
 from tests.mail import make_mail as make_lf_mail
 from tests.mail import message_id_of
+from tests.smtp_client import RawClient
 
 CUSTOMER = "carol@customer.example"
 SUPPORT = "support@example.com"
@@ -311,26 +312,11 @@ def test_per_client_limit_counts_each_ipv4_address_apart(start: Start) -> None:
         smtp.quit()
 
 
-class RawClient:
+class DataClient(RawClient):
     """Bytes on a socket, at the pace the test chooses."""
 
     def __init__(self, d: InProcessDaemon) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port_of(d)), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def reply(self) -> bytes:
-        lines = []
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise ConnectionError("closed by the server")
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"".join(lines)
-
-    def command(self, line: str) -> bytes:
-        self.sock.sendall(line.encode() + b"\r\n")
-        return self.reply()
+        super().__init__(port_of(d))
 
     def start_data(self) -> None:
         assert self.reply().startswith(b"220")
@@ -338,10 +324,6 @@ class RawClient:
         assert self.command(f"MAIL FROM:<{CUSTOMER}>").startswith(b"250")
         assert self.command(f"RCPT TO:<{SUPPORT}>").startswith(b"250")
         assert self.command("DATA").startswith(b"354")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 TIMEOUTS = 'timeout = "2s"\ndata_timeout = "1s"\ndata_min_rate = 100'
@@ -353,7 +335,7 @@ def test_slow_but_steady_sender_delivers_past_the_idle_timeout(start: Start) -> 
     raw = make_mail(body=("steady line of text " * 3 + "\n") * 40)  # about 2.5 KB
     chunks = [raw[i : i + 200] for i in range(0, len(raw), 200)]
     assert len(chunks) * PAUSE > 2.4  # the whole DATA lasts longer than the idle timeout
-    slow = RawClient(d)
+    slow = DataClient(d)
     try:
         slow.start_data()
         for chunk in chunks:  # 1,000 bytes/s: above data_min_rate, so DATA may last this long
@@ -373,7 +355,7 @@ def test_stalled_and_trickling_clients_are_cut(
     caplog.set_level(logging.INFO, logger="mailbridge.smtp")
     d = start(smtp=TIMEOUTS)
     raw = make_mail()
-    stalled, trickler = RawClient(d), RawClient(d)
+    stalled, trickler = DataClient(d), DataClient(d)
     try:
         assert stalled.reply().startswith(b"220")
         assert stalled.command("EHLO client.example").startswith(b"250")

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from email import message_from_bytes, policy
-from email.headerregistry import Address
 
 import pytest
 
 from mailbridge import outbound
-from mailbridge.config import parse_settings
 from mailbridge.outbound import (
     FOOTER_COMMANDS,
     FOOTER_MARK,
-    Draft,
-    Outbound,
     conversation_id,
     header_safe,
     mailbox,
@@ -26,50 +21,9 @@ from mailbridge.outbound import (
 )
 from mailbridge.parse import parse
 from mailbridge.storage.models import Ticket
+from tests.outbound_parts import NOW, make_draft, make_outbound, make_ticket
 
-NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-SETTINGS = """
-[smtp]
-addresses = ["support@example.com"]
-[agents]
-addresses = ["alice@example.com"]
-notify = ["team@example.com"]
-[outbound]
-from_address = "support@example.com"
-"""
 FOOTER = f"-- \n{FOOTER_MARK}\nNew ticket [#7] (new) from Carol <carol@customer.example>\n{FOOTER_COMMANDS}"
-
-
-def make_outbound() -> Outbound:
-    return Outbound(parse_settings(SETTINGS, "test.toml"), lambda: NOW)
-
-
-def make_ticket(**kw: object) -> Ticket:
-    values: dict[str, object] = {
-        "number": 7,
-        "token": "abcdefghijklmnop",
-        "status": "new",
-        "subject": "Printer on fire",
-        "customer": "carol@customer.example",
-        "customer_name": "Carol",
-        "created_at": NOW,
-        "thread_index": None,
-    }
-    return Ticket(**(values | kw))
-
-
-def make_draft(**kw: object) -> Draft:
-    values: dict[str, object] = {
-        "kind": "ack",
-        "author_kind": "system",
-        "to": [Address("Carol", addr_spec="carol@customer.example")],
-        "subject": "Re: Printer on fire",
-        "body": "Hello\n",
-        "from_name": "Support",
-        "in_reply_to": "first@customer.example",
-        "auto_submitted": "auto-replied",
-    }
-    return Draft(**(values | kw))  # type: ignore[arg-type]
 
 
 def built(ticket: Ticket | None = None, **kw: object) -> bytes:

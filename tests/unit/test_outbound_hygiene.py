@@ -14,7 +14,7 @@ import pytest
 
 from mailbridge.compose import attachments_of, valid_message_id
 from mailbridge.outbound import Part
-from tests.unit.test_outbound_headers import NOW, make_draft, make_outbound, make_ticket
+from tests.outbound_parts import NOW, make_draft, make_outbound, make_ticket
 
 
 def rendered(known: list[str] | None = None, **kw: object) -> tuple[EmailMessage, bytes]:

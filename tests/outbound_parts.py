@@ -1,0 +1,54 @@
+"""An `Outbound` with the test settings, and a ticket and a draft to render, for the unit tests
+of outbound mail (headers, hygiene)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.headerregistry import Address
+
+from mailbridge.config import parse_settings
+from mailbridge.outbound import Draft, Outbound
+from mailbridge.storage.models import Ticket
+
+NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+SETTINGS = """
+[smtp]
+addresses = ["support@example.com"]
+[agents]
+addresses = ["alice@example.com"]
+notify = ["team@example.com"]
+[outbound]
+from_address = "support@example.com"
+"""
+
+
+def make_outbound() -> Outbound:
+    return Outbound(parse_settings(SETTINGS, "test.toml"), lambda: NOW)
+
+
+def make_ticket(**kw: object) -> Ticket:
+    values: dict[str, object] = {
+        "number": 7,
+        "token": "abcdefghijklmnop",
+        "status": "new",
+        "subject": "Printer on fire",
+        "customer": "carol@customer.example",
+        "customer_name": "Carol",
+        "created_at": NOW,
+        "thread_index": None,
+    }
+    return Ticket(**(values | kw))
+
+
+def make_draft(**kw: object) -> Draft:
+    values: dict[str, object] = {
+        "kind": "ack",
+        "author_kind": "system",
+        "to": [Address("Carol", addr_spec="carol@customer.example")],
+        "subject": "Re: Printer on fire",
+        "body": "Hello\n",
+        "from_name": "Support",
+        "in_reply_to": "first@customer.example",
+        "auto_submitted": "auto-replied",
+    }
+    return Draft(**(values | kw))  # type: ignore[arg-type]
