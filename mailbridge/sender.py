@@ -460,18 +460,23 @@ class OutboxSender:
                             connect_error = result
                     if not result.sent:
                         conn = self._close(conn)
-                try:
-                    self._record(job, result, now)
-                except Exception:
-                    # keep what the smarthost said; the rest of the batch waits for its lease
-                    self._unrecorded[job.id] = (job, result)
-                    raise
-                finally:
-                    claim.done(job.id)
+                self._record_or_keep(job, result, now, claim)
                 sent += result.sent
         finally:
             self._close(conn, polite=True)
         return sent
+
+    def _record_or_keep(self, job: Job, result: Result, now: datetime | None, claim: Claim) -> None:
+        """Record an attempt; when that commit fails, keep the result (recorded before anything
+        else is claimed, never attempted again by us) and let the rest of the batch wait for
+        its lease."""
+        try:
+            self._record(job, result, now)
+        except Exception:
+            self._unrecorded[job.id] = (job, result)
+            raise
+        finally:
+            claim.done(job.id)
 
     def _post_batch(self, jobs: list[Job], now: datetime | None, claim: Claim) -> int:
         """Webhook rows: one POST each (see `webhooks.py`), only while the claim is surely ours."""
@@ -487,13 +492,7 @@ class OutboxSender:
             else:
                 posted = self.poster.post(job.mail_from, job.raw, job.delivery_id)
                 result = Result(posted.sent, posted.error, posted.permanent)
-            try:
-                self._record(job, result, now)
-            except Exception:
-                self._unrecorded[job.id] = (job, result)
-                raise
-            finally:
-                claim.done(job.id)
+            self._record_or_keep(job, result, now, claim)
             sent += result.sent
         return sent
 
