@@ -23,7 +23,7 @@ from bench.servers.dovecot import PASSWORD, USER, DovecotServer, missing_reason
 from mailbridge.app import App
 from mailbridge.config import parse_settings
 from mailbridge.envelope import Outcome, Source
-from mailbridge.sources.imap import FolderPoller, watches
+from mailbridge.sources.imap.poller import FolderPoller, watches
 
 CONFIG = """
 [database]

@@ -85,7 +85,7 @@ def run(kind: str, count: int, kb: int, work: Path) -> dict[str, object]:
     from mailbridge.clock import FixedClock
     from mailbridge.config import parse_settings
     from mailbridge.envelope import Envelope, Source
-    from mailbridge.sender import OutboxSender
+    from mailbridge.outbound.sender import OutboxSender
 
     db = work / f"{kind}.db"
     clock = FixedClock(datetime(2026, 11, 2, 9, 0, tzinfo=UTC))

@@ -14,7 +14,7 @@ from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, NotFound, Refused
 from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.lifecycle import Kind
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 
 if TYPE_CHECKING:
     from mailbridge.ingest import Ingestor

@@ -10,10 +10,9 @@ from mailbridge.clock import Clock, system_clock
 from mailbridge.config import Settings
 from mailbridge.correlate import Tokens
 from mailbridge.ingest import Ingestor
-from mailbridge.outbound import Outbound
-from mailbridge.storage import Store, open_store
-from mailbridge.storage import repository as repo
-from mailbridge.webhooks import Subscriptions
+from mailbridge.outbound.decide import Outbound
+from mailbridge.outbound.webhooks import Subscriptions
+from mailbridge.storage import Store, open_store, repo
 
 
 @dataclass

@@ -177,7 +177,7 @@ def db_upgrade(ctx: Ctx) -> None:
 def ingest(ctx: Ctx, paths: tuple[Path, ...], as_json: bool, dry_run: bool) -> None:
     """Ingest .eml files, directories, mbox files or Maildirs."""
     from mailbridge.envelope import Envelope, Source
-    from mailbridge.parse_pool import ParsePool, parse_ahead
+    from mailbridge.ingest.pool import ParsePool, parse_ahead
     from mailbridge.sources.files import Skipped, count_messages, iter_messages
 
     app = ctx.app
@@ -287,7 +287,7 @@ def tickets(
 ) -> None:
     """List tickets."""
     from mailbridge import views
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with ctx.app.store.unit() as session:
         found = [
@@ -333,7 +333,7 @@ def ticket() -> None:
 def ticket_show(ctx: Ctx, number: int, as_json: bool) -> None:
     """One ticket: its messages and events, interleaved by time."""
     from mailbridge import views
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     app = ctx.app
     with app.store.unit() as session:
@@ -424,7 +424,7 @@ def quarantine() -> None:
 def quarantine_list(ctx: Ctx, show_all: bool, as_json: bool) -> None:
     """Held messages: id, time, kind, state, sender, reason."""
     from mailbridge import views
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with ctx.app.store.unit() as session:
         rows = [views.quarantine_view(q) for q in repo.list_quarantine(session, show_all, show_all)]
@@ -446,7 +446,7 @@ def quarantine_list(ctx: Ctx, show_all: bool, as_json: bool) -> None:
 def quarantine_show(ctx: Ctx, pk: int) -> None:
     """One entry: where it came from, why it is held, and the error's detail."""
     from mailbridge import views
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with ctx.app.store.unit() as session:
         q = repo.get_quarantine(session, pk)
@@ -473,13 +473,13 @@ def quarantine_show(ctx: Ctx, pk: int) -> None:
 def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: str | None) -> None:
     """Run held messages through the pipeline again (exit 1 if any stays quarantined)."""
     from mailbridge.actions import retry_quarantined
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     if bool(pks) == retry_all:
         fail("give quarantine IDs or --all, not both", 2)
     if reason is not None and not retry_all:
         fail("--reason selects entries for --all", 2)
-    from mailbridge.parse_pool import ParsePool
+    from mailbridge.ingest.pool import ParsePool
 
     app = ctx.app  # built once: releasing a flood of 200 entries is one process, not 200
     if retry_all:
@@ -523,7 +523,7 @@ def message() -> None:
 @handled
 def message_raw(ctx: Ctx, pk: int) -> None:
     """The stored raw bytes, byte for byte."""
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with ctx.app.store.unit() as session:
         m = repo.get_message(session, pk, with_raw=True)
@@ -642,7 +642,7 @@ def _outbox_view(row: Any) -> dict[str, Any]:
 @handled
 def outbox_list(ctx: Ctx, failed: bool, as_json: bool) -> None:
     """Outbox rows: id, state, kind, ticket, attempts, recipients, last error."""
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with ctx.app.store.unit() as session:
         rows = [_outbox_view(r) for r in repo.list_outbox(session, "failed" if failed else None)]
@@ -665,7 +665,7 @@ def outbox_list(ctx: Ctx, failed: bool, as_json: bool) -> None:
 @handled
 def outbox_show(ctx: Ctx, pk: int) -> None:
     """One outbox row, with the smarthost's last reply."""
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with ctx.app.store.unit() as session:
         row = repo.get_outbox(session, pk)

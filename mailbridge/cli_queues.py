@@ -19,7 +19,7 @@ LIVE = ("new", "open", "answered", "postponed")
 
 @contextmanager
 def _changing(app: Any, number: int) -> Iterator[tuple[Any, Any]]:
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     with app.store.unit() as session:
         ticket = repo.get_ticket(session, number, lock=True)
@@ -102,7 +102,7 @@ def register(
     @handled
     def ticket_tag(ctx: Any, number: int, words: tuple[str, ...], remove: bool) -> None:
         """Tag a ticket (lowercase words), or untag it with --remove."""
-        from mailbridge.storage import repository as repo
+        from mailbridge.storage import repo
 
         app = ctx.app
         with _changing(app, number) as (session, t):
@@ -128,7 +128,7 @@ def register(
     @handled
     def queues(ctx: Any, as_json: bool) -> None:
         """Each queue: tickets per status, unassigned, the oldest waiting ticket's age."""
-        from mailbridge.storage import repository as repo
+        from mailbridge.storage import repo
 
         app = ctx.app
         with app.store.unit() as session:

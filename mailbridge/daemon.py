@@ -29,13 +29,13 @@ from mailbridge.component import Component
 from mailbridge.config import Settings, describe, load_settings
 from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
+from mailbridge.ingest.pool import ParsePool
 from mailbridge.metrics import Metrics
-from mailbridge.parse_pool import ParsePool
+from mailbridge.outbound.sender import OutboxSender
 from mailbridge.scheduler import Scheduler
-from mailbridge.sender import OutboxSender
-from mailbridge.sources import smtp as smtp_source
-from mailbridge.sources.imap import ImapPollers
-from mailbridge.sources.smtp import SHUTDOWN_GRACE, SmtpListener
+from mailbridge.sources.imap.poller import ImapPollers
+from mailbridge.sources.smtp import listener as smtp_source
+from mailbridge.sources.smtp.listener import SHUTDOWN_GRACE, SmtpListener
 from mailbridge.sweeps import Sweeps
 
 log = logging.getLogger("mailbridge.daemon")

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from mailbridge.errors import MailbridgeError
 from mailbridge.lifecycle import Status
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 
 if TYPE_CHECKING:
     from mailbridge.envelope import Outcome, Source

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from mailbridge import lifecycle
 from mailbridge.routing import PRIORITIES
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -48,7 +48,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailbridge.lifecycle import CONFIRMED, Kind, Status
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from mailbridge.views import iso
 
 if TYPE_CHECKING:

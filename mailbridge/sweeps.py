@@ -23,7 +23,7 @@ from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import IllegalTransition
 from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.lifecycle import Kind, Status
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -13,8 +13,8 @@ from typing import Any
 from mailbridge.app import App
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Outcome, Source
-from mailbridge.sender import OutboxSender
-from mailbridge.storage import repository as repo
+from mailbridge.outbound.sender import OutboxSender
+from mailbridge.storage import repo
 from tests.fixtures.smtp_sink import Received, SmtpSink
 from tests.mail import make_mail
 

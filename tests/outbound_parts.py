@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 
 from mailbridge.config import parse_settings
-from mailbridge.outbound import Draft, Outbound
+from mailbridge.outbound.decide import Draft, Outbound
 from mailbridge.storage.models import Ticket
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.config import load_settings
 from mailbridge.envelope import Envelope, Source
-from mailbridge.sender import OutboxSender
+from mailbridge.outbound.sender import OutboxSender
 from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
 

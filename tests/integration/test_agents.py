@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mailbridge.auth_users import hash_password
 from mailbridge.clock import FixedClock
-from mailbridge.outbound import FOOTER_MARK
-from mailbridge.storage import repository as repo
+from mailbridge.outbound.decide import FOOTER_MARK
+from mailbridge.storage import repo
 from tests.desk import (
     AGENT_FROM,
     ALICE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests.desk import ALICE, CUSTOMER, Desk, agent_answer, only, open_ticket, text_of
 
 

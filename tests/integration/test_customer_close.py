@@ -13,7 +13,7 @@ from mailbridge import lifecycle
 from mailbridge.envelope import Envelope, Source
 from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.report import build_report
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.mail import make_mail, message_id_of
 

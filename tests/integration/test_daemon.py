@@ -92,7 +92,7 @@ def test_sigterm_during_data_finishes_that_message(tmp_path: Path, config: Path)
         proc.kill()
     # the message is really there, with a fresh look at the database
     from mailbridge.app import App
-    from mailbridge.storage import repository as repo
+    from mailbridge.storage import repo
 
     app = App.build(settings_from(config))
     try:

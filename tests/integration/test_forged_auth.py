@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.servers.ports import free_port
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests.desk import ALICE, CUSTOMER, SUPPORT, Desk, answer, open_ticket
 from tests.fixtures.smtp_sink import Received
 from tests.helpers_daemon import InProcessDaemon, settings_from

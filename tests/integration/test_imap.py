@@ -18,9 +18,9 @@ import pytest
 from mailbridge import node
 from mailbridge.app import App
 from mailbridge.errors import ImapError
-from mailbridge.sources.imap import FolderPoller, ImapPollers, watches
-from mailbridge.sources.imap_session import ImapSession
-from mailbridge.storage import repository as repo
+from mailbridge.sources.imap.poller import FolderPoller, ImapPollers, watches
+from mailbridge.sources.imap.session import ImapSession
+from mailbridge.storage import repo
 from tests.mail import make_mail, message_id_of
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mailbridge.envelope import Envelope, Source
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)

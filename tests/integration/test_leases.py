@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 
 TTL = timedelta(seconds=30)
 NAME = "imap:support:INBOX"

@@ -23,10 +23,10 @@ from sqlalchemy.exc import OperationalError
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import StorageUnavailable
-from mailbridge.outbound import FOOTER_MARK
+from mailbridge.outbound.decide import FOOTER_MARK
+from mailbridge.outbound.sender import OutboxSender
 from mailbridge.parse import parse
-from mailbridge.sender import OutboxSender
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests.desk import ACK, CUSTOMER, SUPPORT, TEAM, Desk, MakeDesk, only, text_of
 from tests.fixtures.smtp_sink import SmtpSink, tls_pair
 from tests.mail import make_mail, message_id_of

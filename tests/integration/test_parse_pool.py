@@ -19,14 +19,14 @@ import pytest
 from click.testing import CliRunner
 
 from bench.servers.ports import free_port
-from mailbridge import parse_pool
 from mailbridge.cli import cli
-from mailbridge.parse_pool import (
+from mailbridge.ingest import pool as parse_pool
+from mailbridge.ingest.pool import (
     PARSE_TIMEOUT,
     ParsePool,
     parse_ahead,
 )
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests import parse_faults
 from tests.helpers_daemon import (
     InProcessDaemon,

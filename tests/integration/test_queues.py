@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mailbridge.envelope import Envelope
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests.desk import LIVE, TEAM, Desk, MakeDesk, only
 from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail

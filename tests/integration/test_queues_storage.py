@@ -8,8 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from mailbridge.storage import open_store
-from mailbridge.storage import repository as repo
+from mailbridge.storage import open_store, repo
 from mailbridge.storage.engine import MIGRATIONS, make_engine
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ import pytest
 from mailbridge.config import parse_settings
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ConfigError
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.conftest import BASE_CONFIG
 from tests.mail import make_mail, message_id_of

@@ -17,7 +17,7 @@ from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
 from mailbridge.report_html import render_html
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.mail import make_mail, message_id_of
 

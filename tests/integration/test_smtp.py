@@ -21,7 +21,7 @@ import pytest
 
 from bench.servers.ports import free_port
 from mailbridge.auth_users import hash_password
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from tests.helpers_daemon import (
     InProcessDaemon,
     make_cert,
@@ -509,7 +509,7 @@ def test_starttls_with_a_test_certificate_and_require_tls(start: Start, tmp_path
 
 @pytest.fixture
 def fast_auth_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mailbridge.sources.smtp.AUTH_FAILURE_DELAY", 0.0)
+    monkeypatch.setattr("mailbridge.sources.smtp.listener.AUTH_FAILURE_DELAY", 0.0)
 
 
 def users_file(tmp_path: Path) -> Path:
@@ -595,7 +595,7 @@ def test_aiosmtpd_private_attribute_we_set_still_exists() -> None:
 
     from aiosmtpd.smtp import SMTP
 
-    from mailbridge.sources.smtp import _require_tls_for_auth
+    from mailbridge.sources.smtp.listener import _require_tls_for_auth
 
     loop = asyncio.new_event_loop()
     try:
@@ -683,7 +683,7 @@ def test_password_hashing_does_not_wait_for_the_database_threads(
 
 
 def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
-    from mailbridge.sources.smtp import _describe_peer
+    from mailbridge.sources.smtp.listener import _describe_peer
 
     assert _describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
     assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
@@ -700,7 +700,7 @@ def test_ipv6_clients_share_a_limit_per_64() -> None:
     The listener test for per-client limits runs over IPv4 (127.0.0.2/3): this machine cannot
     source connections from several IPv6 addresses, so the IPv6 bucketing is checked here.
     """
-    from mailbridge.sources.smtp import _describe_peer
+    from mailbridge.sources.smtp.listener import _describe_peer
 
     def bucket(host: str) -> str | None:
         return _describe_peer((host, 25, 0, 0))[1]

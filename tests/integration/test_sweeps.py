@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
-from mailbridge.outbound import Outbound
+from mailbridge.outbound.decide import Outbound
 from mailbridge.scheduler import Scheduler
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from mailbridge.storage.models import Outbox
 from mailbridge.sweeps import Change, Sweeps
 from tests.mail import make_mail, message_id_of

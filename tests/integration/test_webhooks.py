@@ -24,8 +24,8 @@ from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ConfigError
 from mailbridge.lifecycle import Record
 from mailbridge.metrics import Metrics
-from mailbridge.sender import OutboxSender
-from mailbridge.storage import repository as repo
+from mailbridge.outbound.sender import OutboxSender
+from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.mail import make_mail
 

@@ -7,8 +7,8 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from mailbridge import outbound
-from mailbridge.outbound import (
+from mailbridge.outbound import decide as outbound
+from mailbridge.outbound.decide import (
     FOOTER_COMMANDS,
     FOOTER_MARK,
     conversation_id,

@@ -12,8 +12,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from mailbridge.compose import attachments_of, valid_message_id
-from mailbridge.outbound import Part
+from mailbridge.outbound.compose import attachments_of, valid_message_id
+from mailbridge.outbound.decide import Part
 from tests.outbound_parts import NOW, make_draft, make_outbound, make_ticket
 
 

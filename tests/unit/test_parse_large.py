@@ -1,4 +1,4 @@
-"""mailbridge.large_message: big mail parses like the ordinary path, without the stdlib seeing
+"""mailbridge.parse.large: big mail parses like the ordinary path, without the stdlib seeing
 its long bodies. Memory itself is measured by bench/bigmail_bench.py, not here."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mailbridge.parse as parse_module
-from mailbridge import large_message, mime_walk
 from mailbridge.errors import ParseError
-from mailbridge.parse import Attachment, ParsedMessage, parse
+from mailbridge.parse import Attachment, ParsedMessage, mime_walk, parse
+from mailbridge.parse import large as large_message
 
 _DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 CORPUS = Path(os.environ.get("MAILBRIDGE_CORPUS", _DEFAULT_CORPUS))

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailbridge.header_decode import TextDecoder, _encoded_words
 from mailbridge.parse import parse
+from mailbridge.parse.headers import TextDecoder, _encoded_words
 
 # The pattern header_decode used before: the reference for what an encoded-word is.
 _REFERENCE = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?(.{0,4000}?)\?=")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from mailbridge.config import SmtpSettings
-from mailbridge.sources.smtp import (
+from mailbridge.sources.smtp.listener import (
     AUTH_FAILURE_DELAY,
     AUTH_MAX_DELAY,
     FD_RESERVE,

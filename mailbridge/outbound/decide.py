@@ -19,20 +19,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailbridge import classify, correlate, lifecycle
-from mailbridge.clock import Clock, system_clock
-from mailbridge.compose import (
-    MAX_REFERENCES,
-    Part,
-    Pending,
-    attachments_of,
-    box_of,
-    compose,
-    conversation_id,
-    thread_index,
-    trim_references,
-    write,
+from mailbridge import (
+    correlate,
+    lifecycle,
 )
+from mailbridge import rules as classify
+from mailbridge.clock import Clock, system_clock
 from mailbridge.fingerprint import dedup_key
 from mailbridge.mailtext import (
     FOOTER_COMMANDS,
@@ -45,7 +37,19 @@ from mailbridge.mailtext import (
     strip_footer,
 )
 from mailbridge.mailtext import template as _template
-from mailbridge.storage import repository as repo
+from mailbridge.outbound.compose import (
+    MAX_REFERENCES,
+    Part,
+    Pending,
+    attachments_of,
+    box_of,
+    compose,
+    conversation_id,
+    thread_index,
+    trim_references,
+    write,
+)
+from mailbridge.storage import repo
 from mailbridge.storage.models import Message, Outbox, Ticket
 
 if TYPE_CHECKING:
@@ -53,8 +57,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session
 
-    from mailbridge.classify import Verdict
     from mailbridge.parse import ParsedMessage
+    from mailbridge.rules import Verdict
 
 __all__ = [  # the pure helpers live in mailtext/compose; callers and tests know them from here
     "FOOTER_COMMANDS",
@@ -75,7 +79,7 @@ __all__ = [  # the pure helpers live in mailtext/compose; callers and tests know
     "trim_references",
 ]
 
-log = logging.getLogger("mailbridge.outbound")
+log = logging.getLogger("mailbridge.outbound.decide")
 
 # RFC 3834 5.1: never answer these automatically (lists, daemons, no-reply boxes)
 _NO_AUTO_REPLY = re.compile(

@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from mailbridge.attachment_names import MIMETYPES, extension, filename, sanitize_filename
-from mailbridge.header_decode import TextDecoder
-from mailbridge.large_message import LazyPayload
-from mailbridge.mime_payload import payload_bytes, payload_size, uu_decode
-from mailbridge.mime_split import iter_parts, raw_payload
-from mailbridge.parse_html import html_to_text
-from mailbridge.parse_result import Attachment, guard
+from mailbridge.parse.attachment_names import MIMETYPES, extension, filename, sanitize_filename
+from mailbridge.parse.headers import TextDecoder
+from mailbridge.parse.html import html_to_text
+from mailbridge.parse.large import LazyPayload
+from mailbridge.parse.mime_payload import payload_bytes, payload_size, uu_decode
+from mailbridge.parse.mime_split import iter_parts, raw_payload
+from mailbridge.parse.result import Attachment, guard
 
 __all__ = ["MAX_TEXT_BYTES", "Walker"]
 

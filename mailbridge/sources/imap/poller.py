@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from mailbridge import node
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ImapError, StorageUnavailable
-from mailbridge.sources.imap_session import FolderMissing, ImapSession
-from mailbridge.storage import repository as repo
+from mailbridge.sources.imap.session import FolderMissing, ImapSession
+from mailbridge.storage import repo
 
 if TYPE_CHECKING:
     from mailbridge.app import App

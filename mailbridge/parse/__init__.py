@@ -28,11 +28,11 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from mailbridge.header_decode import TextDecoder, clean, unfold
-from mailbridge.large_message import split_large
-from mailbridge.mime_split import header_end, iter_parts, prepare, split
-from mailbridge.mime_walk import Walker
-from mailbridge.parse_result import Address, Attachment, ParsedMessage, guard
+from mailbridge.parse.headers import TextDecoder, clean, unfold
+from mailbridge.parse.large import split_large
+from mailbridge.parse.mime_split import header_end, iter_parts, prepare, split
+from mailbridge.parse.mime_walk import Walker
+from mailbridge.parse.result import Address, Attachment, ParsedMessage, guard
 
 __all__ = [
     "CLASSIFY_HEADERS",
@@ -67,7 +67,7 @@ CLASSIFY_HEADERS = frozenset(
     }
 )
 
-# Above this size the stdlib never sees the long bodies (`mailbridge.large_message`).
+# Above this size the stdlib never sees the long bodies (`mailbridge.parse.large`).
 LARGE_MESSAGE_BYTES = 4 * 1024 * 1024
 
 # what `parse` keeps when the body cannot be walked

@@ -47,8 +47,8 @@ from mailbridge.correlate import Tokens
 from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest import Ingestor
-from mailbridge.parse_pool import ParsePool, ParseResult
-from mailbridge.sources.smtp_fast import FastSMTP, register
+from mailbridge.ingest.pool import ParsePool, ParseResult
+from mailbridge.sources.smtp.fast import FastSMTP, register
 
 if TYPE_CHECKING:
     from mailbridge.metrics import Metrics

@@ -17,7 +17,7 @@ a list of a million lines and a joined copy: several hundred MB for one mail. In
    parses the message the ordinary way.
 
 So the structure, headers, names and defects are the stdlib's own; only the bodies stay
-in the raw bytes, read a chunk at a time (`mailbridge.mime_payload`).
+in the raw bytes, read a chunk at a time (`mailbridge.parse.mime_payload`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
 from email.parser import BytesParser
 
-from mailbridge.mime_split import HEADER_LINE, iter_parts, split
+from mailbridge.parse.mime_split import HEADER_LINE, iter_parts, split
 
 __all__ = ["CHUNK", "MIN_RUN", "LazyPayload", "elide", "split_large"]
 

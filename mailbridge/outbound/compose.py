@@ -23,10 +23,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
-from mailbridge.attachment_names import sanitize_filename
 from mailbridge.mailtext import header_safe
+from mailbridge.parse.attachment_names import sanitize_filename
 
-log = logging.getLogger("mailbridge.outbound")
+log = logging.getLogger("mailbridge.outbound.decide")
 
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 MAX_REFERENCES = 20

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from email.message import Message
 
-from mailbridge.header_decode import TextDecoder, clean
-from mailbridge.mime_payload import UUENCODE, cte, payload_head
-from mailbridge.mime_split import raw_payload
+from mailbridge.parse.headers import TextDecoder, clean
+from mailbridge.parse.mime_payload import UUENCODE, cte, payload_head
+from mailbridge.parse.mime_split import raw_payload
 
 __all__ = ["MIMETYPES", "extension", "filename", "sanitize_filename"]
 

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Iterator
 from email.message import Message
 
-from mailbridge.header_decode import b64decode_lenient
-from mailbridge.large_message import LazyPayload
-from mailbridge.mime_split import raw_payload
+from mailbridge.parse.headers import b64decode_lenient
+from mailbridge.parse.large import LazyPayload
+from mailbridge.parse.mime_split import raw_payload
 
 __all__ = [
     "UUENCODE",

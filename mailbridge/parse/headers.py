@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from email.message import Message
 from email.utils import getaddresses
 
-from mailbridge.charsets import charset_hint, codec_for, decode_as, siblings
-from mailbridge.parse_result import Address
+from mailbridge.parse.charsets import charset_hint, codec_for, decode_as, siblings
+from mailbridge.parse.result import Address
 
 __all__ = ["TextDecoder", "b64decode_lenient", "clean", "unfold"]
 

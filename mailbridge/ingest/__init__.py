@@ -27,27 +27,27 @@ from sqlalchemy.exc import IntegrityError
 from mailbridge import (
     agent_commands,
     assignment,
-    classify,
     correlate,
     lifecycle,
     ownership,
     routing,
 )
+from mailbridge import rules as classify
 from mailbridge.clock import Clock, system_clock
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
+from mailbridge.ingest.pool import InlineParser, Parser, ParseResult
 from mailbridge.lifecycle import Kind, Status, TicketState
 from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, decode_header_text
-from mailbridge.parse_pool import InlineParser, Parser, ParseResult
-from mailbridge.storage import repository as repo
+from mailbridge.storage import repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from mailbridge.config import Settings
-    from mailbridge.outbound import Outbound
+    from mailbridge.outbound.decide import Outbound
     from mailbridge.storage import Store
 
 log = logging.getLogger("mailbridge.ingest")

@@ -516,7 +516,9 @@ def _webhook_url(value: str) -> str:
 
 
 def _webhook_events(value: tuple[str, ...]) -> tuple[str, ...]:
-    from mailbridge.webhooks import EVENT_NAMES  # the names live beside the code that matches them
+    from mailbridge.outbound.webhooks import (
+        EVENT_NAMES,  # the names live beside the code that matches them
+    )
 
     unknown = [name for name in value if name not in EVENT_NAMES]
     if unknown:

@@ -131,7 +131,7 @@ class ParsePool:
             # forkserver: workers fork from a clean single-threaded process (forking the
             # daemon, which runs threads, is unsafe), with the parser already imported
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["mailbridge.parse_pool"])
+            context.set_forkserver_preload(["mailbridge.ingest.pool"])
             self._pool = ProcessPool(max_workers=self.workers, context=context)
         return self
 

@@ -38,20 +38,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 from mailbridge import lifecycle
 from mailbridge.clock import Clock, system_clock
-from mailbridge.compose import Pending, Written, attachments_of, size_of, write
 from mailbridge.errors import DeliveryError, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
-from mailbridge.outbound import Outbound
-from mailbridge.storage import repository as repo
+from mailbridge.outbound.compose import Pending, Written, attachments_of, size_of, write
+from mailbridge.outbound.decide import Outbound
+from mailbridge.outbound.webhooks import KIND as WEBHOOK
+from mailbridge.outbound.webhooks import Poster
+from mailbridge.storage import repo
 from mailbridge.storage.models import Attachment
-from mailbridge.webhooks import KIND as WEBHOOK
-from mailbridge.webhooks import Poster
 
 if TYPE_CHECKING:
     from mailbridge.app import App
     from mailbridge.storage import Store
 
-log = logging.getLogger("mailbridge.sender")
+log = logging.getLogger("mailbridge.outbound.sender")
 
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=2)
