@@ -8,7 +8,6 @@ from typing import Any
 from mailbridge.actions import TicketActions
 from mailbridge.clock import Clock, system_clock
 from mailbridge.config import Settings
-from mailbridge.correlate import Tokens
 from mailbridge.ingest import Ingestor
 from mailbridge.outbound.decide import Outbound
 from mailbridge.outbound.webhooks import Subscriptions
@@ -56,7 +55,7 @@ class App:
 
     def reply_to(self, token: str, queue: str | None = None) -> str:
         """The ticket's token address, on its queue's from address (SPEC 7)."""
-        tokens = Tokens(self.settings.accepted_addresses, self.settings.tickets.plus_separator)
+        tokens = self.settings.addressing.tokens
         base = self.settings.queue_sender(queue)[0] if queue else None
         return tokens.address(token, base)
 

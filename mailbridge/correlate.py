@@ -72,6 +72,20 @@ class Tokens:
         return address in self.support or self.token_of(address) is not None
 
 
+class Addressing:
+    """How mail finds its ticket by address and subject: the plus-token addresses and the subject
+    tag. Built once from the config and shared by every component that reads or writes them."""
+
+    def __init__(
+        self,
+        support_addresses: Iterable[str],
+        separator: str = "+",
+        subject_tag: str = "[#{number}]",
+    ) -> None:
+        self.tokens = Tokens(support_addresses, separator)
+        self.tagger = Tagger(subject_tag)
+
+
 def thread_keys(
     msg: ParsedMessage, recipients: Iterable[str], tokens: Tokens, tagger: Tagger
 ) -> ThreadKeys:

@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mailbridge import business_time
+from mailbridge import business_time, correlate
 from mailbridge.errors import ConfigError
 
 ENV_VAR = "MAILBRIDGE_CONFIG"
@@ -718,6 +718,7 @@ class Settings(_Section):
     sla: tuple[SlaSettings, ...] = ()
     _source_path: Path | None = PrivateAttr(default=None)
     _queue_list: tuple[Queue, ...] = PrivateAttr(default=())
+    _addressing: correlate.Addressing | None = PrivateAttr(default=None)
 
     @property
     def source_path(self) -> Path | None:
@@ -733,6 +734,17 @@ class Settings(_Section):
                 Queue(name="support", addresses=self.smtp.addresses),
             )
         return self._queue_list
+
+    @property
+    def addressing(self) -> correlate.Addressing:
+        """Plus-tokens on the accepted addresses and the subject tag, built once per config."""
+        if self._addressing is None:
+            self._addressing = correlate.Addressing(
+                [a.lower() for a in self.accepted_addresses],
+                self.tickets.plus_separator,
+                self.tickets.subject_tag,
+            )
+        return self._addressing
 
     @property
     def accepted_addresses(self) -> tuple[str, ...]:

@@ -116,8 +116,7 @@ class Ingestor:
         """(Re)build what ingest derives from the config; called again on reload."""
         self.settings = settings
         agents = settings.agents
-        support = [a.lower() for a in settings.accepted_addresses]
-        self.tokens = correlate.Tokens(support, settings.tickets.plus_separator)
+        self.tokens = settings.addressing.tokens
         self.router = routing.Router(
             settings.queue_list, settings.filters, settings.tickets.plus_separator
         )
@@ -129,14 +128,14 @@ class Ingestor:
             if extra
             else None
         )
-        self.tagger = correlate.Tagger(settings.tickets.subject_tag)
+        self.tagger = settings.addressing.tagger
         self.policy = classify.Policy(
             identity=settings.outbound.identity or "mailbridge",
             agent_addresses=frozenset(a.lower() for a in agents.addresses),
             agent_domains=frozenset(d.lower().lstrip("@") for d in agents.domains),
             trusted_authserv_ids=frozenset(a.lower() for a in agents.trusted_authserv_ids),
             blocked=frozenset(b.lower() for b in settings.tickets.blocked_senders),
-            support_addresses=frozenset(support),
+            support_addresses=frozenset(self.tokens.support),
         )
 
     # --- entry points -------------------------------------------------------------------

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailbridge import (
-    correlate,
     lifecycle,
 )
 from mailbridge import rules as classify
@@ -124,8 +123,8 @@ class Outbound:
         self.from_address = (out.from_address or settings.smtp.addresses[0]).lower()
         self.domain = self.from_address.rpartition("@")[2]
         self.identity = out.identity or self.from_address
-        self.tokens = correlate.Tokens(settings.accepted_addresses, tickets.plus_separator)
-        self.tagger = correlate.Tagger(tickets.subject_tag)
+        self.tokens = settings.addressing.tokens
+        self.tagger = settings.addressing.tagger
         self.agents = classify.Policy(
             agent_addresses=frozenset(a.lower() for a in agents.addresses),
             agent_domains=frozenset(d.lower().lstrip("@") for d in agents.domains),

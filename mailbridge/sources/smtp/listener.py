@@ -111,7 +111,7 @@ class ListenerConfig:
             mode=smtp.mode,
             hostname=smtp.hostname or socket.gethostname(),
             trusted_peers=smtp.trusted_peers,
-            tokens=Tokens(settings.accepted_addresses, settings.tickets.plus_separator),
+            tokens=settings.addressing.tokens,
             max_recipients=smtp.max_recipients,
             max_message_size=smtp.max_message_size,
             max_connections_per_client=smtp.max_connections_per_client,
