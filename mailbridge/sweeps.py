@@ -26,10 +26,8 @@ from mailbridge.lifecycle import Kind, Status
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.config import Rule, Settings
-    from mailbridge.storage import Store
+    from mailbridge.storage import Session, Store
     from mailbridge.storage.models import Ticket
 
 log = logging.getLogger("mailbridge.sweeps")

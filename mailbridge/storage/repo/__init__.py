@@ -63,8 +63,6 @@ from mailbridge.storage.repo.queues import (
 from mailbridge.storage.repo.threads import (
     add_participants,
     add_thread_keys,
-    defer_writes,
-    flush_deferred,
     is_participant,
     participants,
     ticket_by_token,
@@ -101,9 +99,7 @@ __all__ = [
     "count_new_tickets_from",
     "count_outbox_kind",
     "count_outbox_to",
-    "defer_writes",
     "due_postponed",
-    "flush_deferred",
     "get_message",
     "get_outbox",
     "get_quarantine",

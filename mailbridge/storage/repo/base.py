@@ -5,21 +5,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select
 from sqlalchemy.engine import CursorResult, Result
-from sqlalchemy.orm import Session
 
-from mailbridge.storage.models import Base
+from mailbridge.storage.models import Base, table_of
+from mailbridge.storage.uow import Session
 
 
 def key_of(message_id: str) -> str:
     """The Message-ID index key: a fixed-size hash, whatever the ID's length."""
     return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def table_of(model: type[Base]) -> Table:
-    """The Core table of a mapped class (declarative types `__table__` only as a FromClause)."""
-    return cast(Table, model.__table__)
 
 
 def rowcount(result: Result[Any]) -> int:

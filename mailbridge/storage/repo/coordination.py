@@ -11,15 +11,16 @@ from sqlalchemy import (
     or_,
     update,
 )
-from sqlalchemy.orm import Session
 
 from mailbridge.storage import dialect
 from mailbridge.storage.models import (
     ImapFolder,
     Lease,
     QueueCursor,
+    table_of,
 )
-from mailbridge.storage.repo.base import rowcount, table_of
+from mailbridge.storage.repo.base import rowcount
+from mailbridge.storage.uow import Session
 
 
 def imap_checkpoint(session: Session, account: str, folder: str) -> ImapFolder | None:

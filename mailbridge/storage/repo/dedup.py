@@ -10,13 +10,13 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.orm import Session
 
 from mailbridge.storage.models import (
     Message,
     Quarantine,
     Tombstone,
 )
+from mailbridge.storage.uow import Session
 
 
 def seen_dedup_key(session: Session, dedup_key: str) -> int | None:

@@ -8,12 +8,12 @@ from datetime import datetime
 from sqlalchemy import (
     select,
 )
-from sqlalchemy.orm import Session
 
 from mailbridge.storage.models import (
     Event,
     Ticket,
 )
+from mailbridge.storage.uow import Session
 
 
 def due_postponed(session: Session, now: datetime, limit: int = 500) -> list[int]:

@@ -10,15 +10,15 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
 
 from mailbridge.storage.models import (
     Event,
     Outbox,
     Ticket,
+    table_of,
 )
-from mailbridge.storage.repo.base import table_of
-from mailbridge.storage.repo.threads import _deferred
+from mailbridge.storage.uow import Session, WebhookRows
 
 _OUTBOX = table_of(Outbox)
 
@@ -41,11 +41,8 @@ class EventRecord(Protocol):
 
 
 def ticket_events(session: Session, number: int) -> list[Event]:
-    return list(
-        session.scalars(
-            select(Event).where(Event.ticket_number == number).order_by(Event.at, Event.id)
-        )
-    )
+    """The ticket's events, oldest first (inside a batch, with those it still holds)."""
+    return session.rows.events(number)
 
 
 def all_events(session: Session) -> list[Event]:
@@ -69,17 +66,14 @@ def add_events(
         }
         for r in records
     ]
-    if (pending := _deferred(session)) is not None:
-        pending.events.extend(rows)
-    elif rows:
-        session.execute(insert(Event), rows)
+    session.rows.add_events(rows)
     queue_webhooks(session, number, records)
 
 
-def queue_webhooks(session: Session, number: int, records: Iterable[object]) -> None:
-    """Webhook posts for the events just written, in their transaction (SPEC 9): `App` puts the
-    `webhooks.Subscriptions` on every session of the store; without it nothing is queued."""
-    hooks = session.info.get("webhooks")
+def queue_webhooks(session: Session, number: int, records: Iterable[EventRecord]) -> None:
+    """Webhook posts for the events just written, in their transaction (SPEC 9): `App` gives the
+    `webhooks.Subscriptions` to every session of the store; without them nothing is queued."""
+    hooks = session.webhooks
     if not hooks:
         return
     ticket = session.get(Ticket, number)
@@ -93,13 +87,13 @@ def queue_webhooks(session: Session, number: int, records: Iterable[object]) -> 
 def queue_message_webhooks(session: Session, number: int, messages: list[dict[str, Any]]) -> None:
     """A `message` webhook for each message just stored on ticket `number`, in its transaction
     (SPEC 9); messages write no event of their own, so `add_events` cannot do it."""
-    hooks = session.info.get("webhooks")
+    hooks = session.webhooks
     if not hooks or (ticket := session.get(Ticket, number)) is None:
         return
     if rows := hooks.message_rows(ticket, messages):
         session.execute(insert(_OUTBOX), rows)
 
 
-def install_webhooks(sessions: Any, subscriptions: object | None) -> None:
-    """Make every later session of `sessions` (a sessionmaker) queue webhooks for its events."""
-    sessions.configure(info={"webhooks": subscriptions})
+def install_webhooks(sessions: sessionmaker[Session], subscriptions: WebhookRows | None) -> None:
+    """Make every later session of `sessions` (the store's) queue webhooks for its events."""
+    sessions.configure(webhooks=subscriptions)

@@ -8,14 +8,16 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import undefer
 
 from mailbridge.storage.models import (
     Attachment,
     Message,
+    table_of,
 )
-from mailbridge.storage.repo.base import insert_returning, table_of
+from mailbridge.storage.repo.base import insert_returning
 from mailbridge.storage.repo.events import queue_message_webhooks
+from mailbridge.storage.uow import Session
 
 _MESSAGES = table_of(Message)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from sqlalchemy import (
     select,
 )
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import undefer
 
 from mailbridge.storage.models import (
     Quarantine,
 )
+from mailbridge.storage.uow import Session
 
 
 def add_quarantine(session: Session, entry: Quarantine) -> Quarantine:

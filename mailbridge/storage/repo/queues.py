@@ -10,14 +10,14 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.orm import Session
 
 from mailbridge.storage import dialect
 from mailbridge.storage.models import (
     Ticket,
     TicketTag,
+    table_of,
 )
-from mailbridge.storage.repo.base import table_of
+from mailbridge.storage.uow import Session
 
 _OPEN = ("new", "open", "answered", "postponed")
 

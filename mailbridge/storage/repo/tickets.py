@@ -11,7 +11,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import make_transient_to_detached
 
 from mailbridge.storage import dialect
 from mailbridge.storage.models import (
@@ -24,8 +24,10 @@ from mailbridge.storage.models import (
     Ticket,
     TicketTag,
     Tombstone,
+    table_of,
 )
-from mailbridge.storage.repo.base import count_up_to, insert_returning, table_of
+from mailbridge.storage.repo.base import count_up_to, insert_returning
+from mailbridge.storage.uow import Session
 
 
 def get_ticket(session: Session, number: int, lock: bool = False) -> Ticket | None:
