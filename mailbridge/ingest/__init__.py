@@ -36,7 +36,7 @@ from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import DuplicateKey, IllegalTransition, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.ingest.pool import InlineParser, Parser, ParseResult
-from mailbridge.lifecycle import Kind, Status, TicketState
+from mailbridge.lifecycle import Kind, Status
 from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, decode_header_text
 from mailbridge.storage import repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
@@ -422,7 +422,9 @@ class Ingestor:
         if ticket is not None:
             kind = Kind.CONFIRM if self._confirms(session, p, ticket) else Kind.CUSTOMER_MAIL
             try:
-                transition = lifecycle.apply(self._state(ticket), lifecycle.Event(kind, actor), now)
+                transition = lifecycle.apply(
+                    repo.ticket_state(ticket), lifecycle.Event(kind, actor), now
+                )
             except (
                 IllegalTransition
             ):  # pragma: no cover - the table accepts customer mail everywhere
@@ -431,7 +433,7 @@ class Ingestor:
                 message = self._store_message(
                     session, p, ticket, "inbound", "customer", f"{found.rule}; {verdict.rule}", now
                 )
-                self._save(session, ticket, transition, now, message.id)
+                repo.save_transition(session, ticket, transition, now, message.id)
                 ticket.last_activity_at = now
                 self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
                 if self.outbound and p.source.live:
@@ -857,22 +859,8 @@ class Ingestor:
         now: datetime,
         message_pk: int | None,
     ) -> None:
-        self._save(
-            session, ticket, lifecycle.apply(self._state(ticket), event, now), now, message_pk
-        )
-
-    def _save(
-        self,
-        session: Session,
-        ticket: Ticket,
-        transition: lifecycle.Transition,
-        now: datetime,
-        message_pk: int | None,
-    ) -> None:
-        if not transition.changed:
-            return
-        apply_state(ticket, transition.state, now)
-        repo.add_events(session, ticket.number, transition.records, message_pk)
+        transition = lifecycle.apply(repo.ticket_state(ticket), event, now)
+        repo.save_transition(session, ticket, transition, now, message_pk)
 
     def _note_claimed_agent(
         self,
@@ -929,11 +917,6 @@ class Ingestor:
         outcome = "ignored" if kind == "ignored" else "quarantined"
         return Outcome(outcome, None, reason, quarantine=entry.id)
 
-    @staticmethod
-    def _state(ticket: Ticket) -> TicketState:
-        before = Status(ticket.status_before) if ticket.status_before else None
-        return TicketState(Status(ticket.status), before, ticket.postponed_until)
-
     def _mailbox(self, p: Prepared) -> str:
         """Where the ticket came in, for the report: the IMAP account, else the support address."""
         if p.source.kind in ("imap", "imap-sent"):
@@ -978,17 +961,3 @@ def _author(msg: ParsedMessage | None) -> Address | None:
         if candidate is not None and candidate.addr:
             return candidate
     return None
-
-
-def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
-    """Write a lifecycle state onto the ticket row: the only place ticket status is assigned."""
-    ticket.status = state.status.value
-    ticket.status_before = state.status_before.value if state.status_before else None
-    ticket.postponed_until = state.postponed_until
-    ticket.updated_at = now
-    ticket.last_activity_at = now
-    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
-
-
-def ticket_state(ticket: Ticket) -> TicketState:
-    return Ingestor._state(ticket)

@@ -72,13 +72,16 @@ from mailbridge.storage.repo.threads import (
 from mailbridge.storage.repo.tickets import (
     add_ticket,
     all_tickets,
+    apply_state,
     count_new_tickets_from,
     get_ticket,
     list_tickets,
     lock_ticket,
     lock_ticket_if,
     purge_ticket,
+    save_transition,
     status_counts,
+    ticket_state,
 )
 
 __all__ = [
@@ -95,6 +98,7 @@ __all__ = [
     "all_events",
     "all_tags",
     "all_tickets",
+    "apply_state",
     "claim_outbox",
     "count_new_tickets_from",
     "count_outbox_kind",
@@ -130,6 +134,7 @@ __all__ = [
     "remove_tags",
     "renew_outbox",
     "save_imap_checkpoint",
+    "save_transition",
     "save_written",
     "seen_dedup_key",
     "sla_due_tickets",
@@ -141,6 +146,7 @@ __all__ = [
     "ticket_events",
     "ticket_for_thread_index",
     "ticket_messages",
+    "ticket_state",
     "tickets_for_message_ids",
     "unassigned_counts",
 ]

@@ -1,4 +1,4 @@
-"""Ticket rows: create, find, lock, list, count, purge."""
+"""Ticket rows: create, find, lock, list, count, purge, and save a lifecycle transition onto one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import make_transient_to_detached
 
+from mailbridge.lifecycle import Status, TicketState, Transition
 from mailbridge.storage import dialect
 from mailbridge.storage.models import (
     Attachment,
@@ -27,6 +28,7 @@ from mailbridge.storage.models import (
     table_of,
 )
 from mailbridge.storage.repo.base import count_up_to, insert_returning
+from mailbridge.storage.repo.events import add_events
 from mailbridge.storage.uow import Session
 
 
@@ -142,3 +144,35 @@ def purge_ticket(session: Session, number: int, now: datetime) -> int:
     session.execute(delete(Message).where(Message.ticket_number == number))
     session.execute(delete(Ticket).where(Ticket.number == number))
     return len(rows)
+
+
+def ticket_state(ticket: Ticket) -> TicketState:
+    """The lifecycle state of a ticket row."""
+    before = Status(ticket.status_before) if ticket.status_before else None
+    return TicketState(Status(ticket.status), before, ticket.postponed_until)
+
+
+def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
+    """Write a lifecycle state onto the ticket row: the only place ticket status is assigned."""
+    ticket.status = state.status.value
+    ticket.status_before = state.status_before.value if state.status_before else None
+    ticket.postponed_until = state.postponed_until
+    ticket.updated_at = now
+    ticket.last_activity_at = now
+    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
+
+
+def save_transition(
+    session: Session,
+    ticket: Ticket,
+    transition: Transition,
+    now: datetime,
+    message_pk: int | None = None,
+) -> bool:
+    """Save what `lifecycle.apply` decided: the new state onto the row, then its events.
+    Returns whether anything changed (a transition without records changes nothing)."""
+    if not transition.changed:
+        return False
+    apply_state(ticket, transition.state, now)
+    add_events(session, ticket.number, transition.records, message_pk)
+    return True
