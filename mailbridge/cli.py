@@ -551,11 +551,11 @@ def rules() -> None:
 @handled
 def rules_run(ctx: Ctx, at: str | None, dry_run: bool, as_json: bool) -> None:
     """Run the scheduler's rules once (for cron or a systemd timer, and for tests)."""
-    from mailbridge.sweeps import Sweeps
+    from mailbridge.sweeps import SweepConfig, Sweeps
 
     app = ctx.app
     when = parse_when(at, app.clock(), "--at") if at else app.clock()
-    sweeps = Sweeps(app.store, app.settings, app.clock, app.outbound)
+    sweeps = Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, app.outbound)
     changes = sweeps.run(when, dry_run=dry_run)
     if as_json:
         emit_json([c.as_json() for c in changes])

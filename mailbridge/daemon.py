@@ -36,7 +36,7 @@ from mailbridge.scheduler import Scheduler
 from mailbridge.sources.imap.poller import ImapPollers
 from mailbridge.sources.smtp import listener as smtp_source
 from mailbridge.sources.smtp.listener import SHUTDOWN_GRACE, SmtpListener
-from mailbridge.sweeps import Sweeps
+from mailbridge.sweeps import SweepConfig, Sweeps
 
 log = logging.getLogger("mailbridge.daemon")
 
@@ -97,7 +97,7 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     app.ingestor.on_outcome = after_commit
     sweeps = Sweeps(
         app.store,
-        settings,
+        SweepConfig.from_settings(settings),
         app.clock,
         app.outbound,
         on_rule=metrics.rule_run,

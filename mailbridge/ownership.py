@@ -76,6 +76,19 @@ def assign(
         members = settings.queue(ticket.queue).members
         if members and owner not in members:
             raise Refused(f"{owner} is not a member of queue {ticket.queue}")
+    set_owner(session, ticket, owner, actor, now, message_pk, detail)
+
+
+def set_owner(
+    session: Session,
+    ticket: Ticket,
+    owner: str | None,
+    actor: str,
+    now: datetime,
+    message_pk: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """Give the ticket to `owner` (None: nobody), already known to be allowed to own it."""
     if owner == ticket.owner:
         return
     before = ticket.owner or "none"

@@ -13,7 +13,7 @@ from mailbridge import lifecycle
 from mailbridge.envelope import Envelope, Source
 from mailbridge.report import build_report
 from mailbridge.storage import repo
-from mailbridge.sweeps import Sweeps
+from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)
@@ -123,7 +123,9 @@ def test_rule_resolve_notice_says_how_to_confirm(make_app: Any, db_url: str, clo
         '[[rules]]\nname = "auto-resolve"\nwhen = "new"\nidle_for = "7d"\nthen = "resolved"\nnotify = true\n',
     )
     number = app.ingestor.accept(make_mail(subject="Printer on fire"), Envelope(), FILE).ticket
-    Sweeps(app.store, app.settings, app.clock, app.outbound).run(clock.now + timedelta(days=8))
+    Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, app.outbound).run(
+        clock.now + timedelta(days=8)
+    )
     with app.store.unit() as s:
         (notice,) = [
             m.body_text for m in repo.ticket_messages(s, number) if m.source == "outbound:rule"

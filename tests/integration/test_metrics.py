@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
 from mailbridge.storage.engine import Store, make_engine
-from mailbridge.sweeps import Sweeps
+from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.mail import make_mail
 
 SMTP = Source("smtp", "127.0.0.1:2525", live=True)
@@ -112,7 +112,9 @@ def test_outbox_rules_and_pollers_are_exposed(
     )
     number = app.ingestor.accept(make_mail(), Envelope(), FILE).ticket
     app.actions.act(number, "resolve", "cli:test")
-    sweeps = Sweeps(app.store, settings, app.clock, on_rule=metrics.rule_run)
+    sweeps = Sweeps(
+        app.store, SweepConfig.from_settings(settings), app.clock, on_rule=metrics.rule_run
+    )
     sweeps.run(clock.now)
     sweeps.run(clock.now + timedelta(days=3))
 

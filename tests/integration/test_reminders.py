@@ -14,7 +14,7 @@ from mailbridge.config import parse_settings
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ConfigError
 from mailbridge.storage import repo
-from mailbridge.sweeps import Sweeps
+from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.conftest import BASE_CONFIG
 from tests.mail import make_mail, message_id_of
 
@@ -44,7 +44,9 @@ to = ["boss@example.com", "queue", "owner"]
 
 
 def run(app: Any, at: Any, dry_run: bool = False) -> list[Any]:
-    return Sweeps(app.store, app.settings, app.clock, app.outbound).run(at, dry_run=dry_run)
+    return Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, app.outbound).run(
+        at, dry_run=dry_run
+    )
 
 
 def new_ticket(app: Any) -> tuple[int, bytes]:

@@ -18,7 +18,7 @@ from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
 from mailbridge.report_html import render_html
 from mailbridge.storage import repo
-from mailbridge.sweeps import Sweeps
+from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)
@@ -52,7 +52,13 @@ def sla_app(make_app: Any, url: str) -> Any:
 
 def run(app: Any, at: datetime, dry_run: bool = False, metrics: Any = None) -> list[Any]:
     on_breach = metrics.sla_breach if metrics else None
-    sweeps = Sweeps(app.store, app.settings, app.clock, app.outbound, on_breach=on_breach)
+    sweeps = Sweeps(
+        app.store,
+        SweepConfig.from_settings(app.settings),
+        app.clock,
+        app.outbound,
+        on_breach=on_breach,
+    )
     return sweeps.run(at, dry_run=dry_run)
 
 

@@ -20,7 +20,7 @@ from mailbridge.outbound.decide import Outbound
 from mailbridge.scheduler import Scheduler
 from mailbridge.storage import repo
 from mailbridge.storage.models import Outbox
-from mailbridge.sweeps import Change, Sweeps
+from mailbridge.sweeps import Change, SweepConfig, Sweeps
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)
@@ -80,7 +80,13 @@ def rules_app(make_app: Any, url: str) -> Any:
 
 
 def sweeps(app: Any, **kwargs: Any) -> Sweeps:
-    return Sweeps(app.store, app.settings, app.clock, NoticeOutbound(app.settings), **kwargs)
+    return Sweeps(
+        app.store,
+        SweepConfig.from_settings(app.settings),
+        app.clock,
+        NoticeOutbound(app.settings),
+        **kwargs,
+    )
 
 
 def new_ticket(app: Any, subject: str = "Printer on fire") -> tuple[int, bytes]:
@@ -242,7 +248,7 @@ def test_notice_is_queued_with_the_transition(make_app: Any, db_url: str, clock:
 def test_outbound_without_rule_notices_is_skipped(make_app: Any, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     number = answered_ticket(app)
-    plain = Sweeps(app.store, app.settings, app.clock, outbound=object())
+    plain = Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, outbound=None)
     assert [c.number for c in plain.run(clock.now + timedelta(days=7))] == [number]
     assert notices(app) == []
 
@@ -256,7 +262,7 @@ def test_the_real_outbound_queues_one_notice_to_the_customer(
     number = answered_ticket(app)
     at = clock.now + timedelta(days=7)
     for _ in range(2):
-        Sweeps(app.store, app.settings, app.clock, app.outbound).run(at)
+        Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, app.outbound).run(at)
     with app.store.unit() as s:
         rows = [r for r in repo.list_outbox(s) if r.kind == "rule"]
     assert [(r.ticket_number, r.rcpt_tos) for r in rows] == [(number, "carol@customer.example")]

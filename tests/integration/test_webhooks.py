@@ -26,7 +26,7 @@ from mailbridge.lifecycle import Record
 from mailbridge.metrics import Metrics
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.storage import repo
-from mailbridge.sweeps import Sweeps
+from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.mail import make_mail
 
 SECRET = "s3cret-for-tests"
@@ -254,7 +254,7 @@ def test_agent_replies_and_time_rules_post_too(
     )
     app.ingestor.accept(reply, Envelope(auth_user="alice"), LIVE)
     clock.advance(days=8)
-    Sweeps(app.store, app.settings, clock, app.outbound).run(clock())
+    Sweeps(app.store, SweepConfig.from_settings(app.settings), clock, app.outbound).run(clock())
 
     sender.deliver_due()
     posts = sorted(receiver.posts, key=lambda p: (p.json["at"], p.json["detail"].get("id", 0)))
