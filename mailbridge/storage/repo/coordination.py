@@ -5,20 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import (
-    bindparam,
-    delete,
-    or_,
-    update,
-)
+from sqlalchemy import bindparam, delete, or_, update
 
 from mailbridge.storage import dialect
-from mailbridge.storage.models import (
-    ImapFolder,
-    Lease,
-    QueueCursor,
-    table_of,
-)
+from mailbridge.storage.models import ImapFolder, Lease, QueueCursor, table_of
 from mailbridge.storage.repo.base import rowcount
 from mailbridge.storage.uow import Session
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    literal,
-    select,
-    union_all,
-)
+from sqlalchemy import literal, select, union_all
 
-from mailbridge.storage.models import (
-    Message,
-    Quarantine,
-    Tombstone,
-)
+from mailbridge.storage.models import Message, Quarantine, Tombstone
 from mailbridge.storage.uow import Session
 
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import select
 
-from mailbridge.storage.models import (
-    Event,
-    Ticket,
-)
+from mailbridge.storage.models import Event, Ticket
 from mailbridge.storage.uow import Session
 
 

@@ -6,18 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import (
-    insert,
-    select,
-)
+from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
 
-from mailbridge.storage.models import (
-    Event,
-    Outbox,
-    Ticket,
-    table_of,
-)
+from mailbridge.storage.models import Event, Outbox, Ticket, table_of
 from mailbridge.storage.uow import Session, WebhookRows
 
 _OUTBOX = table_of(Outbox)

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import (
-    insert,
-    select,
-)
+from sqlalchemy import insert, select
 from sqlalchemy.orm import undefer
 
-from mailbridge.storage.models import (
-    Attachment,
-    Message,
-    table_of,
-)
+from mailbridge.storage.models import Attachment, Message, table_of
 from mailbridge.storage.repo.base import insert_returning
 from mailbridge.storage.repo.events import queue_message_webhooks
 from mailbridge.storage.uow import Session
 
-_MESSAGES = table_of(Message)
-
-
 _ATTACHMENTS = table_of(Attachment)
-
-
 _HOOK_COLUMNS = ("message_id", "direction", "author_kind", "from_addr", "subject", "stored_at")
 
 

@@ -7,29 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    bindparam,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import undefer
 
 from mailbridge.storage import dialect
-from mailbridge.storage.models import (
-    Attachment,
-    Message,
-    Outbox,
-    table_of,
-)
+from mailbridge.storage.models import Attachment, Message, Outbox, table_of
 from mailbridge.storage.repo.base import count_up_to
 from mailbridge.storage.repo.events import queue_message_webhooks
 from mailbridge.storage.repo.threads import add_thread_keys
 from mailbridge.storage.uow import Session
-
-_OUTBOX = table_of(Outbox)
-
 
 _OUTBOX = table_of(Outbox)
 _MESSAGES = table_of(Message)

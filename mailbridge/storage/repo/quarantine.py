@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
-from mailbridge.storage.models import (
-    Quarantine,
-)
+from mailbridge.storage.models import Quarantine
 from mailbridge.storage.uow import Session
 
 

@@ -5,18 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import (
-    delete,
-    func,
-    select,
-)
+from sqlalchemy import delete, func, select
 
 from mailbridge.storage import dialect
-from mailbridge.storage.models import (
-    Ticket,
-    TicketTag,
-    table_of,
-)
+from mailbridge.storage.models import Ticket, TicketTag, table_of
 from mailbridge.storage.uow import Session
 
 _OPEN = ("new", "open", "answered", "postponed")

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    bindparam,
-    delete,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import make_transient_to_detached
 
 from mailbridge.lifecycle import Status, TicketState, Transition
