@@ -32,7 +32,7 @@ def insert_returning(session: Session, obj: Base, pk: str) -> int:
     stmt = _INSERTS.get((table.name, tuple(values)))
     if stmt is None:
         stmt = _INSERTS[(table.name, tuple(values))] = insert(table).returning(table.c[pk])
-    return int(session.execute(stmt, values).scalar_one())
+    return int(session.connection().execute(stmt, values).scalar_one())
 
 
 _INSERTS: dict[tuple[str, tuple[str, ...]], Any] = {}

@@ -12,7 +12,7 @@ from mailbridge.storage.repo.base import insert_returning
 from mailbridge.storage.repo.events import queue_message_webhooks
 from mailbridge.storage.uow import Session
 
-_ATTACHMENTS = table_of(Attachment)
+_INSERT_ATTACHMENTS = insert(table_of(Attachment))
 _HOOK_COLUMNS = ("message_id", "direction", "author_kind", "from_addr", "subject", "stored_at")
 
 
@@ -20,8 +20,8 @@ def add_message(session: Session, message: Message, attachments: Sequence[Attach
     """Insert a message and its attachment rows; returns it with its id (not tracked further)."""
     message.id = insert_returning(session, message, "id")
     if attachments:
-        session.execute(
-            insert(_ATTACHMENTS),
+        session.connection().execute(
+            _INSERT_ATTACHMENTS,
             [
                 {
                     "message_pk": message.id,
