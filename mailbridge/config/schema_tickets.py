@@ -3,10 +3,12 @@ acknowledged, and what happens to tickets left idle."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
+from mailbridge import lifecycle
 from mailbridge.config.types import (
     ADDRESS,
     Address,
@@ -21,7 +23,13 @@ from mailbridge.config.types import (
     reject,
 )
 
-Status = Literal["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]
+if TYPE_CHECKING:
+    StatusName = str
+else:
+    # lifecycle's status values as a Literal, in its order: a rule's `when` stays a plain str,
+    # and a wrong one is answered with the choices
+    StatusName = Literal[tuple(status.value for status in lifecycle.Status)]
+RuleAction = Literal["resolved", "closed", "purge", "remind", "escalate"]
 
 
 def _subject_tag(value: str) -> str:
@@ -63,22 +71,33 @@ class TicketsSettings(Section):
     )
 
 
+def _statuses(keep: Callable[[lifecycle.Status], bool]) -> tuple[str, ...]:
+    # in lifecycle's order, which is the order an error message lists them in
+    return tuple(status.value for status in lifecycle.Status if keep(status))
+
+
+def _leaving_by(kind: lifecycle.Kind) -> tuple[str, ...]:
+    return _statuses(lambda status: (status, kind) in lifecycle.TRANSITIONS)
+
+
+# reminders and escalations change no status: any ticket still in normal life, not yet closed
+_NOT_CLOSED = _statuses(lambda s: s in lifecycle.LIVE and s is not lifecycle.Status.CLOSED)
+
 # which statuses a rule may act on: the rest are refused by the lifecycle table (SPEC 1)
-_RULE_FROM: dict[str, tuple[str, ...]] = {
-    "resolved": ("new", "open", "answered", "postponed"),
-    "closed": ("new", "open", "answered", "resolved", "postponed"),
-    "purge": ("closed", "spam", "deleted"),
-    # reminders and escalations change no status: any ticket still in normal life
-    "remind": ("new", "open", "answered", "resolved", "postponed"),
-    "escalate": ("new", "open", "answered", "resolved", "postponed"),
+_RULE_FROM: dict[RuleAction, tuple[str, ...]] = {
+    "resolved": _leaving_by(lifecycle.Kind.RESOLVE),
+    "closed": _leaving_by(lifecycle.Kind.CLOSE),
+    "purge": _statuses(lambda status: status in lifecycle.PURGEABLE),
+    "remind": _NOT_CLOSED,
+    "escalate": _NOT_CLOSED,
 }
 
 
 class Rule(Section):
     name: str
-    when: Status | tuple[Status, ...]  # one status or a list (SPEC 8)
+    when: StatusName | tuple[StatusName, ...]  # one status or a list (SPEC 8)
     idle_for: Duration
-    then: Literal["resolved", "closed", "purge", "remind", "escalate"]
+    then: RuleAction
     notify: Bool = False
     # narrow a rule to some tickets (SPEC 8); queue and priority exist with queues (SPEC 7)
     queue: str | None = None
