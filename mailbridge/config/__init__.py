@@ -6,7 +6,7 @@ environment at load and held in `Secret`, which never prints.
 
 types.py holds the value types (durations, sizes, addresses, Secret), schema.py `Settings` with
 its sections (the larger ones in schema_*.py), load.py the lookup order, TOML parsing and error
-reporting (with locate.py, which finds each key's line).
+reporting (with locate.py, which finds each key's line), reload.py what a SIGHUP may change.
 """
 
 from mailbridge.config.load import (
