@@ -34,7 +34,7 @@ from mailbridge.metrics import Metrics
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.scheduler import Scheduler
 from mailbridge.sources.imap.poller import ImapPollers
-from mailbridge.sources.smtp import listener as smtp_source
+from mailbridge.sources.smtp import handler as smtp_source
 from mailbridge.sources.smtp.listener import SHUTDOWN_GRACE, SmtpListener
 from mailbridge.sweeps import Sweeps
 

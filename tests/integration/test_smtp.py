@@ -509,7 +509,7 @@ def test_starttls_with_a_test_certificate_and_require_tls(start: Start, tmp_path
 
 @pytest.fixture
 def fast_auth_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mailbridge.sources.smtp.listener.AUTH_FAILURE_DELAY", 0.0)
+    monkeypatch.setattr("mailbridge.sources.smtp.auth.AUTH_FAILURE_DELAY", 0.0)
 
 
 def users_file(tmp_path: Path) -> Path:
@@ -595,13 +595,13 @@ def test_aiosmtpd_private_attribute_we_set_still_exists() -> None:
 
     from aiosmtpd.smtp import SMTP
 
-    from mailbridge.sources.smtp.listener import _require_tls_for_auth
+    from mailbridge.sources.smtp.protocol import require_tls_for_auth
 
     loop = asyncio.new_event_loop()
     try:
         server = SMTP(handler=object(), auth_require_tls=True, loop=loop)
         assert server._auth_require_tls is True
-        _require_tls_for_auth(server, False)
+        require_tls_for_auth(server, False)
         assert server._auth_require_tls is False
     finally:
         loop.close()
@@ -683,14 +683,14 @@ def test_password_hashing_does_not_wait_for_the_database_threads(
 
 
 def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
-    from mailbridge.sources.smtp.listener import _describe_peer
+    from mailbridge.sources.smtp.protocol import describe_peer
 
-    assert _describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
-    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
-    assert _describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
-    assert _describe_peer("") == ("unix", None, True)
+    assert describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
+    assert describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
+    assert describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
+    assert describe_peer("") == ("unix", None, True)
     # a dual-stack listener sees IPv4 clients as mapped addresses: still one IPv4 address each
-    mapped = _describe_peer(("::ffff:127.0.0.1", 25, 0, 0))
+    mapped = describe_peer(("::ffff:127.0.0.1", 25, 0, 0))
     assert mapped == ("[::ffff:127.0.0.1]:25", "127.0.0.1", True)
 
 
@@ -700,10 +700,10 @@ def test_ipv6_clients_share_a_limit_per_64() -> None:
     The listener test for per-client limits runs over IPv4 (127.0.0.2/3): this machine cannot
     source connections from several IPv6 addresses, so the IPv6 bucketing is checked here.
     """
-    from mailbridge.sources.smtp.listener import _describe_peer
+    from mailbridge.sources.smtp.protocol import describe_peer
 
     def bucket(host: str) -> str | None:
-        return _describe_peer((host, 25, 0, 0))[1]
+        return describe_peer((host, 25, 0, 0))[1]
 
     same = {bucket("2001:db8:1:2::5"), bucket("2001:db8:1:2:ffff:ffff:ffff:fffe")}
     assert same == {"2001:db8:1:2::/64"}
