@@ -588,23 +588,35 @@ def plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
     return smtp.docmd("AUTH", f"PLAIN {blob}")
 
 
-def test_aiosmtpd_private_attribute_we_set_still_exists() -> None:
-    """`_require_tls_for_auth` sets aiosmtpd's `_auth_require_tls` per peer (cleartext AUTH only
-    on loopback); an aiosmtpd that renamed it would silently ignore us, so this fails first."""
+def test_cleartext_auth_is_offered_and_accepted_only_on_this_host(tmp_path: Path) -> None:
+    """aiosmtpd decides once per connection object, before the peer is known, whether AUTH needs
+    TLS; we decide per peer (cleartext AUTH, where allowed at all, only on loopback). No client
+    off this host can connect here over TCP, so the protocol is driven through a transport that
+    reports the peer; an aiosmtpd that changed how AUTH is refused would fail here first."""
     import asyncio
 
-    from aiosmtpd.smtp import SMTP
+    from mailbridge.config import parse_settings
+    from mailbridge.sources.smtp.listener import SmtpListener
+    from mailbridge.sources.smtp.protocol import Connection
+    from tests.smtp_client import converse
 
-    from mailbridge.sources.smtp.protocol import require_tls_for_auth
+    config = f'[smtp]\nauth_users_file = "{users_file(tmp_path)}"\nauth_require_tls = false\n'
+    settings = parse_settings(config, "mailbridge.toml")
+    auth = b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.com\0wonderland")
 
-    loop = asyncio.new_event_loop()
-    try:
-        server = SMTP(handler=object(), auth_require_tls=True, loop=loop)
-        assert server._auth_require_tls is True
-        require_tls_for_auth(server, False)
-        assert server._auth_require_tls is False
-    finally:
-        loop.close()
+    async def replies_to(peer: tuple[str, int]) -> list[str]:
+        listener = SmtpListener(None, settings)  # type: ignore[arg-type]  # no mail is sent
+        commands = [auth, b"EHLO client.example", b"HELP AUTH", auth]
+        return await converse(Connection(listener, listener.config), peer, commands)
+
+    _, early, ehlo, help_auth, login = asyncio.run(replies_to(("203.0.113.9", 25)))
+    assert early.startswith("503 ")  # EHLO first: aiosmtpd's checks keep their order
+    assert ehlo.startswith("250-") and "AUTH" not in ehlo
+    assert help_auth == "250 Syntax: AUTH <mechanism>"
+    assert login.startswith("538 5.7.11 ")
+    _, _, ehlo, _, login = asyncio.run(replies_to(("127.0.0.1", 4000)))
+    assert "250-AUTH LOGIN PLAIN" in ehlo.split("\r\n")
+    assert login.startswith("235 ")
 
 
 def test_password_guessing_is_locked_out_per_login_and_per_client(

@@ -24,9 +24,9 @@ from aiosmtpd.smtp import Session as SmtpSession
 from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
 from mailbridge.errors import StorageUnavailable
 from mailbridge.sources.smtp import replies
+from mailbridge.sources.smtp.aiosmtpd_compat import register
 from mailbridge.sources.smtp.auth import AuthThrottle, auth_delay, auth_keys
 from mailbridge.sources.smtp.commit import GroupCommit
-from mailbridge.sources.smtp.fast import register
 
 if TYPE_CHECKING:
     from mailbridge.metrics import Metrics
@@ -78,7 +78,9 @@ class Handler:
         self.ingest = ingest
         self.config = config
         self.metrics = metrics
-        self.auth_throttle = AuthThrottle()  # outlives reloads: a reload must not reset lockouts
+        # outlives reloads: a reload must not reset lockouts. Not named auth_*: aiosmtpd would
+        # offer any handler attribute of that name as an AUTH mechanism
+        self.throttle = AuthThrottle()
 
     async def handle_EHLO(
         self,
@@ -89,7 +91,8 @@ class Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname  # aiosmtpd leaves this to a handler that has the hook
-        if self.config.users is None:  # nobody can log in: do not offer AUTH
+        # not offered when nobody can log in, nor in cleartext where only TLS allows it
+        if self.config.users is None or (server.auth_needs_tls and not server.tls_active):
             responses = [r for r in responses if not r[4:].startswith("AUTH")]
         return responses
 
@@ -227,7 +230,7 @@ class Handler:
         except UnicodeDecodeError:
             login, password = "", ""
         keys = auth_keys(server.client, login)
-        throttle = self.auth_throttle
+        throttle = self.throttle
         if not throttle.begin(keys, config.auth_max_failures, config.auth_lockout):
             # no hash is computed for a locked-out key: guessing then costs us nothing
             log.debug(

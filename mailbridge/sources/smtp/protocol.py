@@ -14,12 +14,11 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
-import aiosmtpd.smtp
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import syntax
 
 from mailbridge.sources.smtp import replies
-from mailbridge.sources.smtp.fast import FastSMTP
+from mailbridge.sources.smtp.aiosmtpd_compat import FastSMTP, StockReply, stock_reply
 
 if TYPE_CHECKING:
     from mailbridge.sources.smtp.listener import ListenerConfig, SmtpListener
@@ -27,13 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailbridge.smtp")
 
 LINE_LENGTH_LIMIT = 8192  # RFC 5321 says 1000; we are the last hop, so only bound memory per line
-
-# LHLO is LMTP's EHLO; aiosmtpd's list of commands allowed before STARTTLS forgets it
-aiosmtpd.smtp.ALLOWED_BEFORE_STARTTLS.add("LHLO")
-
-_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-# aiosmtpd's replies at the end of DATA: LMTP owes one per recipient there
-_DATA_PHASE_REPLIES = frozenset({"552 Error: Too much mail data", _LINE_TOO_LONG})
 
 
 class Connection(FastSMTP):
@@ -53,7 +45,9 @@ class Connection(FastSMTP):
             # aiosmtpd's own timer runs from each command, so it would cut a long DATA: it is set
             # beyond anything our watchdog allows, which then decides alone
             timeout=config.timeout + _longest_data(config) + 3600,
-            auth_require_tls=config.auth_require_tls,
+            # aiosmtpd decides once per connection object, before the peer is known; we decide
+            # per peer in connection_made (auth_needs_tls), enforced by handle_EHLO and smtp_AUTH
+            auth_require_tls=False,
             loop=asyncio.get_running_loop(),
         )
         self.listener = listener
@@ -67,13 +61,7 @@ class Connection(FastSMTP):
         self.data_started: float | None = None  # inside DATA, until the end-of-data dot
         self.data_bytes = 0
         self.watchdog: asyncio.TimerHandle | None = None
-        too_big = replies.too_big(config.max_message_size)
-        self._replies = {
-            "552 Error: Too much mail data": too_big,
-            "552 Error: message size exceeds fixed maximum message size": too_big,
-            _LINE_TOO_LONG: replies.line_too_long(LINE_LENGTH_LIMIT),
-            "530 Must issue a STARTTLS command first": replies.STARTTLS_FIRST,
-        }
+        self.auth_needs_tls = True  # until the peer is known
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -83,7 +71,7 @@ class Connection(FastSMTP):
             peer = transport.get_extra_info("peername")
             self.peer_text, self.client, loopback = describe_peer(peer)
             # cleartext AUTH, when allowed at all, only for clients on this host
-            require_tls_for_auth(self, self.config.auth_require_tls or not loopback)
+            self.auth_needs_tls = self.config.auth_require_tls or not loopback
             refusal = self.listener.admit(self)
             if refusal is not None:
                 self.refused = True
@@ -157,18 +145,39 @@ class Connection(FastSMTP):
         transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")  # type: ignore[attr-defined]
         transport.close()
 
+    @property
+    def tls_active(self) -> bool:
+        return self.session is not None and self.session.ssl is not None
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        session = self.session
+        assert session is not None
+        # aiosmtpd's own refusal for AUTH in cleartext, after its checks for EHLO, in its order
+        needs_ehlo = not session.host_name or not session.extended_smtp
+        if self.auth_needs_tls and not self.tls_active and not needs_ehlo:
+            await self.push(replies.AUTH_NEEDS_TLS)
+            return
+        await super().smtp_AUTH(arg)
+
     # --- replies -------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
         # aiosmtpd's own replies carry no enhanced status codes; a few matter to senders
-        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        replacement = self._replies.get(text)
-        if replacement is None:
+        kind = stock_reply(status)
+        if kind is None:
             await super().push(status)  # type: ignore[type-var]  # AnyStr: str or bytes, each fine
             return
-        if text in _DATA_PHASE_REPLIES:
-            replacement = self.per_recipient(replacement)
-        await super().push(replacement)
+        await super().push(self._own_reply(kind))
+
+    def _own_reply(self, kind: StockReply) -> str:
+        if kind is StockReply.STARTTLS_FIRST:
+            return replies.STARTTLS_FIRST
+        if kind is StockReply.LINE_TOO_LONG:
+            reply = replies.line_too_long(LINE_LENGTH_LIMIT)
+        else:
+            reply = replies.too_big(self.config.max_message_size)
+        return self.per_recipient(reply) if kind.ends_data else reply
 
     def per_recipient(self, reply: str) -> str:
         """SMTP answers the end of DATA once; LMTP once per accepted recipient (RFC 2033 4.2)."""
@@ -185,13 +194,6 @@ class LmtpConnection(LMTP, Connection):
 
 def _longest_data(config: ListenerConfig) -> float:
     return config.data_timeout + config.max_message_size / config.data_min_rate
-
-
-def require_tls_for_auth(connection: SMTP, required: bool) -> None:
-    """aiosmtpd decides per server object whether AUTH needs TLS; we decide per peer (cleartext
-    only on loopback), known only once connected. Its one private attribute we set; pinned by
-    test_aiosmtpd_private_attribute_we_set_still_exists."""
-    connection._auth_require_tls = required
 
 
 def describe_peer(peer: Any) -> tuple[str, str | None, bool]:

@@ -67,6 +67,7 @@ def per_recipient(reply: str, recipients: Sequence[str]) -> str:
 
 # --- AUTH -------------------------------------------------------------------------------
 
+AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_LOCKED = "454 4.7.0 Too many failed logins, try again later"
 CANNOT_DECODE = "501 5.5.2 Can't decode base64"
 CANNOT_SPLIT = "501 5.5.2 Can't split auth value"
