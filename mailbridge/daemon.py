@@ -33,9 +33,9 @@ from mailbridge.ingest.pool import ParsePool
 from mailbridge.metrics import Metrics
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.scheduler import Scheduler
-from mailbridge.sources.imap.poller import ImapPollers
+from mailbridge.sources.imap.pollers import ImapConfig, ImapPollers
 from mailbridge.sources.smtp import handler as smtp_source
-from mailbridge.sources.smtp.listener import SHUTDOWN_GRACE, SmtpListener
+from mailbridge.sources.smtp.listener import SHUTDOWN_GRACE, ListenerConfig, SmtpListener
 from mailbridge.sweeps import Sweeps
 
 log = logging.getLogger("mailbridge.daemon")
@@ -120,10 +120,10 @@ def components_for(app: App, settings: Settings) -> list[Component]:
         metrics,
         sender,
         Scheduler(sweeps, app.clock),
-        ImapPollers(app, settings),
+        ImapPollers(app, ImapConfig.from_settings(settings)),
         SmtpListener(
             app.ingestor,
-            settings,
+            ListenerConfig.from_settings(settings),
             ingest_workers=committers,
             metrics=metrics,
             reuse_port=processes > 1,
@@ -264,7 +264,11 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
     if parser is not None:
         app.ingestor.parser = parser
     listener = SmtpListener(
-        app.ingestor, settings, ingest_workers=committers, reuse_port=True, parser=parser
+        app.ingestor,
+        ListenerConfig.from_settings(settings),
+        ingest_workers=committers,
+        reuse_port=True,
+        parser=parser,
     )
 
     def on_hup() -> None:

@@ -596,7 +596,7 @@ def test_cleartext_auth_is_offered_and_accepted_only_on_this_host(tmp_path: Path
     import asyncio
 
     from mailbridge.config import parse_settings
-    from mailbridge.sources.smtp.listener import SmtpListener
+    from mailbridge.sources.smtp.listener import ListenerConfig, SmtpListener
     from mailbridge.sources.smtp.protocol import Connection
     from tests.smtp_client import converse
 
@@ -605,7 +605,8 @@ def test_cleartext_auth_is_offered_and_accepted_only_on_this_host(tmp_path: Path
     auth = b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.com\0wonderland")
 
     async def replies_to(peer: tuple[str, int]) -> list[str]:
-        listener = SmtpListener(None, settings)  # type: ignore[arg-type]  # no mail is sent
+        config = ListenerConfig.from_settings(settings)
+        listener = SmtpListener(None, config)  # type: ignore[arg-type]  # no mail is sent
         commands = [auth, b"EHLO client.example", b"HELP AUTH", auth]
         return await converse(Connection(listener, listener.config), peer, commands)
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mailbridge.auth_users import Users, load_users
 from mailbridge.correlate import Tokens
@@ -36,6 +36,7 @@ from mailbridge.sources.smtp.sockets import (
 )
 
 if TYPE_CHECKING:
+    from mailbridge.config import Settings
     from mailbridge.metrics import Metrics
 
 log = logging.getLogger("mailbridge.smtp")
@@ -48,6 +49,9 @@ class ListenerConfig:
     """Everything a session reads from settings, built once per (re)load and swapped whole."""
 
     listen: str
+    endpoint: tuple[str, int] | Path  # listen, parsed: host and port, or a Unix socket
+    socket_mode: int  # a Unix socket's permissions and group, set once at start
+    socket_group: str | None
     mode: str  # smtp | lmtp
     hostname: str
     trusted_peers: tuple[str, ...]
@@ -67,11 +71,14 @@ class ListenerConfig:
     auth_require_tls: bool
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ListenerConfig:
+    def from_settings(cls, settings: Settings) -> ListenerConfig:
         """Raises ConfigError when the TLS files or the users file cannot be loaded."""
         smtp = settings.smtp
         return cls(
             listen=smtp.listen,
+            endpoint=smtp.endpoint,
+            socket_mode=int(smtp.socket_mode, 8),
+            socket_group=smtp.socket_group,
             mode=smtp.mode,
             hostname=smtp.hostname or socket.gethostname(),
             trusted_peers=smtp.trusted_peers,
@@ -112,7 +119,7 @@ class SmtpListener:
     def __init__(
         self,
         ingestor: Ingestor,
-        settings: Any,
+        config: ListenerConfig,
         ingest_workers: int = 1,
         shutdown_grace: float = SHUTDOWN_GRACE,
         metrics: Metrics | None = None,
@@ -121,10 +128,10 @@ class SmtpListener:
     ) -> None:
         self.reuse_port = reuse_port  # several processes share the port ([smtp] workers)
         ingest = GroupCommit(ingestor, ingest_workers, parser=parser)
-        self.handler = Handler(ingest, ListenerConfig.from_settings(settings), metrics)
+        self.handler = Handler(ingest, config, metrics)
         self.metrics = metrics
-        self.endpoint: tuple[str, int] | Path = settings.smtp.endpoint
-        self.socket_access = (int(settings.smtp.socket_mode, 8), settings.smtp.socket_group)
+        self.endpoint = config.endpoint  # kept until a restart, as are the socket's mode and group
+        self.socket_access = (config.socket_mode, config.socket_group)
         self.shutdown_grace = shutdown_grace
         self.server: asyncio.AbstractServer | None = None
         self.sessions: set[Connection] = set()
@@ -185,7 +192,7 @@ class SmtpListener:
         self.server = None
         log.info("listener on %s stopped", self.config.listen)
 
-    def reload(self, settings: Any) -> None:
+    def reload(self, settings: Settings) -> None:
         """New addresses, limits, TLS files and users apply to the next command; sessions stay up."""
         config = ListenerConfig.from_settings(settings)  # raises before anything changes
         if (config.listen, config.mode) != (self.config.listen, self.config.mode):
@@ -254,4 +261,4 @@ class SmtpListener:
 
 
 def _keep_endpoint(new: ListenerConfig, old: ListenerConfig) -> ListenerConfig:
-    return replace(new, listen=old.listen, mode=old.mode)
+    return replace(new, listen=old.listen, endpoint=old.endpoint, mode=old.mode)
