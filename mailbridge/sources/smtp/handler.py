@@ -1,9 +1,11 @@
-"""The aiosmtpd handler onto `Ingestor.accept`: each hook's return value is the wire reply.
+"""The aiosmtpd handler onto ingest: each `handle_*` hook's return value is the wire reply.
 
 Like a Postfix receiver it only strips the protocol and sanity-checks (recipients, header count,
-hops); everything else is ingest's job. One handler serves SMTP and LMTP alike. Ingest runs in the
-event loop's default executor and password hashing on a thread of its own, so one slow commit
-never stalls the other sessions.
+hops); everything else is ingest's job. One handler serves SMTP and LMTP alike. Mail reaches
+`Ingestor.accept_many` through `commit.GroupCommit`, in the event loop's default executor, and
+password hashing runs on a thread of its own, so one slow commit never stalls the other sessions.
+The `auth_*` hooks replace aiosmtpd's built-in PLAIN and LOGIN with the same exchange, the hash
+checked off the event loop and failed logins limited (`auth`).
 """
 
 from __future__ import annotations

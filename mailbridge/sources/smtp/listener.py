@@ -3,8 +3,8 @@
 How the pieces fit, as in aiosmtpd (engine, handler, controller): `protocol.Connection` speaks
 the protocol for one client, `handler.Handler` decides each reply and hands mail to ingest through
 `commit.GroupCommit`, and `SmtpListener` here starts and stops the listening socket, counts
-connections in total and per client, and swaps the `ListenerConfig` on reload. Every reply text
-lives in `replies`.
+connections in total and per client, and swaps the `ListenerConfig` on reload. Every reply we
+write is in `replies`; what aiosmtpd offers no public hook for is in `aiosmtpd_compat`.
 """
 
 from __future__ import annotations
