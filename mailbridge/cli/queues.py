@@ -14,6 +14,7 @@ from mailbridge.cli.context import Ctx, actor, handled, pass_ctx
 from mailbridge.cli.output import emit_json, queue_line, queue_rows
 from mailbridge.cli.tickets import ticket
 from mailbridge.errors import NotFound, Refused
+from mailbridge.routing import PRIORITIES
 
 if TYPE_CHECKING:
     from mailbridge.app import App
@@ -85,7 +86,7 @@ def ticket_tag(ctx: Ctx, number: int, words: tuple[str, ...], remove: bool) -> N
 
 @ticket.command("priority")
 @click.argument("number", type=int)
-@click.argument("priority", type=click.Choice(["low", "normal", "high", "urgent"]))
+@click.argument("priority", type=click.Choice(PRIORITIES))
 @pass_ctx
 @handled
 def ticket_priority(ctx: Ctx, number: int, priority: str) -> None:

@@ -19,7 +19,7 @@ from mailbridge.report import BY
 @click.option("--until", metavar="WHEN", help="only tickets created before then")
 @click.option(
     "--by",
-    type=click.Choice(["queue", "owner", "tag", "priority"]),
+    type=click.Choice(BY),
     help="show only this breakdown (default: all four)",
 )
 @pass_ctx

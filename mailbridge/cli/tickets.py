@@ -11,23 +11,21 @@ from mailbridge.cli.context import Ctx, actor, handled, pass_ctx
 from mailbridge.cli.dates import WHEN_HELP, parse_when
 from mailbridge.cli.output import emit_json, print_ticket_table, sla_line
 from mailbridge.errors import NotFound
+from mailbridge.lifecycle import Status
+from mailbridge.routing import PRIORITIES
 
 
 @click.command()
 @click.option(
     "--status",
-    type=click.Choice(
-        ["new", "open", "answered", "resolved", "closed", "postponed", "spam", "deleted"]
-    ),
+    type=click.Choice([s.value for s in Status]),
     help="only tickets in this status",
 )
 @click.option("--queue", metavar="Q", help="only this queue's tickets")
 @click.option("--owner", metavar="A", help="only tickets this agent owns")
 @click.option("--unassigned", is_flag=True, help="only tickets nobody owns")
 @click.option("--tag", metavar="T", help="only tickets with this tag")
-@click.option(
-    "--priority", type=click.Choice(["low", "normal", "high", "urgent"]), help="only this priority"
-)
+@click.option("--priority", type=click.Choice(PRIORITIES), help="only this priority")
 @click.option("--json", "as_json", is_flag=True, help="a JSON array instead of a table")
 @click.option("--breached", is_flag=True, help="only tickets that missed an SLA target")
 @pass_ctx
