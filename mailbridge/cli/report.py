@@ -9,7 +9,7 @@ import click
 from mailbridge.cli.context import Ctx, handled, pass_ctx
 from mailbridge.cli.dates import parse_bound
 from mailbridge.cli.output import emit_json
-from mailbridge.report import BY
+from mailbridge.report.text import BY
 
 
 @click.command()
@@ -41,7 +41,7 @@ def report(
     end = parse_bound(until, now) if until else None
     data = build_report(app.store, now, start, end)
     if html_file:
-        from mailbridge.report_html import render_html
+        from mailbridge.report.html import render_html
 
         Path(html_file).write_text(render_html(data), encoding="utf-8")
         click.echo(f"wrote {html_file}", err=True)
