@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mailbridge.lifecycle import Status
 from mailbridge.views import iso
 
 if TYPE_CHECKING:
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
 # one group of `repo.queue_summary`: queue, status, unowned, count, oldest last activity
 QueueGroup = tuple[str, str, bool, int, datetime | None]
 
-WAITING = ("new", "open")  # waiting for an agent
-LIVE = ("new", "open", "answered", "postponed")
+WAITING = (Status.NEW.value, Status.OPEN.value)  # waiting for an agent
+LIVE = (Status.NEW.value, Status.OPEN.value, Status.ANSWERED.value, Status.POSTPONED.value)
 
 
 def emit_json(data: Any) -> None:

@@ -45,14 +45,11 @@ The package: `data` (the rows from storage, and `summarize` assembling the repor
 from __future__ import annotations
 
 from mailbridge.report.data import build_report, summarize
-from mailbridge.report.stats import HISTOGRAM_BUCKETS, distribution, histogram, percentile
-from mailbridge.report.text import BY, human_duration, render
+from mailbridge.report.stats import histogram, percentile
+from mailbridge.report.text import human_duration, render
 
 __all__ = [
-    "BY",
-    "HISTOGRAM_BUCKETS",
     "build_report",
-    "distribution",
     "histogram",
     "human_duration",
     "percentile",

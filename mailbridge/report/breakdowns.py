@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from mailbridge.lifecycle import Status
 from mailbridge.report.sections import (
     FIRST_RESPONSE,
     RESOLUTION,
@@ -18,7 +19,9 @@ from mailbridge.report.sections import (
 )
 from mailbridge.report.stats import distribution
 
-OPEN_NOW = frozenset({"new", "open", "answered", "postponed"})
+OPEN_NOW = frozenset(
+    {Status.NEW.value, Status.OPEN.value, Status.ANSWERED.value, Status.POSTPONED.value}
+)
 PRIORITY_ORDER = ("urgent", "high", "normal", "low")
 NONE_KEY = "(none)"
 
