@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers_daemon import DaemonProcess, free_port
+from bench.servers.ports import free_port
+from tests.configs import mailbridge_toml
+from tests.helpers_daemon import DaemonProcess
 from tests.mail import make_mail
 
 SECRET = "two-nodes-secret"
@@ -67,32 +69,25 @@ def receiver() -> Iterator[Receiver]:
 
 
 def node_config(path: Path, name: str, port: int, url: str, hook_url: str) -> Path:
+    webhook = (
+        "[[webhooks]]\n"
+        'name = "crm"\n'
+        f'url = "{hook_url}"\n'
+        'events = ["created", "status", "message"]\n'
+        'secret_env = "MB_HOOK_SECRET"\n'
+        'timeout = "5s"\n'
+    )
     path.write_text(
-        f"""
-[database]
-url = "{url}"
-pool_size = 4
-
-[smtp]
-listen = "127.0.0.1:{port}"
-addresses = ["support@example.com"]
-
-[tickets]
-max_new_per_sender_per_hour = 100000
-
-[cluster]
-node_id = "{name}"
-
-[log]
-level = "warning"
-
-[[webhooks]]
-name = "crm"
-url = "{hook_url}"
-events = ["created", "status", "message"]
-secret_env = "MB_HOOK_SECRET"
-timeout = "5s"
-"""
+        mailbridge_toml(
+            url,
+            database="pool_size = 4\n",
+            listen=f"127.0.0.1:{port}",
+            agents=None,
+            tickets="max_new_per_sender_per_hour = 100000\n",
+            outbound=None,
+            log='level = "warning"\n',
+            extra=f'[cluster]\nnode_id = "{name}"\n\n{webhook}',
+        )
     )
     return path
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.servers.ports import free_port
-from tests.helpers_daemon import REPO, DaemonProcess, settings_from, write_config
+from tests.env import REPO
+from tests.helpers_daemon import DaemonProcess, settings_from, write_config
 from tests.mail import make_mail as make_lf_mail
 from tests.smtp_client import RawClient
 

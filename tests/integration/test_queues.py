@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from bench.servers.smtp_sink import SmtpSink
 from mailbridge.envelope import Envelope
 from mailbridge.storage import repo
 from tests.desk import LIVE, TEAM, Desk, MakeDesk, only
-from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
 
 # bob and erik are agents by the test config's agent domain

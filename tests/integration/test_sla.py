@@ -13,12 +13,14 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
 from mailbridge.report_html import render_html
 from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
+from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)
@@ -46,22 +48,22 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-def sla_app(make_app: Any, url: str) -> Any:
+def sla_app(make_app: MakeApp, url: str) -> App:
     return make_app(url, SLA)
 
 
-def run(app: Any, at: datetime, dry_run: bool = False, metrics: Any = None) -> list[Any]:
+def run(app: App, at: datetime, dry_run: bool = False, metrics: Any = None) -> list[Any]:
     on_breach = metrics.sla_breach if metrics else None
     sweeps = Sweeps(app.store, app.settings, app.clock, app.outbound, on_breach=on_breach)
     return sweeps.run(at, dry_run=dry_run)
 
 
-def new_ticket(app: Any) -> tuple[int, bytes]:
+def new_ticket(app: App) -> tuple[int, bytes]:
     raw = make_mail(subject="Invoice wrong")
     return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
 
 
-def agent_reply(app: Any, raw: bytes) -> None:
+def agent_reply(app: App, raw: bytes) -> None:
     reply = make_mail(
         sender="alice@example.com",
         subject="Re: x",
@@ -71,7 +73,7 @@ def agent_reply(app: Any, raw: bytes) -> None:
     app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
 
 
-def customer_reply(app: Any, raw: bytes) -> None:
+def customer_reply(app: App, raw: bytes) -> None:
     app.ingestor.accept(
         make_mail(subject="Re: Invoice wrong", body="Still wrong", in_reply_to=message_id_of(raw)),
         Envelope(),
@@ -79,7 +81,7 @@ def customer_reply(app: Any, raw: bytes) -> None:
     )
 
 
-def breaches(app: Any, number: int) -> list[tuple[str, str, str]]:
+def breaches(app: App, number: int) -> list[tuple[str, str, str]]:
     with app.store.unit() as s:
         return [
             (e.kind, e.actor, e.detail)
@@ -88,7 +90,7 @@ def breaches(app: Any, number: int) -> list[tuple[str, str, str]]:
         ]
 
 
-def notices(app: Any) -> list[tuple[str, str]]:
+def notices(app: App) -> list[tuple[str, str]]:
     with app.store.unit() as s:
         return [
             (m.to_addrs, m.subject)
@@ -98,13 +100,13 @@ def notices(app: Any) -> list[tuple[str, str]]:
         ]
 
 
-def columns(app: Any, number: int) -> tuple[Any, ...]:
+def columns(app: App, number: int) -> tuple[Any, ...]:
     with app.store.unit() as s:
         t = repo.get_ticket(s, number)
         return (t.sla_name, t.first_response_due, t.resolution_due, t.sla_due, t.sla_breached)
 
 
-def test_due_times_are_stored_in_business_hours(make_app: Any, db_url: str, clock: Any) -> None:
+def test_due_times_are_stored_in_business_hours(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = sla_app(make_app, db_url)
     number, _ = new_ticket(app)
     run(app, clock.now)
@@ -120,7 +122,7 @@ def test_due_times_are_stored_in_business_hours(make_app: Any, db_url: str, cloc
 
 
 def test_breach_is_recorded_once_with_notice_and_metric(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
     metrics = Metrics(app.store, None)
@@ -145,7 +147,7 @@ def test_breach_is_recorded_once_with_notice_and_metric(
 
 
 def test_answered_in_time_and_clock_paused_while_answered(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
     number, raw = new_ticket(app)
@@ -169,7 +171,7 @@ def test_answered_in_time_and_clock_paused_while_answered(
 
 
 def test_dry_run_lists_breaches_and_writes_nothing(
-    make_app: Any, db_url: str, clock: Any, tmp_path: Path
+    make_app: MakeApp, db_url: str, clock: Any, tmp_path: Path
 ) -> None:
     app = sla_app(make_app, db_url)
     number, _ = new_ticket(app)
@@ -199,14 +201,14 @@ def test_dry_run_lists_breaches_and_writes_nothing(
     assert breaches(app, number) == []
 
 
-def test_two_threads_record_one_breach(make_app: Any, db_url: str, clock: Any) -> None:
+def test_two_threads_record_one_breach(make_app: MakeApp, db_url: str, clock: Any) -> None:
     first = sla_app(make_app, db_url)
     second = make_app(db_url, SLA)  # its own engine: a second node on PostgreSQL
     numbers = [new_ticket(first)[0] for _ in range(5)]
     late = utc(2026, 11, 2, 14)
     barrier = threading.Barrier(2)
 
-    def node(app: Any) -> None:
+    def node(app: App) -> None:
         barrier.wait()
         run(app, late)
 
@@ -221,7 +223,7 @@ def test_two_threads_record_one_breach(make_app: Any, db_url: str, clock: Any) -
 
 
 def test_cli_show_breached_and_report(
-    make_app: Any, db_url: str, clock: Any, tmp_path: Path
+    make_app: MakeApp, db_url: str, clock: Any, tmp_path: Path
 ) -> None:
     app = sla_app(make_app, db_url)
     late_one, _ = new_ticket(app)
@@ -267,7 +269,7 @@ def test_cli_show_breached_and_report(
 
 
 def test_each_missed_next_response_is_its_own_breach(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
     number, raw = new_ticket(app)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
 from mailbridge.outbound.decide import Outbound
@@ -21,6 +22,7 @@ from mailbridge.scheduler import Scheduler
 from mailbridge.storage import repo
 from mailbridge.storage.models import Outbox
 from mailbridge.sweeps import Change, Sweeps
+from tests.configs import MakeApp, MakeSettings
 from tests.mail import make_mail, message_id_of
 
 FILE = Source("file", "test", live=False)
@@ -76,20 +78,20 @@ class NoticeOutbound(Outbound):
 # --- helpers --------------------------------------------------------------------------------
 
 
-def rules_app(make_app: Any, url: str) -> Any:
+def rules_app(make_app: MakeApp, url: str) -> Any:
     return make_app(url, RULES)
 
 
-def sweeps(app: Any, **kwargs: Any) -> Sweeps:
+def sweeps(app: App, **kwargs: Any) -> Sweeps:
     return Sweeps(app.store, app.settings, app.clock, NoticeOutbound(app.settings), **kwargs)
 
 
-def new_ticket(app: Any, subject: str = "Printer on fire") -> tuple[int, bytes]:
+def new_ticket(app: App, subject: str = "Printer on fire") -> tuple[int, bytes]:
     raw = make_mail(subject=subject)
     return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
 
 
-def answered_ticket(app: Any, subject: str = "Printer on fire") -> int:
+def answered_ticket(app: App, subject: str = "Printer on fire") -> int:
     number, raw = new_ticket(app, subject)
     reply = make_mail(
         sender="alice@example.com",
@@ -102,7 +104,7 @@ def answered_ticket(app: Any, subject: str = "Printer on fire") -> int:
     return number
 
 
-def ticket_in(app: Any, state: str) -> int:
+def ticket_in(app: App, state: str) -> int:
     """A ticket brought to `state` the way an operator would."""
     if state == "answered":
         return answered_ticket(app)
@@ -117,20 +119,20 @@ def ticket_in(app: Any, state: str) -> int:
     return number
 
 
-def status(app: Any, number: int) -> str | None:
+def status(app: App, number: int) -> str | None:
     with app.store.unit() as s:
         t = repo.get_ticket(s, number)
         return t.status if t else None
 
 
-def events(app: Any, number: int) -> list[tuple[str, str | None, str | None, str]]:
+def events(app: App, number: int) -> list[tuple[str, str | None, str | None, str]]:
     with app.store.unit() as s:
         return [
             (e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)
         ]
 
 
-def notices(app: Any) -> list[int | None]:
+def notices(app: App) -> list[int | None]:
     with app.store.unit() as s:
         return [row.ticket_number for row in repo.list_outbox(s) if row.kind == "rule"]
 
@@ -140,7 +142,7 @@ def notices(app: Any) -> list[int | None]:
 
 @pytest.mark.parametrize("before", ["new", "answered"])
 def test_postponed_ticket_wakes_at_its_time(
-    make_app: Any, db_url: str, clock: Any, before: str
+    make_app: MakeApp, db_url: str, clock: Any, before: str
 ) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, before)
@@ -160,7 +162,9 @@ def test_postponed_ticket_wakes_at_its_time(
         assert t.postponed_until is None and t.last_activity_at == clock.now
 
 
-def test_postponement_is_due_at_exactly_its_time(make_app: Any, db_url: str, clock: Any) -> None:
+def test_postponement_is_due_at_exactly_its_time(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, "new")
     until = clock.now + timedelta(hours=3)
@@ -168,7 +172,9 @@ def test_postponement_is_due_at_exactly_its_time(make_app: Any, db_url: str, clo
     assert [c.to_status for c in sweeps(app).run(until)] == ["new"]
 
 
-def test_a_moved_postponement_is_not_woken_early(make_app: Any, db_url: str, clock: Any) -> None:
+def test_a_moved_postponement_is_not_woken_early(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, "new")
     app.actions.act(number, "postpone", "cli:test", clock.now + timedelta(days=1))
@@ -190,7 +196,7 @@ def test_a_moved_postponement_is_not_woken_early(make_app: Any, db_url: str, clo
     ],
 )
 def test_rule_boundary(
-    make_app: Any,
+    make_app: MakeApp,
     db_url: str,
     clock: Any,
     rule: str,
@@ -215,7 +221,7 @@ def test_rule_boundary(
     assert events(app, number)[-1] == (kind, when, then, f"rule:{rule}")
 
 
-def test_idle_counts_from_the_last_message(make_app: Any, db_url: str, clock: Any) -> None:
+def test_idle_counts_from_the_last_message(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = make_app(
         db_url, '[[rules]]\nname = "stale"\nwhen = "new"\nidle_for = "2d"\nthen = "closed"\n'
     )
@@ -230,7 +236,7 @@ def test_idle_counts_from_the_last_message(make_app: Any, db_url: str, clock: An
     assert status(app, number) == "closed"
 
 
-def test_notice_is_queued_with_the_transition(make_app: Any, db_url: str, clock: Any) -> None:
+def test_notice_is_queued_with_the_transition(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     a, b = answered_ticket(app, "a"), ticket_in(app, "resolved")
     clock.advance(days=30)
@@ -240,7 +246,9 @@ def test_notice_is_queued_with_the_transition(make_app: Any, db_url: str, clock:
     assert status(app, b) == "closed"
 
 
-def test_outbound_without_rule_notices_is_skipped(make_app: Any, db_url: str, clock: Any) -> None:
+def test_outbound_without_rule_notices_is_skipped(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number = answered_ticket(app)
     plain = Sweeps(app.store, app.settings, app.clock, outbound=object())
@@ -249,7 +257,7 @@ def test_outbound_without_rule_notices_is_skipped(make_app: Any, db_url: str, cl
 
 
 def test_the_real_outbound_queues_one_notice_to_the_customer(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = rules_app(make_app, db_url)
     if not hasattr(app.outbound, "rule_notice"):
@@ -266,7 +274,7 @@ def test_the_real_outbound_queues_one_notice_to_the_customer(
 # --- idempotence and concurrency ---------------------------------------------------------------
 
 
-def test_running_twice_changes_once(make_app: Any, db_url: str, clock: Any) -> None:
+def test_running_twice_changes_once(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     number = answered_ticket(app)
     at = clock.now + timedelta(days=8)
@@ -279,7 +287,9 @@ def test_running_twice_changes_once(make_app: Any, db_url: str, clock: Any) -> N
     assert notices(app) == [number]
 
 
-def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, clock: Any) -> None:
+def test_two_nodes_at_once_change_each_ticket_once(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     """Two App instances = two engines and connections (two nodes), sweeping at the same moment."""
     node_a = rules_app(make_app, db_url)
     node_b = rules_app(make_app, db_url)
@@ -318,7 +328,7 @@ def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, c
     assert sorted(notices(node_a)) == sorted(numbers)
 
 
-def test_catch_up_after_a_week_of_downtime(make_app: Any, db_url: str, clock: Any) -> None:
+def test_catch_up_after_a_week_of_downtime(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     answered = [answered_ticket(app, f"a{i}") for i in range(5)]
     resolved = [ticket_in(app, "resolved") for _ in range(4)]
@@ -341,7 +351,7 @@ def test_catch_up_after_a_week_of_downtime(make_app: Any, db_url: str, clock: An
     assert sweeps(app).run(clock.now) == []
 
 
-def test_scheduler_catches_up_at_start(make_app: Any, db_url: str, clock: Any) -> None:
+def test_scheduler_catches_up_at_start(make_app: MakeApp, db_url: str, clock: Any) -> None:
     """A daemon started after downtime: the scheduler's first sweep runs at start."""
     app = rules_app(make_app, db_url)
     numbers = [answered_ticket(app, f"s{i}") for i in range(3)]
@@ -364,7 +374,7 @@ def test_scheduler_catches_up_at_start(make_app: Any, db_url: str, clock: Any) -
 
 
 def test_scheduler_reload_swaps_the_rules(
-    make_app: Any, make_settings: Any, db_url: str, clock: Any
+    make_app: MakeApp, make_settings: MakeSettings, db_url: str, clock: Any
 ) -> None:
     app = make_app(db_url)  # no rules at first
     number = answered_ticket(app)
@@ -380,7 +390,7 @@ def test_scheduler_reload_swaps_the_rules(
 
 
 def test_purge_leaves_tombstones_so_the_same_mail_is_a_duplicate(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = rules_app(make_app, db_url)
     number, raw = new_ticket(app)
@@ -396,7 +406,7 @@ def test_purge_leaves_tombstones_so_the_same_mail_is_a_duplicate(
         assert repo.list_tickets(s) == []
 
 
-def test_dry_run_changes_nothing(make_app: Any, db_url: str, clock: Any) -> None:
+def test_dry_run_changes_nothing(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     answered = answered_ticket(app)
     spam = ticket_in(app, "spam")
