@@ -61,6 +61,30 @@ def mailbridge_toml(
 BASE_CONFIG = mailbridge_toml("{url}")
 
 
+def node_toml(
+    url: str,
+    node: str,
+    port: int,
+    *,
+    tickets: str,
+    outbound: str | None,
+    cluster: str = "",
+    extra: str = "",
+) -> str:
+    """One of several `mailbridge run` nodes on one database: its own listener and node id, a
+    pool of 4, no agents, warnings only in its log."""
+    return mailbridge_toml(
+        url,
+        database="pool_size = 4\n",
+        listen=f"127.0.0.1:{port}",
+        agents=None,
+        tickets=tickets,
+        outbound=outbound,
+        log='level = "warning"\n',
+        extra=f'[cluster]\nnode_id = "{node}"\n{cluster}\n{extra}',
+    )
+
+
 def imap_account(port: int, **options: str) -> str:
     """One `[[imap]]` table for the support mailbox of a private Dovecot (values are TOML)."""
     lines = [

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from bench.servers.dovecot import PASSWORD, DovecotServer
 from bench.servers.ports import free_port
 from bench.servers.smtp_sink import SmtpSink
-from tests.configs import imap_account, mailbridge_toml
+from tests.configs import imap_account, node_toml
 from tests.helpers_daemon import DaemonProcess
 from tests.mail import make_mail
 
@@ -37,17 +37,11 @@ def node_config(
         "max_new_per_sender_per_hour = 100000\n"
     )
     mailbox = imap_account(imap.port, after='"seen"', idle="true", poll_interval='"2s"')
-    cluster = f'[cluster]\nnode_id = "{name}"\nlease_ttl = "{LEASE_TTL}s"\n'
+    cluster = f'lease_ttl = "{LEASE_TTL}s"\n'
+    outbound = sink.outbound_toml(timeout="2s")
     path.write_text(
-        mailbridge_toml(
-            url,
-            database="pool_size = 4\n",
-            listen=f"127.0.0.1:{port}",
-            agents=None,
-            tickets=tickets,
-            outbound=sink.outbound_toml(timeout="2s"),
-            log='level = "warning"\n',
-            extra=f"{mailbox}\n{cluster}",
+        node_toml(
+            url, name, port, tickets=tickets, outbound=outbound, cluster=cluster, extra=mailbox
         )
     )
     return path

@@ -11,15 +11,15 @@ import pytest
 
 from mailbridge import lifecycle
 from mailbridge.app import App
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
 from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.report import build_report
 from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.tickets import FILE
 
-FILE = Source("file", "test", live=False)
 CAROL = "Carol Customer <carol@customer.example>"
 
 

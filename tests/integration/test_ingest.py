@@ -13,8 +13,8 @@ from mailbridge.envelope import Envelope, Source
 from mailbridge.storage import repo
 from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.tickets import FILE
 
-FILE = Source("file", "test", live=False)
 LIVE = Source("smtp", "127.0.0.1:2525", live=True)
 AR_PASS = "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
 

@@ -22,9 +22,9 @@ from mailbridge.storage.engine import Store, make_engine
 from mailbridge.sweeps import Sweeps
 from tests.configs import MakeApp, MakeSettings
 from tests.mail import make_mail
+from tests.tickets import FILE
 
 SMTP = Source("smtp", "127.0.0.1:2525", live=True)
-FILE = Source("file", "test", live=False)
 
 
 class Endpoint:

@@ -4,7 +4,6 @@ after a week of downtime, and from two nodes at once."""
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -12,14 +11,15 @@ import pytest
 
 from mailbridge.app import App
 from mailbridge.config import parse_settings
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
 from mailbridge.errors import ConfigError
 from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.configs import BASE_CONFIG, MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.nodes import at_once
+from tests.tickets import FILE, agent_reply, new_ticket
 
-FILE = Source("file", "test", live=False)
 DAY = timedelta(days=1)
 
 RULES = """
@@ -48,20 +48,9 @@ def run(app: App, at: Any, dry_run: bool = False) -> list[Any]:
     return Sweeps(app.store, app.settings, app.clock, app.outbound).run(at, dry_run=dry_run)
 
 
-def new_ticket(app: App) -> tuple[int, bytes]:
-    raw = make_mail(subject="Printer on fire")
-    return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
-
-
 def answered(app: App) -> int:
     number, raw = new_ticket(app)
-    reply = make_mail(
-        sender="alice@example.com",
-        subject="Re: x",
-        body="Did you restart it?\n",
-        in_reply_to=message_id_of(raw),
-    )
-    app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
+    agent_reply(app, raw, "Did you restart it?\n")
     return number
 
 
@@ -159,17 +148,7 @@ def test_two_nodes_at_once_one_event_and_one_mail(
     first = make_app(db_url, RULES)
     second = make_app(db_url, RULES)  # its own engine and connections
     numbers = [answered(first) for _ in range(4)]
-    barrier = threading.Barrier(2)
-
-    def node(app: App) -> None:
-        barrier.wait()
-        run(app, clock.now + 5 * DAY)
-
-    threads = [threading.Thread(target=node, args=(a,)) for a in (first, second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(lambda app: run(app, clock.now + 5 * DAY), [first, second])
     for number in numbers:
         assert len(events(first, number, "remind")) == 1
         assert len(mails(first, number)) == 1

@@ -6,7 +6,6 @@ paused while answered, `--dry-run` writing nothing, concurrent runs, `ticket sho
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,17 @@ from click.testing import CliRunner
 
 from mailbridge.app import App
 from mailbridge.cli import cli
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
 from mailbridge.metrics import Metrics
 from mailbridge.report_html import render_html
 from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.nodes import at_once
+from tests.tickets import FILE, agent_reply, new_ticket
 
-FILE = Source("file", "test", live=False)
+SUBJECT = "Invoice wrong"
 MINUTE = timedelta(minutes=1)
 
 # the clock fixture starts on Monday 2026-11-02 09:00 UTC = 11:00 in Bucharest
@@ -58,24 +59,9 @@ def run(app: App, at: datetime, dry_run: bool = False, metrics: Any = None) -> l
     return sweeps.run(at, dry_run=dry_run)
 
 
-def new_ticket(app: App) -> tuple[int, bytes]:
-    raw = make_mail(subject="Invoice wrong")
-    return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
-
-
-def agent_reply(app: App, raw: bytes) -> None:
-    reply = make_mail(
-        sender="alice@example.com",
-        subject="Re: x",
-        body="Looking.\n",
-        in_reply_to=message_id_of(raw),
-    )
-    app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
-
-
 def customer_reply(app: App, raw: bytes) -> None:
     app.ingestor.accept(
-        make_mail(subject="Re: Invoice wrong", body="Still wrong", in_reply_to=message_id_of(raw)),
+        make_mail(subject=f"Re: {SUBJECT}", body="Still wrong", in_reply_to=message_id_of(raw)),
         Envelope(),
         FILE,
     )
@@ -108,7 +94,7 @@ def columns(app: App, number: int) -> tuple[Any, ...]:
 
 def test_due_times_are_stored_in_business_hours(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = sla_app(make_app, db_url)
-    number, _ = new_ticket(app)
+    number, _ = new_ticket(app, SUBJECT)
     run(app, clock.now)
     # 4 working hours from Mon 11:00 local: 15:00 local = 13:00 UTC; resolution 16h: Mon 6h,
     # Wed 4 Nov is a holiday, Tue 8h, Thu 2h -> Thu 11:00 local = 09:00 UTC
@@ -126,7 +112,7 @@ def test_breach_is_recorded_once_with_notice_and_metric(
 ) -> None:
     app = sla_app(make_app, db_url)
     metrics = Metrics(app.store, None)
-    number, _ = new_ticket(app)
+    number, _ = new_ticket(app, SUBJECT)
     run(app, clock.now)
     assert run(app, utc(2026, 11, 2, 13), metrics=metrics) == []  # due exactly now: not yet missed
     assert breaches(app, number) == []
@@ -150,9 +136,9 @@ def test_answered_in_time_and_clock_paused_while_answered(
     make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
-    number, raw = new_ticket(app)
+    number, raw = new_ticket(app, SUBJECT)
     clock.now = utc(2026, 11, 2, 12)  # 14:00 local: 3 working hours used
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     run(app, clock.now)
     # answered: the resolution clock stands still, nothing is due
     assert columns(app, number)[3] is None
@@ -174,7 +160,7 @@ def test_dry_run_lists_breaches_and_writes_nothing(
     make_app: MakeApp, db_url: str, clock: Any, tmp_path: Path
 ) -> None:
     app = sla_app(make_app, db_url)
-    number, _ = new_ticket(app)
+    number, _ = new_ticket(app, SUBJECT)
     before = columns(app, number)
     late = utc(2026, 11, 2, 14)
     changes = run(app, late, dry_run=True)
@@ -204,19 +190,9 @@ def test_dry_run_lists_breaches_and_writes_nothing(
 def test_two_threads_record_one_breach(make_app: MakeApp, db_url: str, clock: Any) -> None:
     first = sla_app(make_app, db_url)
     second = make_app(db_url, SLA)  # its own engine: a second node on PostgreSQL
-    numbers = [new_ticket(first)[0] for _ in range(5)]
+    numbers = [new_ticket(first, SUBJECT)[0] for _ in range(5)]
     late = utc(2026, 11, 2, 14)
-    barrier = threading.Barrier(2)
-
-    def node(app: App) -> None:
-        barrier.wait()
-        run(app, late)
-
-    threads = [threading.Thread(target=node, args=(a,)) for a in (first, second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(lambda app: run(app, late), [first, second])
     for number in numbers:
         assert len(breaches(first, number)) == 1
     assert len(notices(first)) == len(numbers)
@@ -226,10 +202,10 @@ def test_cli_show_breached_and_report(
     make_app: MakeApp, db_url: str, clock: Any, tmp_path: Path
 ) -> None:
     app = sla_app(make_app, db_url)
-    late_one, _ = new_ticket(app)
-    _on_time, raw = new_ticket(app)
+    late_one, _ = new_ticket(app, SUBJECT)
+    _on_time, raw = new_ticket(app, SUBJECT)
     clock.now = utc(2026, 11, 2, 10)
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     clock.now = utc(2026, 11, 2, 14)
     run(app, clock.now)
     config = ["--config", str(tmp_path / "mailbridge.toml")]
@@ -272,9 +248,9 @@ def test_each_missed_next_response_is_its_own_breach(
     make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
-    number, raw = new_ticket(app)
+    number, raw = new_ticket(app, SUBJECT)
     clock.now = utc(2026, 11, 2, 10)
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     # Thu 5 Nov 07:00 UTC (09:00 local) the customer writes: 8 working hours -> 15:00 UTC
     clock.now = utc(2026, 11, 5, 7)
     customer_reply(app, raw)
@@ -282,7 +258,7 @@ def test_each_missed_next_response_is_its_own_breach(
     assert run(app, utc(2026, 11, 5, 15)) == []
     assert [c.detail for c in run(app, utc(2026, 11, 5, 15, 30))] == ["next_response by 30m"]
     clock.now = utc(2026, 11, 6, 8)
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     # again the next Monday 09:00 local; missed by an hour this time
     clock.now = utc(2026, 11, 9, 7)
     customer_reply(app, raw)

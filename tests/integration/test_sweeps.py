@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 
 from mailbridge.app import App
 from mailbridge.cli import cli
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
 from mailbridge.outbound.decide import Outbound
 from mailbridge.scheduler import Scheduler
 from mailbridge.storage import repo
@@ -24,8 +23,9 @@ from mailbridge.storage.models import Outbox
 from mailbridge.sweeps import Change, Sweeps
 from tests.configs import MakeApp, MakeSettings
 from tests.mail import make_mail, message_id_of
+from tests.nodes import at_once
+from tests.tickets import FILE, agent_reply, new_ticket
 
-FILE = Source("file", "test", live=False)
 SECOND = timedelta(seconds=1)
 
 RULES = """
@@ -86,20 +86,9 @@ def sweeps(app: App, **kwargs: Any) -> Sweeps:
     return Sweeps(app.store, app.settings, app.clock, NoticeOutbound(app.settings), **kwargs)
 
 
-def new_ticket(app: App, subject: str = "Printer on fire") -> tuple[int, bytes]:
-    raw = make_mail(subject=subject)
-    return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
-
-
 def answered_ticket(app: App, subject: str = "Printer on fire") -> int:
     number, raw = new_ticket(app, subject)
-    reply = make_mail(
-        sender="alice@example.com",
-        subject=f"Re: {subject}",
-        body="On it.\n",
-        in_reply_to=message_id_of(raw),
-    )
-    app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
+    agent_reply(app, raw, "On it.\n", subject=f"Re: {subject}")
     assert status(app, number) == "answered"
     return number
 
@@ -298,27 +287,9 @@ def test_two_nodes_at_once_change_each_ticket_once(
     node_a.actions.act(postponed, "postpone", "cli:test", clock.now + timedelta(days=1))
     at = clock.now + timedelta(days=8)
 
-    start = threading.Barrier(2)
-    results: dict[str, list[Change]] = {}
-    errors: list[BaseException] = []
+    results = at_once(lambda node: sweeps(node, batch_size=3).run(at), [node_a, node_b], 60)
 
-    def sweep(name: str, node: Any) -> None:
-        try:
-            start.wait()
-            results[name] = sweeps(node, batch_size=3).run(at)
-        except BaseException as exc:  # surfaced below: a thread's failure must fail the test
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=sweep, args=(n, node)) for n, node in (("a", node_a), ("b", node_b))
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-
-    changed = sorted(c.number for r in results.values() for c in r)
+    changed = sorted(c.number for r in results for c in r)
     assert changed == sorted([*numbers, postponed])
     for number in numbers:
         assert [e for e in events(node_a, number) if e[3] == "rule:auto-resolve"] == [
