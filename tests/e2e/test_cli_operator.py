@@ -15,12 +15,12 @@ from typing import Any
 import click
 from click.testing import CliRunner
 
+from bench.servers.smtp_sink import SmtpSink
 from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.config import load_settings
 from mailbridge.envelope import Envelope, Source
 from mailbridge.outbound.sender import OutboxSender
-from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
 
 ROOT = Path(__file__).resolve().parents[2]

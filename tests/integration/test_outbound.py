@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
+from bench.servers.smtp_sink import SmtpSink, tls_pair
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import StorageUnavailable
@@ -28,7 +29,6 @@ from mailbridge.outbound.sender import OutboxSender
 from mailbridge.parse import parse
 from mailbridge.storage import repo
 from tests.desk import ACK, CUSTOMER, SUPPORT, TEAM, Desk, MakeDesk, only, text_of
-from tests.fixtures.smtp_sink import SmtpSink, tls_pair
 from tests.mail import make_mail, message_id_of
 
 # --- a customer writes ---------------------------------------------------------------------
