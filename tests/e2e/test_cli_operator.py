@@ -198,6 +198,11 @@ def test_postpone_accepts_relative_times_and_refuses_absurd_ones(
         assert result.returncode == 2, (bad, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("mailbridge: --until")
         assert "Traceback" not in result.stderr
+    # the report's period names the option that was wrong
+    for option in ("--since", "--until"):
+        result = mailbridge("--config", str(config), "report", option, "someday", cwd=tmp_path)
+        assert result.returncode == 2, (option, result.stderr)
+        assert result.stderr.startswith(f"mailbridge: {option} 'someday'"), result.stderr
 
 
 def test_ingest_refuses_a_file_over_the_size_limit_without_reading_it(
