@@ -7,6 +7,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
+from mailbridge import mailtext
 from mailbridge.outbound import decide as outbound
 from mailbridge.outbound.decide import (
     FOOTER_COMMANDS,
@@ -251,5 +252,5 @@ def test_default_templates_use_known_fields() -> None:
         "idle": "5d",
     }
     for name in ("ack", "refused", "rule", "failed", "sla_breach", "remind", "escalate"):
-        _, body = outbound.render(outbound._template(name), values)
+        _, body = mailtext.render(mailtext.template(name), values)
         assert "$" not in body, name
