@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 
 from mailbridge.config import parse_settings
+from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.decide import Draft, Outbound
 from mailbridge.storage.models import Ticket
 
@@ -23,7 +24,7 @@ from_address = "support@example.com"
 
 
 def make_outbound() -> Outbound:
-    return Outbound(parse_settings(SETTINGS, "test.toml"), lambda: NOW)
+    return Outbound(OutboundConfig.from_settings(parse_settings(SETTINGS, "test.toml")))
 
 
 def make_ticket(**kw: object) -> Ticket:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mailbridge import lifecycle, mailtext
-from mailbridge.clock import Clock, system_clock
 from mailbridge.mailtext import header_safe, mailbox, render, reply_subject
 from mailbridge.outbound import drafts
 from mailbridge.outbound.config import OutboundConfig
@@ -23,6 +22,7 @@ from mailbridge.storage import repo
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from mailbridge.config import Settings
     from mailbridge.parse import ParsedMessage
     from mailbridge.storage.models import Message, Outbox, Ticket
 
@@ -32,12 +32,11 @@ log = logging.getLogger("mailbridge.outbound.decide")
 class Notices:
     """The notices the rules, the SLA sweep and the outbox sender queue; `Outbound` adds ingest's."""
 
-    def __init__(self, settings: Any, clock: Clock | None = None) -> None:
-        self.clock = clock or system_clock
-        self.configure(settings)
+    def __init__(self, config: OutboundConfig) -> None:
+        self.config = config
 
-    def configure(self, settings: Any) -> None:
-        """(Re)read what outbound mail derives from the config; called again on reload."""
+    def configure(self, settings: Settings) -> None:
+        """Take reloaded settings."""
         self.config = OutboundConfig.from_settings(settings)
 
     def refused(

@@ -25,14 +25,16 @@ import random
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from mailbridge import lifecycle
 from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import StorageUnavailable
 from mailbridge.outbound import writer
 from mailbridge.outbound.claim import Claim, Job, Result
+from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.notices import Notices
 from mailbridge.outbound.smarthost import Relay, SmarthostConfig
 from mailbridge.outbound.webhooks import KIND as WEBHOOK
@@ -40,8 +42,11 @@ from mailbridge.outbound.webhooks import Poster
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from mailbridge.app import App
+    from sqlalchemy.orm import Session
+
+    from mailbridge.config import Settings, Webhook
     from mailbridge.storage import Store
+    from mailbridge.storage.models import Outbox
 
 log = logging.getLogger("mailbridge.outbound.sender")
 
@@ -77,6 +82,25 @@ def log_delivery(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SenderConfig:
+    """What the sender reads from the settings, built once per (re)load and swapped whole."""
+
+    smarthost: SmarthostConfig
+    max_attempts: int
+    webhooks: tuple[Webhook, ...]
+    notices: OutboundConfig  # for the notice that a relayed reply was never delivered
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SenderConfig:
+        return cls(
+            smarthost=SmarthostConfig.from_settings(settings),
+            max_attempts=settings.outbound.max_attempts,
+            webhooks=tuple(settings.webhooks),
+            notices=OutboundConfig.from_settings(settings),
+        )
+
+
 class OutboxSender:
     """The outbox component of `mailbridge run`; `deliver_due` is the same work, synchronously."""
 
@@ -84,8 +108,8 @@ class OutboxSender:
 
     def __init__(
         self,
-        store: Store | App,
-        settings: Any,
+        store: Store,
+        config: SenderConfig,
         clock: Clock | None = None,
         *,
         tls_context: ssl.SSLContext | None = None,
@@ -95,9 +119,8 @@ class OutboxSender:
         on_delivery: Callable[[str], None] | None = None,
         on_webhook: Callable[[str], None] | None = None,
     ) -> None:
-        # the daemon hands over its App; tests and one-shot commands a bare Store
-        self.store = cast("Store", getattr(store, "store", store))
-        self.clock = clock or cast(Clock, getattr(store, "clock", system_clock))
+        self.store = store
+        self.clock = clock or system_clock
         self.tls_context = tls_context  # tests pass one that trusts their own certificate
         self.poll_interval = poll_interval
         self.batch_size = batch_size
@@ -112,20 +135,21 @@ class OutboxSender:
         # results the smarthost gave that could not be committed yet: recorded before anything
         # else, and never sent again by this sender
         self._unrecorded: dict[int, tuple[Job, Result]] = {}
-        self.lease = LEASE
-        self.reload(settings)
+        self._configure(config)
 
-    def reload(self, settings: Any) -> None:
-        self.settings = settings
-        self.notices = Notices(settings, self.clock)
-        self.smarthost = SmarthostConfig.from_settings(settings)
+    def reload(self, settings: Settings) -> None:
+        self._configure(SenderConfig.from_settings(settings))
+
+    def _configure(self, config: SenderConfig) -> None:
+        self.config = config
+        self.notices = Notices(config.notices)
         self.lease = LEASE
-        if settings.webhooks or self.poster is not None:
-            self.poster = self.poster or Poster(settings.webhooks)
-            self.poster.configure(settings.webhooks)
+        if config.webhooks or self.poster is not None:
+            self.poster = self.poster or Poster(config.webhooks)
+            self.poster.configure(config.webhooks)
             # a post must end well inside the lease even if the heartbeat stalls
             self.lease = max(self.lease, timedelta(seconds=2 * self.poster.worst))
-        if self.smarthost.auth_in_clear:
+        if config.smarthost.auth_in_clear:
             log.warning("outbound AUTH without TLS: the password would cross the network in clear")
 
     # --- the component -----------------------------------------------------------------
@@ -142,7 +166,7 @@ class OutboxSender:
         if self._task is None:
             return
         # an SMTP exchange in progress is bounded by the timeout; the rest of its batch is released
-        grace = self.settings.outbound.timeout.total_seconds() * 4 + 5
+        grace = self.config.smarthost.timeout * 4 + 5
         try:
             await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
@@ -174,8 +198,8 @@ class OutboxSender:
     def deliver_due(self, now: datetime | None = None) -> int:
         """Deliver every row due at `now` (default: the clock); returns how many were sent."""
         # outbound off: mail waits in the outbox until a smarthost is configured; webhooks go
-        only = None if self.settings.outbound.smarthost else WEBHOOK
-        if only and not self.settings.webhooks:
+        only = None if self.config.smarthost.host else WEBHOOK
+        if only and not self.config.webhooks:
             return 0
         sent = self._record_unrecorded(now)
         while not self._stopping.is_set():
@@ -186,7 +210,7 @@ class OutboxSender:
             with claim:
                 if unwritten:  # a database error here ends the round: nothing was sent yet
                     jobs = writer.write_all(self.store, jobs, unwritten)
-                with Relay(self.smarthost, self._context) as relay:
+                with Relay(self.config.smarthost, self._context) as relay:
                     mail = [j for j in jobs if j.kind != WEBHOOK]
                     sent += self._attempt_each(mail, now, claim, relay.send, stop_first=False)
                 hooks = [j for j in jobs if j.kind == WEBHOOK]
@@ -289,7 +313,7 @@ class OutboxSender:
         if report:
             report(outcome)
 
-    def _apply(self, session: Any, row: Any, result: Result, at: datetime) -> str:
+    def _apply(self, session: Session, row: Outbox, result: Result, at: datetime) -> str:
         """Write one attempt's result onto its row: "sent", "retry" or "failed"."""
         row.attempts += 1
         if result.sent:
@@ -299,7 +323,7 @@ class OutboxSender:
             row.last_error = partly[:2000] if result.refused else None
             return "sent"
         row.last_error = result.error
-        if result.permanent or row.attempts >= self.settings.outbound.max_attempts:
+        if result.permanent or row.attempts >= self.config.max_attempts:
             row.state = "failed"
             if row.kind != WEBHOOK:  # a failed post is no news to the customer's thread
                 self._failed(session, row, result.error or "", at)
@@ -307,7 +331,7 @@ class OutboxSender:
         row.next_attempt_at = at + backoff(row.attempts, self.rng)
         return "retry"
 
-    def _failed(self, session: Any, row: Any, error: str, at: datetime) -> None:
+    def _failed(self, session: Session, row: Outbox, error: str, at: datetime) -> None:
         """Leave the failure on the ticket, where `ticket show` explains it, and tell the agents."""
         if row.ticket_number is None:
             return

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
+from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.decide import Outbound
 from mailbridge.scheduler import Scheduler
 from mailbridge.storage import repo
@@ -81,7 +82,13 @@ def rules_app(make_app: Any, url: str) -> Any:
 
 
 def sweeps(app: Any, **kwargs: Any) -> Sweeps:
-    return Sweeps(app.store, app.settings, app.clock, NoticeOutbound(app.settings), **kwargs)
+    return Sweeps(
+        app.store,
+        app.settings,
+        app.clock,
+        NoticeOutbound(OutboundConfig.from_settings(app.settings)),
+        **kwargs,
+    )
 
 
 def new_ticket(app: Any, subject: str = "Printer on fire") -> tuple[int, bytes]:
