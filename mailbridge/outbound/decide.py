@@ -8,63 +8,29 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from mailbridge import rules as classify
 from mailbridge.mailtext import (
     FOOTER_COMMANDS,
     FOOTER_MARK,
-    TEMPLATES,
     header_safe,
     mailbox,
     render,
     reply_subject,
     strip_footer,
 )
-from mailbridge.outbound.compose import (
-    MAX_REFERENCES,
-    Part,
-    attachments_of,
-    compose,
-    conversation_id,
-    thread_index,
-    trim_references,
-    write,
-)
-from mailbridge.outbound.drafts import RELAYED_BY, Draft, pending
+from mailbridge.outbound.drafts import RELAYED_BY, Draft
 from mailbridge.outbound.notices import Notices
-from mailbridge.outbound.recipients import agent_recipients, relay_recipients, utf8_mailbox
+from mailbridge.outbound.recipients import agent_recipients, relay_recipients
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from sqlalchemy.orm import Session
 
     from mailbridge.parse import ParsedMessage
     from mailbridge.rules import Verdict
     from mailbridge.storage.models import Message, Ticket
-
-__all__ = [  # the pure helpers live in mailtext/compose; callers and tests know them from here
-    "FOOTER_COMMANDS",
-    "FOOTER_MARK",
-    "MAX_REFERENCES",
-    "TEMPLATES",
-    "Draft",
-    "Outbound",
-    "Part",
-    "attachments_of",
-    "conversation_id",
-    "header_safe",
-    "mailbox",
-    "render",
-    "reply_subject",
-    "strip_footer",
-    "thread_index",
-    "trim_references",
-    "utf8_mailbox",
-]
 
 log = logging.getLogger("mailbridge.outbound.decide")
 
@@ -195,7 +161,7 @@ class Outbound(Notices):
             return f"{customer} is an agent address"
         if _NO_AUTO_REPLY.search(customer.partition("@")[0]) or mailbox("", customer) is None:
             return f"{customer} must not get automatic replies"
-        if dmarc_failed(verdict, parsed, config.trusted_authserv_ids):
+        if dmarc_failed(parsed, config.trusted_authserv_ids):
             return "the From domain failed DMARC: the sender is likely forged"
         since = now - _HOUR
         if repo.count_outbox_to(session, "ack", customer, since, limit) >= limit:
@@ -257,36 +223,15 @@ class Outbound(Notices):
         )
         return [draft]
 
-    def build(
-        self, ticket: Ticket, draft: Draft, message_id: str, known: Sequence[str], now: datetime
-    ) -> EmailMessage:
-        """The mail as it would go out now; `known` are the ticket's Message-IDs."""
-        return compose(
-            pending(self.config, ticket, draft, message_id, now), known, draft.attachments
-        )
-
-    def _render(
-        self, ticket: Ticket, draft: Draft, message_id: str, known: Sequence[str], now: datetime
-    ) -> tuple[EmailMessage, bytes] | None:
-        """Build and serialise, as the sender does (with its fallback for unwritable parts)."""
-        written = write(
-            pending(self.config, ticket, draft, message_id, now), known, draft.attachments
-        )
-        return (written.message, written.raw) if written else None
-
 
 _AR_COMMENT = re.compile(r"\([^()]*\)")
 
 
-def dmarc_failed(verdict: Verdict, parsed: ParsedMessage | None, trusted: frozenset[str]) -> bool:
+def dmarc_failed(parsed: ParsedMessage | None, trusted: frozenset[str]) -> bool:
     """Whether the mail failed DMARC by the word of an Authentication-Results header we trust.
 
-    The classifier's own fact wins when it offers one. Otherwise only the topmost header with a
-    trusted authserv-id counts (RFC 8601 section 5: the border MTA adds it on top; anything
-    below may be the sender's own), read with its comments removed."""
-    known = getattr(verdict, "dmarc_failed", None)
-    if known is not None:
-        return bool(known)
+    Only the topmost header with a trusted authserv-id counts (RFC 8601 section 5: the border
+    MTA adds it on top; anything below may be the sender's own), read with its comments removed."""
     if parsed is None or not trusted:
         return False
     for value in parsed.headers.get("authentication-results", ()):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from mailbridge.fingerprint import dedup_key
 from mailbridge.mailtext import header_safe
-from mailbridge.outbound.compose import Part, Pending, box_of, conversation_id
+from mailbridge.outbound.compose import Pending, box_of, conversation_id
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
@@ -41,10 +41,7 @@ class Draft:
     auto_submitted: str | None  # auto-replied | auto-generated | None for human mail
     cc: list[Address] = field(default_factory=list)
     verdict: str = ""
-    # queued mail carries the attachments of the stored message `attach_pk` (written by the
-    # sender); `attachments` are for `build`/`_render` alone
-    attach_pk: int | None = None
-    attachments: list[Part] = field(default_factory=list)
+    attach_pk: int | None = None  # the stored message whose attachments go along
 
 
 def values(config: OutboundConfig, ticket: Ticket) -> dict[str, object]:
@@ -72,8 +69,6 @@ def queue(
     from_address = config.sender(ticket.queue)[0]
     messages, rows = [], []
     for draft in drafts:
-        if draft.attachments:
-            raise ValueError("queued mail takes its attachments from attach_pk")
         message_id = f"{secrets.token_hex(16)}@{config.domain}"
         spec = pending(config, ticket, draft, message_id, now)
         recipients = [a.addr_spec.lower() for a in (*draft.to, *draft.cc)]

@@ -229,6 +229,3 @@ class Poster:
         reason = f"HTTP {reply.status_code} {reply.reason_phrase}: {' '.join(reply.text.split())}"
         permanent = 400 <= reply.status_code < 500 and reply.status_code not in RETRIED_4XX
         return Posted(False, reason[:1000], permanent)
-
-    def close(self) -> None:
-        self.client.close()
