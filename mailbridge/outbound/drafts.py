@@ -1,6 +1,5 @@
 """From a `Draft` (who, what, why) to a queued mail: its final header values (a `compose.Pending`),
-the copy stored on the ticket and its outbox row. See `mailbridge.outbound` for the whole story.
-"""
+the copy stored on the ticket and its outbox row (see `mailbridge.outbound`)."""
 
 from __future__ import annotations
 

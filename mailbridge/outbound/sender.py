@@ -10,7 +10,7 @@ node. What remains: the smarthost said 250, the commit of "sent" failed, and the
 (or lost the database for longer than the lease) before it could record it: then the row is sent
 again once the lease runs out.
 
-Queued mail arrives without its bytes (see `writer.py`); a retry sends the same bytes again.
+Queued mail arrives without its bytes: decided at ingest, written here (see `mailbridge.outbound`).
 
 4xx replies and connection trouble are retried with capped exponential backoff (plus jitter) up
 to `max_attempts`; 5xx replies fail the row at once, keeping the server's reply as the reason.

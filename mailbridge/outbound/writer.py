@@ -1,5 +1,4 @@
-"""Gives claimed outbox rows their bytes: the mail is written from the row's `spec` outside any
-transaction, then stored on the row and on the ticket's copy in one (see `mailbridge.outbound`)."""
+"""Gives claimed outbox rows their bytes, written from their `spec` (see `mailbridge.outbound`)."""
 
 from __future__ import annotations
 
