@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mailbridge.actions import TicketActions
 from mailbridge.clock import Clock, system_clock
@@ -13,6 +13,9 @@ from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.decide import Outbound
 from mailbridge.outbound.webhooks import Subscriptions
 from mailbridge.storage import Store, open_store, repo
+
+if TYPE_CHECKING:
+    from mailbridge.metrics import Metrics
 
 
 @dataclass
@@ -24,7 +27,7 @@ class App:
     actions: TicketActions
     clock: Clock
     # the daemon's Metrics, when running; sources report poller health to it
-    metrics: Any = None
+    metrics: Metrics | None = None
 
     @classmethod
     def build(

@@ -26,10 +26,9 @@ from mailbridge.outbound.recipients import agent_recipients, relay_recipients
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.parse import ParsedMessage
     from mailbridge.rules import Verdict
+    from mailbridge.storage import Session
     from mailbridge.storage.models import Message, Ticket
 
 log = logging.getLogger("mailbridge.outbound.decide")

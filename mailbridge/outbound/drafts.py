@@ -16,9 +16,8 @@ from mailbridge.outbound.compose import Pending, box_of, conversation_id
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.outbound.config import OutboundConfig
+    from mailbridge.storage import Session
     from mailbridge.storage.models import Ticket
 
 log = logging.getLogger("mailbridge.outbound.decide")

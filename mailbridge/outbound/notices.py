@@ -20,10 +20,9 @@ from mailbridge.outbound.recipients import Unreachable, agent_recipients, custom
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.config import Settings
     from mailbridge.parse import ParsedMessage
+    from mailbridge.storage import Session
     from mailbridge.storage.models import Message, Outbox, Ticket
 
 log = logging.getLogger("mailbridge.outbound.decide")

@@ -16,9 +16,8 @@ from mailbridge.mailtext import header_safe, mailbox
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.outbound.config import OutboundConfig
+    from mailbridge.storage import Session
     from mailbridge.storage.models import Ticket
 
 # an internationalised address (RFC 6531): any non-ASCII, none of the characters that need

@@ -42,10 +42,8 @@ from mailbridge.outbound.webhooks import Poster
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.config import Settings, Webhook
-    from mailbridge.storage import Store
+    from mailbridge.storage import Session, Store
     from mailbridge.storage.models import Outbox
 
 log = logging.getLogger("mailbridge.outbound.sender")

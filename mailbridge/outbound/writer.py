@@ -13,10 +13,8 @@ from mailbridge.storage import repo
 from mailbridge.storage.models import Attachment
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.outbound.claim import Job
-    from mailbridge.storage import Store
+    from mailbridge.storage import Session, Store
     from mailbridge.storage.models import Outbox
 
 log = logging.getLogger("mailbridge.outbound.sender")
