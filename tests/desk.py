@@ -13,7 +13,7 @@ from bench.servers.smtp_sink import Received, SmtpSink
 from mailbridge.app import App
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Outcome, Source
-from mailbridge.outbound.sender import OutboxSender
+from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from mailbridge.storage import repo
 from tests.configs import SUPPORT
 from tests.mail import make_mail
@@ -29,7 +29,9 @@ class Desk:
 
     def __init__(self, app: App, sink: SmtpSink, clock: FixedClock, **sender: Any) -> None:
         self.app, self.sink, self.clock = app, sink, clock
-        self.sender = OutboxSender(app.store, app.settings, clock, **sender)
+        self.sender = OutboxSender(
+            app.store, SenderConfig.from_settings(app.settings), clock, **sender
+        )
         self._seen = 0
 
     def accept(

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope
+from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.decide import Outbound
 from mailbridge.scheduler import Scheduler
 from mailbridge.storage import repo
@@ -82,7 +83,13 @@ def rules_app(make_app: MakeApp, url: str) -> Any:
 
 
 def sweeps(app: App, **kwargs: Any) -> Sweeps:
-    return Sweeps(app.store, app.settings, app.clock, NoticeOutbound(app.settings), **kwargs)
+    return Sweeps(
+        app.store,
+        app.settings,
+        app.clock,
+        NoticeOutbound(OutboundConfig.from_settings(app.settings)),
+        **kwargs,
+    )
 
 
 def answered_ticket(app: App, subject: str = "Printer on fire") -> int:
