@@ -29,17 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script: bench/ is not a package on the path then
+
+from bench.servers.ports import free_port  # noqa: E402
+
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 PG_ADMIN = os.environ.get(
     "MAILBRIDGE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 60.0) -> None:

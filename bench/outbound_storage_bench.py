@@ -85,7 +85,7 @@ def run(kind: str, count: int, kb: int, work: Path) -> dict[str, object]:
     from mailbridge.clock import FixedClock
     from mailbridge.config import parse_settings
     from mailbridge.envelope import Envelope, Source
-    from mailbridge.outbound.sender import OutboxSender
+    from mailbridge.outbound.sender import OutboxSender, SenderConfig
 
     db = work / f"{kind}.db"
     clock = FixedClock(datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
@@ -100,7 +100,7 @@ def run(kind: str, count: int, kb: int, work: Path) -> dict[str, object]:
         for n, raw in enumerate(mails):
             sender = f"c{n}@customer{n}.example"
             app.ingestor.accept(raw, Envelope(sender, ("support@example.com",)), live)
-        OutboxSender(app.store, settings, clock).deliver_due()
+        OutboxSender(app.store, SenderConfig.from_settings(settings), clock).deliver_due()
         delivered = len(sink.received)
         app.close()
     after = file_size(db)

@@ -9,6 +9,7 @@ from mailbridge.actions import TicketActions
 from mailbridge.clock import Clock, system_clock
 from mailbridge.config import Settings
 from mailbridge.ingest import Ingestor
+from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.decide import Outbound
 from mailbridge.outbound.webhooks import Subscriptions
 from mailbridge.storage import Store, open_store, repo
@@ -37,7 +38,7 @@ class App:
             settings.database.pool_size,
             first_queue=settings.queue_list[0].name,
         )
-        outbound = Outbound(settings, clock)
+        outbound = Outbound(OutboundConfig.from_settings(settings))
         ingestor = Ingestor(store, settings, clock, outbound)
         app = cls(settings, store, outbound, ingestor, TicketActions(store, clock), clock)
         app.install_webhooks()

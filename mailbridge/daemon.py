@@ -30,7 +30,7 @@ from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest.pool import ParsePool
 from mailbridge.metrics import Metrics
-from mailbridge.outbound.sender import OutboxSender
+from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from mailbridge.scheduler import Scheduler
 from mailbridge.smtp_workers import SmtpWorkers, WorkersConfig
 from mailbridge.sources.imap.pollers import ImapConfig, ImapPollers
@@ -51,7 +51,11 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     app.metrics = metrics
     app.ingestor.on_assign = metrics.assigned
     sender = OutboxSender(
-        app, settings, on_delivery=metrics.delivery, on_webhook=metrics.webhook_delivery
+        app.store,
+        SenderConfig.from_settings(settings),
+        app.clock,
+        on_delivery=metrics.delivery,
+        on_webhook=metrics.webhook_delivery,
     )
 
     def after_commit(outcome: Outcome, source: Source, seconds: float) -> None:

@@ -1,16 +1,34 @@
-"""Shared fixtures: databases (SQLite always, PostgreSQL when configured), settings, a set clock, the app."""
+"""The shared fixtures: databases (SQLite always, PostgreSQL when configured), a set clock, the
+config builder and the App, the aiosmtpd sink and the Desk around it, a private Dovecot and Postfix.
+
+Tests import nothing from here: what they need by name (the config text, the fixtures' types, the
+servers) lives in tests/configs.py, tests/desk.py and bench/servers/.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from bench.servers.dovecot import DovecotServer
+from bench.servers.dovecot import missing_reason as dovecot_missing
+from bench.servers.smtp_sink import SmtpSink
+from mailbridge.app import App
 from mailbridge.clock import FixedClock
-from tests.env import CORPUS, IN_CI, PG_URL, REPO  # noqa: F401 (CORPUS, REPO: tests written before tests/env.py)
+from mailbridge.config import Settings
+from tests.configs import AGENTS, BASE_CONFIG, TRUSTED, MakeApp, MakeSettings, mailbridge_toml
+from tests.desk import ACK, Desk, MakeDesk
+from tests.env import IN_CI, PG_URL, require
+from tests.postfix import PostfixServer
+from tests.postfix import missing_reason as postfix_missing
+
+# --- databases and time --------------------------------------------------------------------
 
 
 def _pg_admin_url() -> str:
@@ -78,30 +96,15 @@ def clock() -> FixedClock:
     return FixedClock(datetime(2026, 11, 2, 9, 0, 0, tzinfo=UTC))
 
 
-BASE_CONFIG = """
-[database]
-url = "{url}"
-
-[smtp]
-addresses = ["support@example.com"]
-
-[agents]
-addresses = ["alice@example.com"]
-domains = ["agents.example.com"]
-trusted_authserv_ids = ["mx.example.com"]
-notify = ["team@example.com"]
-
-[outbound]
-from_address = "support@example.com"
-"""
+# --- config and the core -------------------------------------------------------------------
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., object]:
+def make_settings(tmp_path: Path) -> MakeSettings:
     """Settings from TOML text; `{url}` in it is replaced by the database URL given."""
     from mailbridge.config import parse_settings
 
-    def make(url: str, extra: str = "", base: str = BASE_CONFIG) -> object:
+    def make(url: str, extra: str = "", base: str = BASE_CONFIG) -> Settings:
         text = base.replace("{url}", url) + "\n" + extra
         path = tmp_path / "mailbridge.toml"
         path.write_text(text)
@@ -111,15 +114,11 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
 
 
 @pytest.fixture
-def make_app(
-    make_settings: Callable[..., object], clock: FixedClock
-) -> Iterator[Callable[..., object]]:
-    from mailbridge.app import App
-
+def make_app(make_settings: MakeSettings, clock: FixedClock) -> Iterator[MakeApp]:
     apps: list[App] = []
 
     def make(url: str, extra: str = "", base: str = BASE_CONFIG) -> App:
-        app = App.build(make_settings(url, extra, base), clock)  # type: ignore[arg-type]
+        app = App.build(make_settings(url, extra, base), clock)
         apps.append(app)
         return app
 
@@ -129,20 +128,105 @@ def make_app(
 
 
 @pytest.fixture
-def app(make_app: Callable[..., object], db_url: str) -> object:
+def app(make_app: MakeApp, db_url: str) -> App:
     """The core on SQLite and on PostgreSQL, with a set clock."""
     return make_app(db_url)
 
 
 @pytest.fixture
-def sqlite_app(make_app: Callable[..., object], sqlite_url: str) -> object:
+def sqlite_app(make_app: MakeApp, sqlite_url: str) -> App:
     return make_app(sqlite_url)
 
 
-@pytest.fixture
-def postfix_factory() -> Iterator[Callable[..., object]]:
-    """Starts private Postfix instances (tests/fixtures/postfix.py); all stopped after the test."""
-    from tests.fixtures.postfix import postfix_servers
+# --- the core with an aiosmtpd sink as smarthost -------------------------------------------
 
-    with postfix_servers() as make:
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink.running() as running:
+        yield running
+
+
+@pytest.fixture
+def make_desk(make_app: MakeApp, sqlite_url: str, clock: FixedClock) -> MakeDesk:
+    def make(
+        sink: SmtpSink,
+        url: str | None = None,
+        tickets: str = ACK,
+        agents: str = "",
+        outbound: str | None = None,
+        smtp: str = "",
+        **sender: Any,
+    ) -> Desk:
+        text = mailbridge_toml(
+            url or sqlite_url,
+            smtp=smtp,
+            agents=AGENTS + TRUSTED + agents,
+            tickets=tickets,
+            outbound=outbound if outbound is not None else sink.outbound_toml(),
+        )
+        return Desk(make_app(url or sqlite_url, base=text), sink, clock, **sender)
+
+    return make
+
+
+@pytest.fixture
+def desk(make_desk: MakeDesk, sink: SmtpSink) -> Desk:
+    return make_desk(sink)
+
+
+# --- private Dovecot and Postfix -----------------------------------------------------------
+
+
+class Startable(Protocol):
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+Server = TypeVar("Server", bound=Startable)
+
+
+@contextlib.contextmanager
+def started(kind: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
+    """`make(...)` builds and starts a server; one that cannot start fails the test; every one
+    made is closed at the end."""
+    servers: list[Server] = []
+
+    def make(*args: Any, **options: Any) -> Server:
+        server = kind(*args, **options)
+        servers.append(server)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture
+def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
+    """Starts private Dovecots (bench/servers/dovecot.py; `make(tls=True)` for TLS). Skips when
+    Dovecot cannot run here; in CI (CI=true) fails instead."""
+    require(dovecot_missing(), "the IMAP tests")
+    with started(DovecotServer) as make:
+        yield make
+
+
+@pytest.fixture
+def dovecot(dovecot_factory: Callable[..., DovecotServer]) -> DovecotServer:
+    """A started private Dovecot; `dovecot.stop()` / `dovecot.start()` simulate an outage."""
+    return dovecot_factory()
+
+
+@pytest.fixture
+def postfix_factory() -> Iterator[Callable[..., PostfixServer]]:
+    """`make(nexthop, ...)` starts a private Postfix (tests/postfix.py). Skips when Postfix cannot
+    run here; in CI fails instead."""
+    require(postfix_missing(), "the Postfix tests")
+    with started(PostfixServer) as make:
         yield make

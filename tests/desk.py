@@ -1,7 +1,6 @@
 """The core driven the way the live SMTP listener drives it, with a set clock and an aiosmtpd sink
-as smarthost: `Desk`, the test config it runs with, and the customer and agent helpers the
-outbound, agent, queue and participant tests share. The fixtures that build one live in
-tests/integration/conftest.py.
+as smarthost: `Desk`, and the customer and agent helpers the outbound, agent, queue and
+participant tests share. The `make_desk` and `desk` fixtures of tests/conftest.py build one.
 """
 
 from __future__ import annotations
@@ -10,40 +9,19 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
+from bench.servers.smtp_sink import Received, SmtpSink
 from mailbridge.app import App
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Outcome, Source
-from mailbridge.outbound.sender import OutboxSender
+from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from mailbridge.storage import repo
-from tests.fixtures.smtp_sink import Received, SmtpSink
+from tests.configs import SUPPORT
 from tests.mail import make_mail
 
 CUSTOMER = "carol@customer.example"
-SUPPORT = "support@example.com"
 TEAM = "team@example.com"
 LIVE = Source("smtp", "127.0.0.1:2525", live=True)
 ACK = "acknowledge = true\nack_max_per_sender_per_hour = 3\n"
-
-CONFIG = """
-[database]
-url = "{url}"
-
-[smtp]
-addresses = ["support@example.com"]
-{smtp}
-
-[agents]
-addresses = ["alice@example.com"]
-domains = ["agents.example.com"]
-trusted_authserv_ids = ["mx.example.com"]
-notify = ["team@example.com"]
-{agents}
-
-[tickets]
-{tickets}
-
-{outbound}
-"""
 
 
 class Desk:
@@ -51,7 +29,9 @@ class Desk:
 
     def __init__(self, app: App, sink: SmtpSink, clock: FixedClock, **sender: Any) -> None:
         self.app, self.sink, self.clock = app, sink, clock
-        self.sender = OutboxSender(app.store, app.settings, clock, **sender)
+        self.sender = OutboxSender(
+            app.store, SenderConfig.from_settings(app.settings), clock, **sender
+        )
         self._seen = 0
 
     def accept(

@@ -16,48 +16,33 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.servers.ports import free_port as free_port  # where tests written before it moved look
+from tests.configs import AGENTS, mailbridge_toml
+from tests.env import REPO
 
-REPO = Path(__file__).resolve().parent.parent
-
-CONFIG = """
-[database]
-url = "{url}"
-
-[smtp]
-listen = "{listen}"
-addresses = ["support@example.com"]
-{smtp}
-
-[agents]
-addresses = ["alice@example.com"]
-domains = ["agents.example.com"]
-notify = ["team@example.com"]
-
-[tickets]
-max_new_per_sender_per_hour = 100000
-
-[outbound]
-from_address = "support@example.com"
-
-[log]
-level = "info"
-{extra}
-"""
-
-
-def config_text(url: str, listen: str, smtp: str = "", extra: str = "") -> str:
-    return CONFIG.format(url=url, listen=listen, smtp=smtp, extra=extra)
+if TYPE_CHECKING:
+    from mailbridge.app import App
+    from mailbridge.config import Settings
 
 
 def write_config(path: Path, url: str, listen: str, smtp: str = "", extra: str = "") -> Path:
-    path.write_text(config_text(url, listen, smtp, extra))
+    """The config `mailbridge run` gets in tests: listening on `listen`, no new-ticket limit to
+    speak of, agents' Authentication-Results believed from nobody, logging at info."""
+    text = mailbridge_toml(
+        url,
+        listen=listen,
+        smtp=smtp,
+        agents=AGENTS,
+        tickets="max_new_per_sender_per_hour = 100000\n",
+        log='level = "info"\n',
+        extra=extra,
+    )
+    path.write_text(text)
     return path
 
 
-def settings_from(path: Path) -> Any:
+def settings_from(path: Path) -> Settings:
     from mailbridge.config import load_settings
 
     return load_settings(path)
@@ -65,7 +50,7 @@ def settings_from(path: Path) -> Any:
 
 def make_cert(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
     """A self-signed certificate and key for 127.0.0.1/localhost, written as PEM files."""
-    from tests.fixtures.certs import self_signed
+    from bench.servers.certs import self_signed
 
     return self_signed(directory, name)
 
@@ -73,7 +58,7 @@ def make_cert(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
 class InProcessDaemon:
     """`serve()` on a thread with its own event loop; `with InProcessDaemon(settings) as d: ...`."""
 
-    def __init__(self, settings: Any, app: Any = None, timeout: float = 15.0) -> None:
+    def __init__(self, settings: Settings, app: App | None = None, timeout: float = 15.0) -> None:
         self.settings = settings
         self.app = app
         self.timeout = timeout

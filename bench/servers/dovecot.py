@@ -2,7 +2,8 @@
 
 `DovecotServer` is a plain context manager. Each instance has its own config, users, Maildir and
 runtime dirs under a temp dir and listens on 127.0.0.1 only, so several run beside the system's
-own Dovecot. The pytest fixtures around it are in tests/fixtures/dovecot.py.
+own Dovecot. The pytest fixtures around it (`dovecot`, `dovecot_factory`) are in
+tests/conftest.py.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Received:
 
     @property
     def message(self) -> EmailMessage:
-        return message_from_bytes(self.content, policy=policy.default)  # type: ignore[return-value]
+        return message_from_bytes(self.content, policy=policy.default)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ def parse_when(value: str, now: datetime | None = None, option: str = "--until")
     return when
 
 
-def parse_bound(value: str, now: datetime) -> datetime:
+def parse_bound(value: str, now: datetime, option: str) -> datetime:
     """A bound of `report`'s period: as `parse_when`, but a duration looks back ("7d": a week
     ago), where for postpone it looks ahead."""
-    when = parse_when(value, now)
+    when = parse_when(value, now, option)
     return now - (when - now) if _RELATIVE.fullmatch(value) else when

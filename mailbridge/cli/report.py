@@ -37,8 +37,8 @@ def report(
 
     app = ctx.app
     now = app.clock()
-    start = parse_bound(since, now) if since else None
-    end = parse_bound(until, now) if until else None
+    start = parse_bound(since, now, "--since") if since else None
+    end = parse_bound(until, now, "--until") if until else None
     data = build_report(app.store, now, start, end)
     if html_file:
         from mailbridge.report.html import render_html

@@ -1,9 +1,5 @@
-"""Writes an outgoing mail's MIME bytes from what was decided when it was queued.
-
-`outbound.py` decides, inside the ingest transaction, who gets which mail with which Message-ID,
-and stores that as a `Pending` (JSON on the outbox row). The bytes are written later, by
-`sender.py` just before delivery, with `write`: the email package is slow, and a customer's
-mail must not wait for the notifications it causes. Everything here is pure.
+"""Writes an outgoing mail's MIME bytes (`write`) from the `Pending` decided when it was queued
+(see `mailbridge.outbound`). Everything here is pure.
 """
 
 from __future__ import annotations

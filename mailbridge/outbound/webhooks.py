@@ -1,11 +1,11 @@
 """Signed webhooks (SPEC 9): queued with the event that causes them, posted by the outbox sender.
 
-Queueing happens in `repository.add_events`, the one place events are written, so ingest, ticket
+Queueing happens in `repo.add_events`, the one place events are written, so ingest, ticket
 actions and sweeps all get it: each event that a `[[webhooks]]` entry subscribes to becomes an
 outbox row of kind `webhook` in the same transaction. `message` is the exception: it is queued
-per stored message (`repository.add_message`, `queue_outbound`), inbound and outbound copies
-alike, since most messages (a customer's second mail on an open ticket) write no event. A rolled-back event leaves no row, and a
-committed one always has its row. The JSON body is built then, so it shows the ticket as it was
+per stored message (`repo.add_message`, `repo.queue_outbound`), inbound and outbound copies
+alike, since most messages (a customer's second mail on an open ticket) write no event. A
+rolled-back event leaves no row, and a committed one always has its row. The JSON body is built then, so it shows the ticket as it was
 at the event, and stored on the row (`raw`); retries post the same bytes.
 
 A webhook row reuses the outbox columns: `mail_from` holds the webhook's name, `rcpt_tos` its URL
@@ -86,7 +86,7 @@ def sign(secret: str, body: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Subscriptions:
-    """What `repository.add_events` needs to queue webhooks: the entries and the reply-to
+    """What `repo.add_events` needs to queue webhooks: the entries and the reply-to
     address of a ticket (for the ticket's JSON). Installed on the store's sessions by `App`."""
 
     hooks: Sequence[Webhook]
@@ -229,6 +229,3 @@ class Poster:
         reason = f"HTTP {reply.status_code} {reply.reason_phrase}: {' '.join(reply.text.split())}"
         permanent = 400 <= reply.status_code < 500 and reply.status_code not in RETRIED_4XX
         return Posted(False, reason[:1000], permanent)
-
-    def close(self) -> None:
-        self.client.close()

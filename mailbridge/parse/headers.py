@@ -27,7 +27,7 @@ __all__ = ["TextDecoder", "b64decode_lenient", "clean", "unfold"]
 # An encoded-word is `=?charset?B|Q?text?=`: the text runs to the first `?=`, at most
 # `_MAX_WORD` characters, no line break. One regex for the whole word (`.{0,4000}?` from every
 # `=?`) rescans up to 4000 characters from each start: ~5 us per byte of a header full of
-# `=?a?q? ` that never closes. `_encoded_words` matches the same words in linear time: a
+# `=?a?q? ` that never closes. `encoded_words` matches the same words in linear time: a
 # regex finds the bounded `=?charset?X?` head, and `str.find` the end, remembered while the
 # heads move forward, so no character is scanned for `?=` or a line break twice.
 _WORD_HEAD = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?")
@@ -55,7 +55,7 @@ class _Scan:
         return self._found
 
 
-def _encoded_words(text: str) -> Iterator[tuple[int, int, str, str, str]]:
+def encoded_words(text: str) -> Iterator[tuple[int, int, str, str, str]]:
     """(start, end, charset, encoding, encoded text) of each RFC 2047 word, left to right,
     exactly as `re.finditer` of `=\\?([^?\\s]{1,75})\\?([bBqQ])\\?(.{0,4000}?)\\?=` would
     find them, in time linear in `len(text)`."""
@@ -75,7 +75,7 @@ def _encoded_words(text: str) -> Iterator[tuple[int, int, str, str, str]]:
 
 
 def has_encoded_word(text: str) -> bool:
-    return "=?" in text and next(_encoded_words(text), None) is not None
+    return "=?" in text and next(encoded_words(text), None) is not None
 
 
 def clean(text: str) -> str:
@@ -184,7 +184,7 @@ class TextDecoder:
         out: list[str] = []
         pending: tuple[str, bytearray] | None = None  # one charset's bytes decode together
         pos = 0
-        for start, end, label, encoding, encoded in _encoded_words(text):
+        for start, end, label, encoding, encoded in encoded_words(text):
             gap = text[pos:start]
             if gap and not (pending and gap.isspace()):
                 if pending:
@@ -223,7 +223,7 @@ class TextDecoder:
         if "=?" in text:  # an encoded-word may hide ',' or '<' from the address parser
             hidden: list[str] = []
             pos = 0
-            for start, end, *_ in _encoded_words(text):
+            for start, end, *_ in encoded_words(text):
                 hidden += (text[pos:start], f"\x01{len(words)}\x01")
                 words.append(text[start:end])
                 pos = end

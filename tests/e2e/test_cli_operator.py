@@ -15,12 +15,12 @@ from typing import Any
 import click
 from click.testing import CliRunner
 
+from bench.servers.smtp_sink import SmtpSink
 from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.config import load_settings
 from mailbridge.envelope import Envelope, Source
-from mailbridge.outbound.sender import OutboxSender
-from tests.fixtures.smtp_sink import SmtpSink
+from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from tests.mail import make_mail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def test_outbox_failed_delivery_is_visible_and_retried(tmp_path: Path, sqlite_ur
                 Source("smtp", "127.0.0.1", live=True),
             )
             sink.script("554 5.7.1 rejected by policy: spam score 12")
-            OutboxSender(app, settings).deliver_due()
+            OutboxSender(app.store, SenderConfig.from_settings(settings), app.clock).deliver_due()
 
             failed = json.loads(
                 run("--config", str(config), "outbox", "list", "--failed", "--json").stdout
@@ -157,7 +157,12 @@ def test_outbox_failed_delivery_is_visible_and_retried(tmp_path: Path, sqlite_ur
             assert retried.exit_code == 1
             assert retried.stdout.strip() == f"outbox {row['id']}: failed -> queued, due now"
             assert "no outbox entry 999" in retried.stderr
-            assert OutboxSender(app, settings).deliver_due() == 1
+            assert (
+                OutboxSender(
+                    app.store, SenderConfig.from_settings(settings), app.clock
+                ).deliver_due()
+                == 1
+            )
             assert [r.rcpt_tos for r in sink.received] == [("carol@customer.example",)]
             sent = json.loads(run("--config", str(config), "outbox", "list", "--json").stdout)
             assert [r["state"] for r in sent if r["kind"] == "ack"] == ["sent"]
@@ -198,6 +203,11 @@ def test_postpone_accepts_relative_times_and_refuses_absurd_ones(
         assert result.returncode == 2, (bad, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("mailbridge: --until")
         assert "Traceback" not in result.stderr
+    # the report's period names the option that was wrong
+    for option in ("--since", "--until"):
+        result = mailbridge("--config", str(config), "report", option, "someday", cwd=tmp_path)
+        assert result.returncode == 2, (option, result.stderr)
+        assert result.stderr.startswith(f"mailbridge: {option} 'someday'"), result.stderr
 
 
 def test_ingest_refuses_a_file_over_the_size_limit_without_reading_it(

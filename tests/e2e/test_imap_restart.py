@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bench.servers.ports import free_port
+from tests.configs import imap_account
 from tests.helpers_daemon import DaemonProcess, write_config
 from tests.mail import make_mail
 
 if TYPE_CHECKING:
-    from tests.fixtures.dovecot import DovecotServer
+    from bench.servers.dovecot import DovecotServer
 
-# registered as a plugin, not imported here, so pytest can rewrite its asserts
-pytest_plugins = ("tests.fixtures.dovecot",)
 pytestmark = pytest.mark.dovecot
 # far longer than the test may take: only a reclaim, never an expiry, lets a new process in
 LEASE_TTL = "10m"
@@ -28,19 +27,8 @@ LEASE_TTL = "10m"
 
 def imap_settings(server: DovecotServer) -> str:
     # no node_id: every process on this machine is the same node (the host name)
-    return f"""
-[[imap]]
-name = "support"
-host = "127.0.0.1"
-port = {server.port}
-tls = "none"
-username = "support@example.com"
-password_env = "MB_TEST_IMAP_PASSWORD"
-idle = true
-
-[cluster]
-lease_ttl = "{LEASE_TTL}"
-"""
+    cluster = f'[cluster]\nlease_ttl = "{LEASE_TTL}"\n'
+    return imap_account(server.port, idle="true") + "\n" + cluster
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:

@@ -16,56 +16,33 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from bench.servers.dovecot import PASSWORD, DovecotServer
 from bench.servers.ports import free_port
-from tests.fixtures.dovecot import PASSWORD, DovecotServer
-from tests.fixtures.smtp_sink import SmtpSink
+from bench.servers.smtp_sink import SmtpSink
+from tests.configs import imap_account, node_toml
 from tests.helpers_daemon import DaemonProcess
 from tests.mail import make_mail
 
-pytest_plugins = ("tests.fixtures.dovecot",)
 LEASE_TTL = 3
 
 
 def node_config(
     path: Path, name: str, port: int, url: str, imap: DovecotServer, sink: SmtpSink
 ) -> Path:
+    tickets = (
+        "acknowledge = true\n"
+        "ack_max_per_sender_per_hour = 1000\n"
+        "ack_max_per_domain_per_hour = 100000\n"
+        "ack_max_per_hour = 100000\n"
+        "max_new_per_sender_per_hour = 100000\n"
+    )
+    mailbox = imap_account(imap.port, after='"seen"', idle="true", poll_interval='"2s"')
+    cluster = f'lease_ttl = "{LEASE_TTL}s"\n'
+    outbound = sink.outbound_toml(timeout="2s")
     path.write_text(
-        f"""
-[database]
-url = "{url}"
-pool_size = 4
-
-[smtp]
-listen = "127.0.0.1:{port}"
-addresses = ["support@example.com"]
-
-[[imap]]
-name = "support"
-host = "127.0.0.1"
-port = {imap.port}
-tls = "none"
-username = "support@example.com"
-password_env = "MB_TEST_IMAP_PASSWORD"
-after = "seen"
-idle = true
-poll_interval = "2s"
-
-[tickets]
-acknowledge = true
-ack_max_per_sender_per_hour = 1000
-ack_max_per_domain_per_hour = 100000
-ack_max_per_hour = 100000
-max_new_per_sender_per_hour = 100000
-
-[cluster]
-node_id = "{name}"
-lease_ttl = "{LEASE_TTL}s"
-
-[log]
-level = "warning"
-
-{sink.outbound_toml(timeout="2s")}
-"""
+        node_toml(
+            url, name, port, tickets=tickets, outbound=outbound, cluster=cluster, extra=mailbox
+        )
     )
     return path
 

@@ -1,6 +1,6 @@
 """`mailbridge run` in LMTP mode behind a real Postfix, configured as the README's recipe says.
 
-A private Postfix (tests/fixtures/postfix.py, Debian's master.cf with its chrooted `lmtp`)
+A private Postfix (tests/postfix.py, Debian's master.cf with its chrooted `lmtp`)
 relays example.com to mailbridge over TCP or over a Unix socket inside Postfix's queue directory.
 Mail sent to Postfix with smtplib must become tickets, plus-token replies must thread, unknown
 users must be refused by Postfix at RCPT, and mail that arrives while mailbridge is down must
@@ -26,7 +26,6 @@ from click.testing import CliRunner
 
 from bench.servers.ports import free_port
 from mailbridge.cli import cli
-from tests.fixtures.postfix import PostfixServer
 from tests.helpers_daemon import (
     DaemonProcess,
     InProcessDaemon,
@@ -34,6 +33,7 @@ from tests.helpers_daemon import (
     write_config,
 )
 from tests.mail import make_mail
+from tests.postfix import PostfixServer
 
 SUPPORT = "support@example.com"
 CUSTOMER = "carol@customer.example"

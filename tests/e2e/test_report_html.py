@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from mailbridge.app import App
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
 from tests.env import IN_CI, REPO
@@ -49,7 +50,7 @@ def _browser_or_skip() -> Any:
     pytest.skip(reason)
 
 
-def customer(app: Any, subject: str, sender: str, reply_to: bytes | None = None) -> Any:
+def customer(app: App, subject: str, sender: str, reply_to: bytes | None = None) -> Any:
     raw = make_mail(
         sender=sender,
         subject=subject,
@@ -59,7 +60,7 @@ def customer(app: Any, subject: str, sender: str, reply_to: bytes | None = None)
     return outcome.ticket, raw
 
 
-def agent_reply(app: Any, to: bytes) -> None:
+def agent_reply(app: App, to: bytes) -> None:
     raw = make_mail(
         sender="alice@example.com", subject="Re", body="Done.\n", in_reply_to=message_id_of(to)
     )
@@ -67,7 +68,7 @@ def agent_reply(app: Any, to: bytes) -> None:
 
 
 @pytest.fixture
-def week(sqlite_app: Any, clock: Any) -> Any:
+def week(sqlite_app: App, clock: Any) -> Any:
     """A week: a few tickets a day; most answered within hours, some resolved, closed, reopened
     or marked spam, a few still waiting."""
     app = sqlite_app

@@ -3,97 +3,35 @@ both senders claim from the same outbox, and a real HTTP receiver counts the del
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import smtplib
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers_daemon import DaemonProcess, free_port
+from bench.servers.ports import free_port
+from tests.configs import node_toml
+from tests.helpers_daemon import DaemonProcess
 from tests.mail import make_mail
+from tests.receiver import Receiver
 
 SECRET = "two-nodes-secret"
 MAILS = 40
 
 
-class Receiver:
-    """Records the delivery id of every signed POST (a bad signature is recorded apart)."""
-
-    def __init__(self) -> None:
-        self.ids: Counter[str] = Counter()
-        self.unsigned = 0
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                good = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-                signed = hmac.compare_digest(self.headers["X-Mailbridge-Signature"], good)
-                with receiver.lock:
-                    if signed:
-                        receiver.ids[self.headers["X-Mailbridge-Delivery"]] += 1
-                    else:
-                        receiver.unsigned += 1
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/hook"
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    running.thread.start()
-    yield running
-    running.server.shutdown()
-    running.server.server_close()
+    with Receiver(SECRET) as running:
+        yield running
 
 
-def node_config(path: Path, name: str, port: int, url: str, hook_url: str) -> Path:
-    path.write_text(
-        f"""
-[database]
-url = "{url}"
-pool_size = 4
-
-[smtp]
-listen = "127.0.0.1:{port}"
-addresses = ["support@example.com"]
-
-[tickets]
-max_new_per_sender_per_hour = 100000
-
-[cluster]
-node_id = "{name}"
-
-[log]
-level = "warning"
-
-[[webhooks]]
-name = "crm"
-url = "{hook_url}"
-events = ["created", "status", "message"]
-secret_env = "MB_HOOK_SECRET"
-timeout = "5s"
-"""
-    )
+def node_config(path: Path, name: str, port: int, url: str, webhook: str) -> Path:
+    tickets = "max_new_per_sender_per_hour = 100000\n"
+    path.write_text(node_toml(url, name, port, tickets=tickets, outbound=None, extra=webhook))
     return path
 
 
@@ -114,7 +52,8 @@ def test_two_daemons_on_postgresql_post_each_event_once(
         for name, port in zip(("node-a", "node-b"), ports, strict=True):
             workdir = tmp_path / name
             workdir.mkdir()
-            cfg = node_config(workdir / "mailbridge.toml", name, port, pg_url, receiver.url)
+            webhook = receiver.webhook_toml('["created", "status", "message"]')
+            cfg = node_config(workdir / "mailbridge.toml", name, port, pg_url, webhook)
             nodes.append(DaemonProcess(workdir, cfg, env={"MB_HOOK_SECRET": SECRET}, timeout=60))
         # half the mail to each node; each opens a ticket: a `created` and a `message` post
         for i in range(MAILS):
@@ -138,8 +77,9 @@ def test_two_daemons_on_postgresql_post_each_event_once(
         assert {state for _, state in rows} == {"sent"}
         time.sleep(1)  # a second post of some event would arrive now
         with receiver.lock:
-            received = Counter(receiver.ids)
-            unsigned = receiver.unsigned
+            posts = list(receiver.posts)
+        received = Counter(p.headers["x-mailbridge-delivery"] for p in posts if p.signed())
+        unsigned = sum(not p.signed() for p in posts)
         queued = {key for key, _ in rows}
         assert len(queued) == len(rows)
         assert unsigned == 0

@@ -11,10 +11,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from bench.servers.ports import free_port
+from bench.servers.smtp_sink import Received, SmtpSink
 from mailbridge.auth_users import hash_password
 from mailbridge.clock import FixedClock
 from mailbridge.outbound.decide import FOOTER_MARK
 from mailbridge.storage import repo
+from tests.configs import mailbridge_toml
 from tests.desk import (
     AGENT_FROM,
     ALICE,
@@ -31,7 +34,6 @@ from tests.desk import (
     participants,
     text_of,
 )
-from tests.fixtures.smtp_sink import Received, SmtpSink
 from tests.mail import make_mail
 
 # --- the happy path ------------------------------------------------------------------------
@@ -328,7 +330,6 @@ def test_a_naive_autoresponder_gets_at_most_the_hourly_acknowledgements(
 def test_end_to_end_through_the_smtp_listener(
     tmp_path: Path, sqlite_url: str, sink: SmtpSink
 ) -> None:
-    from bench.servers.ports import free_port
     from tests.helpers_daemon import InProcessDaemon, settings_from
 
     users = tmp_path / "smtp-users"
@@ -336,11 +337,14 @@ def test_end_to_end_through_the_smtp_listener(
     port = free_port()
     config = tmp_path / "mailbridge.toml"
     config.write_text(
-        f'[database]\nurl = "{sqlite_url}"\n'
-        f'[smtp]\nlisten = "127.0.0.1:{port}"\naddresses = ["{SUPPORT}"]\n'
-        f'auth_users_file = "{users}"\nauth_require_tls = false\n'
-        f'[agents]\naddresses = ["{ALICE}"]\nnotify = ["{TEAM}"]\n'
-        "[tickets]\nacknowledge = true\n" + sink.outbound_toml()
+        mailbridge_toml(
+            sqlite_url,
+            listen=f"127.0.0.1:{port}",
+            smtp=f'auth_users_file = "{users}"\nauth_require_tls = false\n',
+            agents=f'addresses = ["{ALICE}"]\nnotify = ["{TEAM}"]\n',
+            tickets="acknowledge = true\n",
+            outbound=sink.outbound_toml(),
+        )
     )
 
     def send(raw: bytes, sender: str, rcpt: str, login: bool = False) -> None:

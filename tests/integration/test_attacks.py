@@ -22,35 +22,15 @@ from typing import Any
 import pytest
 
 from bench.servers.ports import free_port
-from tests.fixtures.smtp_sink import Received, SmtpSink
-from tests.helpers_daemon import REPO, DaemonProcess
+from bench.servers.smtp_sink import Received, SmtpSink
+from tests.configs import SUPPORT, TRUSTED, mailbridge_toml
+from tests.env import REPO
+from tests.helpers_daemon import DaemonProcess
 from tests.mail import make_mail
 
 TEAM = "team@example.com"
 AGENT = "alice@example.com"
 PASS = "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
-
-CONFIG = """
-[database]
-url = "sqlite:///{workdir}/mailbridge.db"
-
-[smtp]
-listen = "127.0.0.1:{port}"
-addresses = ["support@example.com"]
-
-[agents]
-addresses = ["{agent}"]
-notify = ["{team}"]
-trusted_authserv_ids = ["mx.example.com"]
-
-[tickets]
-max_new_per_sender_per_hour = 1000
-
-[outbound]
-from_address = "support@example.com"
-smarthost = "{host}"
-port = {sink_port}
-"""
 
 
 @dataclass
@@ -92,13 +72,12 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
         port = free_port()
         config = workdir / "mailbridge.toml"
         config.write_text(
-            CONFIG.format(
-                workdir=workdir,
-                port=port,
-                agent=AGENT,
-                team=TEAM,
-                host=sink.host,
-                sink_port=sink.port,
+            mailbridge_toml(
+                f"sqlite:///{workdir}/mailbridge.db",
+                listen=f"127.0.0.1:{port}",
+                agents=f'addresses = ["{AGENT}"]\nnotify = ["{TEAM}"]\n{TRUSTED}',
+                tickets="max_new_per_sender_per_hour = 1000\n",
+                outbound=sink.outbound_toml(from_address=SUPPORT),
             )
         )
         proc = DaemonProcess(workdir, config)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mailbridge.envelope import Envelope, Source
+from tests.configs import MakeApp
 from tests.env import CORPUS
 
 # Each expected non-ticket outcome, justified:
@@ -33,7 +34,7 @@ def corpus_files() -> list[Any]:
 
 
 def test_whole_corpus_ingests_without_exception(
-    make_app: Any, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+    make_app: MakeApp, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = make_app(sqlite_url)
     files = corpus_files()
@@ -75,7 +76,7 @@ def test_whole_corpus_ingests_without_exception(
     ) - len(ignored)
 
 
-def test_corpus_again_is_all_duplicates(make_app: Any, sqlite_url: str) -> None:
+def test_corpus_again_is_all_duplicates(make_app: MakeApp, sqlite_url: str) -> None:
     app = make_app(sqlite_url)
     files = corpus_files()[:60]
     items = [(p.read_bytes(), Envelope(), Source("file", p.name, live=False)) for p in files]

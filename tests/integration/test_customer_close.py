@@ -10,24 +10,26 @@ from typing import Any
 import pytest
 
 from mailbridge import lifecycle
-from mailbridge.envelope import Envelope, Source
+from mailbridge.app import App
+from mailbridge.envelope import Envelope
 from mailbridge.report import build_report
 from mailbridge.storage import repo
 from mailbridge.sweeps import SweepConfig, Sweeps
+from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.tickets import FILE
 
-FILE = Source("file", "test", live=False)
 CAROL = "Carol Customer <carol@customer.example>"
 
 
-def resolved_ticket(app: Any, cc: str | None = None) -> tuple[int, bytes]:
+def resolved_ticket(app: App, cc: str | None = None) -> tuple[int, bytes]:
     raw = make_mail(subject="Printer on fire", cc=cc)
     number = app.ingestor.accept(raw, Envelope(), FILE).ticket
     app.actions.act(number, "resolve", "cli:alice")
     return number, raw
 
 
-def reply(app: Any, raw: bytes, body: str, sender: str = CAROL, number: int | None = None) -> Any:
+def reply(app: App, raw: bytes, body: str, sender: str = CAROL, number: int | None = None) -> Any:
     subject = f"Re: [#{number}] Printer on fire" if number else "Re: Printer on fire"
     mail = make_mail(
         sender=sender,
@@ -38,7 +40,7 @@ def reply(app: Any, raw: bytes, body: str, sender: str = CAROL, number: int | No
     return app.ingestor.accept(mail, Envelope(), FILE)
 
 
-def ticket(app: Any, number: int) -> Any:
+def ticket(app: App, number: int) -> Any:
     with app.store.unit() as s:
         t = repo.get_ticket(s, number)
         events = [
@@ -49,7 +51,7 @@ def ticket(app: Any, number: int) -> Any:
 
 
 @pytest.mark.parametrize("body", ["solved", "Solved!", "  CLOSE.\n\n> quoted text", "\n\n#close\n"])
-def test_close_word_from_the_customer_closes(app: Any, body: str) -> None:
+def test_close_word_from_the_customer_closes(app: App, body: str) -> None:
     number, raw = resolved_ticket(app)
     outcome = reply(app, raw, body)
     assert outcome.ticket == number
@@ -64,7 +66,7 @@ def test_close_word_from_the_customer_closes(app: Any, body: str) -> None:
     )
 
 
-def test_close_word_from_a_participant_closes(app: Any) -> None:
+def test_close_word_from_a_participant_closes(app: App) -> None:
     number, raw = resolved_ticket(app, cc="Dan <dan@customer.example>")
     reply(app, raw, "Solved.", sender="Dan <dan@customer.example>")
     status, events = ticket(app, number)
@@ -75,7 +77,7 @@ def test_close_word_from_a_participant_closes(app: Any) -> None:
 @pytest.mark.parametrize(
     "body", ["Solved, but the paper tray still jams", "not solved", "It is still on fire."]
 )
-def test_any_other_reply_reopens(app: Any, body: str) -> None:
+def test_any_other_reply_reopens(app: App, body: str) -> None:
     number, raw = resolved_ticket(app)
     reply(app, raw, body)
     status, events = ticket(app, number)
@@ -83,20 +85,20 @@ def test_any_other_reply_reopens(app: Any, body: str) -> None:
     assert events[-1][:3] == ("customer-mail", "resolved", "open")
 
 
-def test_a_stranger_with_the_subject_tag_gets_a_new_ticket(app: Any) -> None:
+def test_a_stranger_with_the_subject_tag_gets_a_new_ticket(app: App) -> None:
     number, raw = resolved_ticket(app)
     outcome = reply(app, raw, "solved", sender="Mallory <mallory@evil.example>", number=number)
     assert outcome.outcome == "created" and outcome.ticket != number
     assert ticket(app, number)[0] == "resolved"
 
 
-def test_a_stranger_threaded_by_message_id_reopens_as_before(app: Any) -> None:
+def test_a_stranger_threaded_by_message_id_reopens_as_before(app: App) -> None:
     number, raw = resolved_ticket(app)
     reply(app, raw, "solved", sender="Eve <eve@elsewhere.example>")
     assert ticket(app, number)[0] == "open"
 
 
-def test_close_word_on_an_answered_ticket_is_a_plain_reply(app: Any) -> None:
+def test_close_word_on_an_answered_ticket_is_a_plain_reply(app: App) -> None:
     raw = make_mail(subject="Printer on fire")
     number = app.ingestor.accept(raw, Envelope(), FILE).ticket
     agent = make_mail(
@@ -107,7 +109,7 @@ def test_close_word_on_an_answered_ticket_is_a_plain_reply(app: Any) -> None:
     assert ticket(app, number)[0] == "open"
 
 
-def test_close_words_are_configurable(make_app: Any, db_url: str) -> None:
+def test_close_words_are_configurable(make_app: MakeApp, db_url: str) -> None:
     app = make_app(db_url, '[tickets]\ncustomer_close_words = ["erledigt"]\n')
     number, raw = resolved_ticket(app)
     reply(app, raw, "Erledigt!")
@@ -117,7 +119,9 @@ def test_close_words_are_configurable(make_app: Any, db_url: str) -> None:
     assert ticket(app, number)[0] == "open"
 
 
-def test_rule_resolve_notice_says_how_to_confirm(make_app: Any, db_url: str, clock: Any) -> None:
+def test_rule_resolve_notice_says_how_to_confirm(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = make_app(
         db_url,
         '[[rules]]\nname = "auto-resolve"\nwhen = "new"\nidle_for = "7d"\nthen = "resolved"\nnotify = true\n',
@@ -140,7 +144,7 @@ def test_close_word_matching() -> None:
     assert not lifecycle.confirms("...", ["solved", ""])
 
 
-def test_report_counts_closed_by_and_no_confirmation_as_reopen(app: Any, clock: Any) -> None:
+def test_report_counts_closed_by_and_no_confirmation_as_reopen(app: App, clock: Any) -> None:
     # 1: resolved by an agent, confirmed by the customer
     n1, raw1 = resolved_ticket(app)
     reply(app, raw1, "Solved!")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.servers.ports import free_port
-from tests.helpers_daemon import REPO, DaemonProcess, settings_from, write_config
+from tests.env import REPO
+from tests.helpers_daemon import DaemonProcess, settings_from, write_config
 from tests.mail import make_mail as make_lf_mail
 from tests.smtp_client import RawClient
 
@@ -138,7 +139,7 @@ def test_watchdog_is_pinged_when_systemd_asks(tmp_path: Path, config: Path) -> N
 
 
 def run_once(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`mailbridge run` expected to exit on its own (bad config), with its output captured."""
+    """`mailbridge run` expected to exit on its own (bad config, busy port), its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
         cwd=cwd,
@@ -190,14 +191,7 @@ def test_a_busy_port_exits_1(tmp_path: Path, config: Path) -> None:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", port_of(config)))
         taken.listen()
-        result = subprocess.run(
-            [sys.executable, "-m", "mailbridge", "--config", str(config), "run"],
-            cwd=tmp_path,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_once(config, tmp_path)
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "address already in use" in result.stderr.lower()
 

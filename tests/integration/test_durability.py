@@ -8,15 +8,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from mailbridge.app import App
 from tests.env import IN_CI
 
 
-def test_live_sqlite_connection_runs_wal_with_full_sync(sqlite_app: Any) -> None:
+def test_live_sqlite_connection_runs_wal_with_full_sync(sqlite_app: App) -> None:
     with sqlite_app.store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         # 2 = FULL: the WAL is fsynced at every commit, not only at checkpoints

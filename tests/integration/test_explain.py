@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import text
 
 from mailbridge.envelope import Envelope, Source
+from tests.configs import MakeApp
 from tests.mail import make_mail
 
 HOT_QUERIES = {
@@ -25,7 +25,7 @@ HOT_QUERIES = {
 }
 
 
-def test_hot_queries_use_indexes(make_app: Any, pg_url: str) -> None:
+def test_hot_queries_use_indexes(make_app: MakeApp, pg_url: str) -> None:
     app = make_app(pg_url)
     src = Source("file", "explain", live=False)
     app.ingestor.accept_many([(make_mail(subject=f"m{i}"), Envelope(), src) for i in range(200)])

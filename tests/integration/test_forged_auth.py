@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from bench.servers.ports import free_port
+from bench.servers.smtp_sink import Received
 from mailbridge.storage import repo
 from tests.desk import ALICE, CUSTOMER, SUPPORT, Desk, answer, open_ticket
-from tests.fixtures.smtp_sink import Received
 from tests.helpers_daemon import InProcessDaemon, settings_from
 from tests.mail import make_mail, message_id_of
 

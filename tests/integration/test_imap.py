@@ -25,10 +25,8 @@ from mailbridge.storage import repo
 from tests.mail import make_mail, message_id_of
 
 if TYPE_CHECKING:
-    from tests.fixtures.dovecot import DovecotServer
+    from bench.servers.dovecot import DovecotServer
 
-# registered as a plugin, not imported here, so pytest can rewrite its asserts
-pytest_plugins = ("tests.fixtures.dovecot",)
 
 pytestmark = pytest.mark.dovecot
 MakeApp = Callable[..., App]
@@ -57,7 +55,7 @@ def imap_toml(server: DovecotServer, cluster: str = "", **options: str | None) -
 
 @pytest.fixture(autouse=True)
 def imap_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.fixtures.dovecot import PASSWORD
+    from bench.servers.dovecot import PASSWORD
 
     monkeypatch.setenv("MB_TEST_IMAP_PASSWORD", PASSWORD)
 

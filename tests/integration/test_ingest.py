@@ -8,32 +8,34 @@ from typing import Any
 
 import pytest
 
+from mailbridge.app import App
 from mailbridge.envelope import Envelope, Source
 from mailbridge.storage import repo
+from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.tickets import FILE
 
-FILE = Source("file", "test", live=False)
 LIVE = Source("smtp", "127.0.0.1:2525", live=True)
 AR_PASS = "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
 
 
-def ingest(app: Any, raw: bytes, env: Envelope | None = None, source: Source = FILE) -> Any:
+def ingest(app: App, raw: bytes, env: Envelope | None = None, source: Source = FILE) -> Any:
     return app.ingestor.accept(raw, env or Envelope(), source)
 
 
-def ticket(app: Any, number: int) -> Any:
+def ticket(app: App, number: int) -> Any:
     with app.store.unit() as s:
         return repo.get_ticket(s, number)
 
 
-def events(app: Any, number: int) -> list[tuple[str, str | None, str | None, str]]:
+def events(app: App, number: int) -> list[tuple[str, str | None, str | None, str]]:
     with app.store.unit() as s:
         return [
             (e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)
         ]
 
 
-def test_new_mail_creates_a_new_ticket_with_an_event(app: Any) -> None:
+def test_new_mail_creates_a_new_ticket_with_an_event(app: App) -> None:
     out = ingest(app, make_mail(subject="Printer on fire"))
     assert (out.outcome, out.ticket) == ("created", 1)
     t = ticket(app, 1)
@@ -47,12 +49,12 @@ def test_new_mail_creates_a_new_ticket_with_an_event(app: Any) -> None:
     assert events(app, 1) == [("created", None, "new", "carol@customer.example")]
 
 
-def test_ticket_numbers_are_sequential(app: Any) -> None:
+def test_ticket_numbers_are_sequential(app: App) -> None:
     numbers = [ingest(app, make_mail(subject=f"n{i}")).ticket for i in range(5)]
     assert numbers == [1, 2, 3, 4, 5]
 
 
-def test_reply_threads_by_in_reply_to(app: Any) -> None:
+def test_reply_threads_by_in_reply_to(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     reply = make_mail(subject="Re: Printer on fire", in_reply_to=message_id_of(first))
@@ -61,7 +63,7 @@ def test_reply_threads_by_in_reply_to(app: Any) -> None:
     assert out.reason.startswith("in-reply-to <")
 
 
-def test_reply_threads_by_references_newest_first(app: Any) -> None:
+def test_reply_threads_by_references_newest_first(app: App) -> None:
     a, b = make_mail(subject="a"), make_mail(subject="b")
     ingest(app, a), ingest(app, b)
     refs = f"{message_id_of(a)} <unknown@nowhere> {message_id_of(b)}"
@@ -69,13 +71,13 @@ def test_reply_threads_by_references_newest_first(app: Any) -> None:
     assert out.ticket == 2 and out.reason.startswith("references <")
 
 
-def test_unknown_references_make_a_new_ticket(app: Any) -> None:
+def test_unknown_references_make_a_new_ticket(app: App) -> None:
     ingest(app, make_mail())
     out = ingest(app, make_mail(in_reply_to="<never-seen@x>"))
     assert (out.outcome, out.ticket) == ("created", 2)
 
 
-def test_token_in_recipient_address_threads(app: Any) -> None:
+def test_token_in_recipient_address_threads(app: App) -> None:
     ingest(app, make_mail())
     token = ticket(app, 1).token
     out = ingest(app, make_mail(subject="no headers at all", to=f"support+{token}@example.com"))
@@ -83,7 +85,7 @@ def test_token_in_recipient_address_threads(app: Any) -> None:
     assert "token" in out.reason
 
 
-def test_token_from_envelope_recipient_threads(app: Any) -> None:
+def test_token_from_envelope_recipient_threads(app: App) -> None:
     ingest(app, make_mail())
     token = ticket(app, 1).token
     out = ingest(
@@ -94,20 +96,20 @@ def test_token_from_envelope_recipient_threads(app: Any) -> None:
     assert out.ticket == 1
 
 
-def test_subject_tag_threads_for_the_customer(app: Any) -> None:
+def test_subject_tag_threads_for_the_customer(app: App) -> None:
     ingest(app, make_mail())
     out = ingest(app, make_mail(subject="Re: [#1] Printer on fire"))
     assert (out.outcome, out.ticket) == ("appended", 1)
     assert out.reason.startswith("subject-tag [#1], sender is the customer")
 
 
-def test_subject_tag_threads_for_a_participant(app: Any) -> None:
+def test_subject_tag_threads_for_a_participant(app: App) -> None:
     ingest(app, make_mail(cc="Dave <dave@customer.example>"))
     out = ingest(app, make_mail(sender="dave@customer.example", subject="Re: [#1] Printer"))
     assert out.ticket == 1 and "participant" in out.reason
 
 
-def test_stranger_with_someone_elses_tag_gets_a_new_ticket(app: Any) -> None:
+def test_stranger_with_someone_elses_tag_gets_a_new_ticket(app: App) -> None:
     ingest(app, make_mail())
     out = ingest(app, make_mail(sender="mallory@evil.example", subject="Re: [#1] Printer on fire"))
     assert (out.outcome, out.ticket) == ("created", 2)
@@ -115,7 +117,7 @@ def test_stranger_with_someone_elses_tag_gets_a_new_ticket(app: Any) -> None:
     assert ticket(app, 1).status == "new"
 
 
-def test_agent_tag_needs_authentication(app: Any) -> None:
+def test_agent_tag_needs_authentication(app: App) -> None:
     ingest(app, make_mail())
     spoofed = ingest(app, make_mail(sender="alice@example.com", subject="[#1] hi"))
     assert spoofed.outcome == "created"
@@ -131,7 +133,7 @@ def test_agent_tag_needs_authentication(app: Any) -> None:
     assert ticket(app, 1).status == "answered"
 
 
-def test_customer_reply_reopens_answered(app: Any) -> None:
+def test_customer_reply_reopens_answered(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, "resolve", "cli:test")
@@ -146,7 +148,7 @@ def test_customer_reply_reopens_answered(app: Any) -> None:
 
 
 @pytest.mark.parametrize("action", ["close", "delete"])
-def test_reply_to_closed_or_deleted_ticket_opens_a_linked_ticket(app: Any, action: str) -> None:
+def test_reply_to_closed_or_deleted_ticket_opens_a_linked_ticket(app: App, action: str) -> None:
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, action, "cli:test")
@@ -156,7 +158,7 @@ def test_reply_to_closed_or_deleted_ticket_opens_a_linked_ticket(app: Any, actio
     assert ticket(app, 1).status == ("closed" if action == "close" else "deleted")
 
 
-def test_customer_mail_on_spam_ticket_stays_spam(app: Any) -> None:
+def test_customer_mail_on_spam_ticket_stays_spam(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, "spam", "cli:test")
@@ -164,7 +166,7 @@ def test_customer_mail_on_spam_ticket_stays_spam(app: Any) -> None:
     assert (out.outcome, out.ticket, ticket(app, 1).status) == ("appended", 1, "spam")
 
 
-def test_agent_reply_with_authentication_results_marks_answered(app: Any) -> None:
+def test_agent_reply_with_authentication_results_marks_answered(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     out = ingest(
@@ -182,7 +184,7 @@ def test_agent_reply_with_authentication_results_marks_answered(app: Any) -> Non
     assert events(app, 1)[-1] == ("agent-reply", "new", "answered", "alice@example.com")
 
 
-def test_authentication_results_from_untrusted_server_is_not_agent_authority(app: Any) -> None:
+def test_authentication_results_from_untrusted_server_is_not_agent_authority(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     forged = "evil.example; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
@@ -198,7 +200,7 @@ def test_authentication_results_from_untrusted_server_is_not_agent_authority(app
     assert events(app, 1)[-1][0] == "unauthenticated-agent"
 
 
-def test_smtp_auth_is_agent_authority(app: Any) -> None:
+def test_smtp_auth_is_agent_authority(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     ingest(
@@ -209,7 +211,7 @@ def test_smtp_auth_is_agent_authority(app: Any) -> None:
     assert ticket(app, 1).status == "answered"
 
 
-def test_agent_commands_change_status(app: Any, clock: Any) -> None:
+def test_agent_commands_change_status(app: App, clock: Any) -> None:
     first = make_mail()
     ingest(app, first)
     out = ingest(
@@ -235,7 +237,7 @@ def test_agent_commands_change_status(app: Any, clock: Any) -> None:
     assert ticket(app, 1).status == "resolved"
 
 
-def test_refused_agent_command_changes_nothing(app: Any) -> None:
+def test_refused_agent_command_changes_nothing(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, "close", "cli:test")
@@ -260,7 +262,7 @@ def test_refused_agent_command_changes_nothing(app: Any) -> None:
         ({"X-Loop": "support@example.com"}, "own-loop"),
     ],
 )
-def test_automatic_mail_is_not_a_new_ticket(app: Any, headers: dict[str, str], rule: str) -> None:
+def test_automatic_mail_is_not_a_new_ticket(app: App, headers: dict[str, str], rule: str) -> None:
     out = ingest(app, make_mail(headers=headers))
     assert out.outcome == "ignored" and out.reason.startswith(rule)
     with app.store.unit() as s:
@@ -269,7 +271,7 @@ def test_automatic_mail_is_not_a_new_ticket(app: Any, headers: dict[str, str], r
         assert entry.kind == "ignored" and entry.reason == out.reason
 
 
-def test_auto_reply_on_a_ticket_is_recorded_without_status_change(app: Any) -> None:
+def test_auto_reply_on_a_ticket_is_recorded_without_status_change(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     app.actions.act(1, "resolve", "cli:test")
@@ -286,7 +288,7 @@ def test_auto_reply_on_a_ticket_is_recorded_without_status_change(app: Any) -> N
     assert events(app, 1)[-1][:3] == ("auto-reply", "resolved", "resolved")
 
 
-def test_bounce_threads_to_the_ticket_of_the_original(app: Any) -> None:
+def test_bounce_threads_to_the_ticket_of_the_original(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     dsn = (
@@ -303,21 +305,23 @@ def test_bounce_threads_to_the_ticket_of_the_original(app: Any) -> None:
     assert ticket(app, 1).status == "new"
 
 
-def test_null_sender_unthreaded_is_ignored(app: Any) -> None:
+def test_null_sender_unthreaded_is_ignored(app: App) -> None:
     out = ingest(
         app, make_mail(sender="postmaster@x.example"), Envelope("", ("support@example.com",))
     )
     assert out.outcome == "ignored" and out.reason == "bounce: null envelope sender"
 
 
-def test_blocked_sender_goes_to_spam(make_app: Any, db_url: str) -> None:
+def test_blocked_sender_goes_to_spam(make_app: MakeApp, db_url: str) -> None:
     app = make_app(db_url, '[tickets]\nblocked_senders = ["@spam.example"]\n')
     out = ingest(app, make_mail(sender="x@spam.example"))
     assert out.outcome == "created" and ticket(app, out.ticket).status == "spam"
     assert [e[0] for e in events(app, out.ticket)] == ["created", "spam"]
 
 
-def test_flood_guard_quarantines_live_mail_and_retry_releases(make_app: Any, db_url: str) -> None:
+def test_flood_guard_quarantines_live_mail_and_retry_releases(
+    make_app: MakeApp, db_url: str
+) -> None:
     from mailbridge.actions import retry_quarantined
 
     app = make_app(db_url, "[tickets]\nmax_new_per_sender_per_hour = 3\n")
@@ -336,7 +340,7 @@ def test_flood_guard_quarantines_live_mail_and_retry_releases(make_app: Any, db_
 # --- nothing lost, nothing doubled ---------------------------------------------------
 
 
-def test_same_mail_twice_is_one_message(app: Any) -> None:
+def test_same_mail_twice_is_one_message(app: App) -> None:
     raw = make_mail()
     assert ingest(app, raw).outcome == "created"
     again = ingest(app, raw)
@@ -348,7 +352,7 @@ def test_same_mail_twice_is_one_message(app: Any) -> None:
     assert ingest(app, relayed).outcome == "duplicate"
 
 
-def test_different_mail_reusing_a_message_id_is_kept(app: Any) -> None:
+def test_different_mail_reusing_a_message_id_is_kept(app: App) -> None:
     ingest(app, make_mail(message_id="<same@x>", body="one"))
     out = ingest(app, make_mail(message_id="<same@x>", body="two", subject="other"))
     assert out.outcome in ("created", "appended")
@@ -356,14 +360,14 @@ def test_different_mail_reusing_a_message_id_is_kept(app: Any) -> None:
         assert sum(n for _, n in repo.list_tickets(s)) == 2
 
 
-def test_raw_bytes_are_kept_byte_identical(app: Any) -> None:
+def test_raw_bytes_are_kept_byte_identical(app: App) -> None:
     raw = b"From: a@b.example\r\nSubject: \xff\xfe odd bytes\r\nMessage-ID: <raw@x>\r\n\r\nbody \x00 \r\n\r\n\r\n"
     out = ingest(app, raw)
     with app.store.unit() as s:
         assert repo.get_message(s, out.message, with_raw=True).raw == raw
 
 
-def test_unparseable_mail_is_quarantined_raw_and_retry_keeps_it(app: Any) -> None:
+def test_unparseable_mail_is_quarantined_raw_and_retry_keeps_it(app: App) -> None:
     from mailbridge.actions import retry_quarantined
 
     raw = b"\x00\x01\x02 this is not a mail"
@@ -377,7 +381,7 @@ def test_unparseable_mail_is_quarantined_raw_and_retry_keeps_it(app: Any) -> Non
 
 
 def test_storage_error_in_derivation_quarantines_and_leaves_no_half_rows(
-    app: Any, monkeypatch: pytest.MonkeyPatch
+    app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mailbridge import ingest as ingest_module
 
@@ -395,7 +399,7 @@ def test_storage_error_in_derivation_quarantines_and_leaves_no_half_rows(
     assert retry_quarantined(app.store, app.ingestor, out.quarantine).outcome == "created"
 
 
-def test_group_commit_with_a_bad_message_in_the_batch(app: Any) -> None:
+def test_group_commit_with_a_bad_message_in_the_batch(app: App) -> None:
     items = [(make_mail(subject=f"m{i}"), Envelope(), FILE) for i in range(5)]
     items.insert(2, (b"", Envelope(), FILE))
     items.append((items[0][0], Envelope(), FILE))
@@ -411,7 +415,7 @@ def test_group_commit_with_a_bad_message_in_the_batch(app: Any) -> None:
     ]
 
 
-def test_purge_keeps_a_tombstone(app: Any) -> None:
+def test_purge_keeps_a_tombstone(app: App) -> None:
     raw = make_mail()
     ingest(app, raw)
     app.actions.act(1, "spam", "cli:test")
@@ -421,7 +425,7 @@ def test_purge_keeps_a_tombstone(app: Any) -> None:
     assert out.outcome == "duplicate" and "purged" in out.reason
 
 
-def test_purge_of_a_live_ticket_is_refused(app: Any) -> None:
+def test_purge_of_a_live_ticket_is_refused(app: App) -> None:
     from mailbridge.errors import Refused
 
     ingest(app, make_mail())
@@ -429,14 +433,14 @@ def test_purge_of_a_live_ticket_is_refused(app: Any) -> None:
         app.actions.purge(1, "cli:test")
 
 
-def test_dry_run_writes_nothing(app: Any) -> None:
+def test_dry_run_writes_nothing(app: App) -> None:
     out = app.ingestor.explain(make_mail(), Envelope(), FILE)
     assert out.outcome == "created"
     with app.store.unit() as s:
         assert repo.list_tickets(s) == []
 
 
-def test_smtp_login_vouches_only_for_its_own_address(app: Any) -> None:
+def test_smtp_login_vouches_only_for_its_own_address(app: App) -> None:
     first = make_mail()
     ingest(app, first)
     as_alice = make_mail(sender="alice@example.com", in_reply_to=message_id_of(first))
@@ -444,14 +448,14 @@ def test_smtp_login_vouches_only_for_its_own_address(app: Any) -> None:
     assert ticket(app, 1).status == "new"
 
 
-def test_mail_without_from_takes_its_author_from_sender_or_reply_to(app: Any) -> None:
+def test_mail_without_from_takes_its_author_from_sender_or_reply_to(app: App) -> None:
     raw = b"Reply-To: Dana <dana@customer.example>\r\nTo: support@example.com\r\nSubject: no from\r\nMessage-ID: <nofrom@x>\r\n\r\nhi\r\n"
     out = ingest(app, raw)
     t = ticket(app, out.ticket)
     assert (t.customer, t.customer_name) == ("dana@customer.example", "Dana")
 
 
-def test_token_in_delivered_to_threads_a_bcc_copy(app: Any) -> None:
+def test_token_in_delivered_to_threads_a_bcc_copy(app: App) -> None:
     ingest(app, make_mail())
     token = ticket(app, 1).token
     bcc = make_mail(

@@ -15,14 +15,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailbridge.app import App
 from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
 from mailbridge.storage.engine import Store, make_engine
 from mailbridge.sweeps import SweepConfig, Sweeps
+from tests.configs import MakeApp, MakeSettings
 from tests.mail import make_mail
+from tests.tickets import FILE
 
 SMTP = Source("smtp", "127.0.0.1:2525", live=True)
-FILE = Source("file", "test", live=False)
 
 
 class Endpoint:
@@ -70,7 +72,7 @@ def endpoint_for() -> Iterator[Any]:
         endpoint.stop()
 
 
-def test_scrape_sees_ingest_counters_and_ticket_gauges_move(app: Any, endpoint_for: Any) -> None:
+def test_scrape_sees_ingest_counters_and_ticket_gauges_move(app: App, endpoint_for: Any) -> None:
     endpoint = endpoint_for(app.store)
     app.ingestor.on_outcome = endpoint.metrics.on_outcome
     assert endpoint.value("mailbridge_tickets", status="new") == 0
@@ -102,7 +104,7 @@ def test_scrape_sees_ingest_counters_and_ticket_gauges_move(app: Any, endpoint_f
 
 
 def test_outbox_rules_and_pollers_are_exposed(
-    app: Any, endpoint_for: Any, make_settings: Any, db_url: str, clock: Any
+    app: App, endpoint_for: Any, make_settings: MakeSettings, db_url: str, clock: Any
 ) -> None:
     endpoint = endpoint_for(app.store)
     metrics = endpoint.metrics
@@ -137,14 +139,14 @@ def test_outbox_rules_and_pollers_are_exposed(
     assert endpoint.value("mailbridge_outbox_deliveries_total", result="retry") == 1
 
 
-def test_healthz_and_unknown_paths(app: Any, endpoint_for: Any) -> None:
+def test_healthz_and_unknown_paths(app: App, endpoint_for: Any) -> None:
     endpoint = endpoint_for(app.store)
     assert endpoint.get("/healthz") == (200, "ok\n")
     assert endpoint.get("/nope")[0] == 404
 
 
 def test_healthz_fails_when_the_sqlite_database_is_gone(
-    make_app: Any, tmp_path: Path, endpoint_for: Any
+    make_app: MakeApp, tmp_path: Path, endpoint_for: Any
 ) -> None:
     app = make_app(f"sqlite:///{tmp_path}/db/mailbridge.db")
     endpoint = endpoint_for(app.store)
@@ -166,21 +168,23 @@ def test_healthz_fails_when_postgresql_is_unreachable(endpoint_for: Any) -> None
         store.close()
 
 
-def test_no_listen_address_means_no_server(app: Any) -> None:
+def test_no_listen_address_means_no_server(app: App) -> None:
     metrics = Metrics(app.store, None)
     asyncio.run(metrics.start())
     assert metrics.port is None
     asyncio.run(metrics.stop())
 
 
-def test_two_instances_do_not_share_a_registry(app: Any) -> None:
+def test_two_instances_do_not_share_a_registry(app: App) -> None:
     a, b = Metrics(app.store), Metrics(app.store)
     a.rule_run("x", 1)
     assert b'mailbridge_rule_runs_total{rule="x"}' in a.exposition()
     assert b'mailbridge_rule_runs_total{rule="x"}' not in b.exposition()
 
 
-def test_unassigned_per_queue_and_assignments_by_strategy(make_app: Any, sqlite_url: str) -> None:
+def test_unassigned_per_queue_and_assignments_by_strategy(
+    make_app: MakeApp, sqlite_url: str
+) -> None:
     app = make_app(
         sqlite_url,
         extra='[[queues]]\nname = "support"\naddresses = ["support@example.com"]\n'

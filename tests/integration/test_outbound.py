@@ -20,15 +20,15 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
+from bench.servers.smtp_sink import SmtpSink, tls_pair
 from mailbridge.clock import FixedClock
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import StorageUnavailable
 from mailbridge.outbound.decide import FOOTER_MARK
-from mailbridge.outbound.sender import OutboxSender
+from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from mailbridge.parse import parse
 from mailbridge.storage import repo
 from tests.desk import ACK, CUSTOMER, SUPPORT, TEAM, Desk, MakeDesk, only, text_of
-from tests.fixtures.smtp_sink import SmtpSink, tls_pair
 from tests.mail import make_mail, message_id_of
 
 # --- a customer writes ---------------------------------------------------------------------
@@ -406,7 +406,9 @@ def test_two_senders_deliver_each_message_exactly_once(
     desk = make_desk(sink, db_url, tickets="acknowledge = false", batch_size=5)
     for n in range(40):
         desk.customer(subject=f"Problem {n}", sender=f"c{n}@customer.example")
-    other = OutboxSender(desk.app.store, desk.app.settings, desk.clock, batch_size=5)
+    other = OutboxSender(
+        desk.app.store, SenderConfig.from_settings(desk.app.settings), desk.clock, batch_size=5
+    )
     barrier = threading.Barrier(2)
     counts: list[int] = []
 
@@ -557,7 +559,7 @@ def test_a_dead_senders_claim_runs_out_after_the_short_lease(
         desk.customer(sender=f"c{n}@customer.example")
     claim = desk.sender.claim()  # a node claims the batch ...
     assert claim is not None and len(claim.jobs) == 3
-    other = OutboxSender(desk.app.store, desk.app.settings, clock)
+    other = OutboxSender(desk.app.store, SenderConfig.from_settings(desk.app.settings), clock)
     clock.advance(seconds=40)
     assert other.deliver_due() == 0
     claim.renew()  # ... its heartbeat keeps the rows while it sends ...

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.servers.smtp_sink import SmtpSink
 from tests.desk import ALICE, CUSTOMER, TEAM, Desk, MakeDesk, agent_answer, only, text_of
-from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
 
 JOERG = "jörg@exämple.test"

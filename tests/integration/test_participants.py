@@ -7,6 +7,7 @@ than `[tickets] max_participants`.
 
 from __future__ import annotations
 
+from bench.servers.smtp_sink import SmtpSink
 from tests.desk import (
     AGENT_FROM,
     ALICE,
@@ -20,7 +21,6 @@ from tests.desk import (
     open_ticket,
     participants,
 )
-from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
 
 

@@ -5,16 +5,16 @@ sink as smarthost, on SQLite (and two nodes on PostgreSQL for the round-robin cu
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 
+from bench.servers.smtp_sink import SmtpSink
 from mailbridge.envelope import Envelope
 from mailbridge.storage import repo
 from tests.desk import LIVE, TEAM, Desk, MakeDesk, only
-from tests.fixtures.smtp_sink import SmtpSink
 from tests.mail import make_mail
+from tests.nodes import at_once
 
 # bob and erik are agents by the test config's agent domain
 ALICE, BOB, ERIK = "alice@example.com", "bob@agents.example.com", "erik@agents.example.com"
@@ -242,25 +242,15 @@ def test_two_nodes_take_strict_round_robin_turns(
 ) -> None:
     nodes = [make_desk(sink, url=pg_url, outbound=sink.outbound_toml() + QUEUES) for _ in range(2)]
     per_node = 8
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
 
-    def run(node: Desk, n: int) -> None:
-        try:
-            start.wait()
-            for i in range(per_node):
-                raw = make_mail(sender=f"c{n}-{i}@customer.example", to=BILLING)
-                outcome = node.accept(raw, sender=f"c{n}-{i}@customer.example", rcpts=(BILLING,))
-                assert outcome.outcome == "created", outcome
-        except BaseException as exc:  # reported below, from the test's thread
-            errors.append(exc)
+    def run(numbered: tuple[int, Desk]) -> None:
+        n, node = numbered
+        for i in range(per_node):
+            raw = make_mail(sender=f"c{n}-{i}@customer.example", to=BILLING)
+            outcome = node.accept(raw, sender=f"c{n}-{i}@customer.example", rcpts=(BILLING,))
+            assert outcome.outcome == "created", outcome
 
-    threads = [threading.Thread(target=run, args=(node, n)) for n, node in enumerate(nodes)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    at_once(run, list(enumerate(nodes)))
     with nodes[0].app.store.unit() as session:
         owners = [t.owner for t, _ in repo.list_tickets(session, queue="billing")]
         assert repo.take_turn(session, "billing") == 2 * per_node  # no turn lost or taken twice

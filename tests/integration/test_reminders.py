@@ -4,21 +4,22 @@ after a week of downtime, and from two nodes at once."""
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from mailbridge.app import App
 from mailbridge.config import parse_settings
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
 from mailbridge.errors import ConfigError
 from mailbridge.storage import repo
 from mailbridge.sweeps import SweepConfig, Sweeps
-from tests.conftest import BASE_CONFIG
+from tests.configs import BASE_CONFIG, MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.nodes import at_once
+from tests.tickets import FILE, agent_reply, new_ticket
 
-FILE = Source("file", "test", live=False)
 DAY = timedelta(days=1)
 
 RULES = """
@@ -43,35 +44,24 @@ to = ["boss@example.com", "queue", "owner"]
 """
 
 
-def run(app: Any, at: Any, dry_run: bool = False) -> list[Any]:
+def run(app: App, at: Any, dry_run: bool = False) -> list[Any]:
     return Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, app.outbound).run(
         at, dry_run=dry_run
     )
 
 
-def new_ticket(app: Any) -> tuple[int, bytes]:
-    raw = make_mail(subject="Printer on fire")
-    return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
-
-
-def answered(app: Any) -> int:
+def answered(app: App) -> int:
     number, raw = new_ticket(app)
-    reply = make_mail(
-        sender="alice@example.com",
-        subject="Re: x",
-        body="Did you restart it?\n",
-        in_reply_to=message_id_of(raw),
-    )
-    app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
+    agent_reply(app, raw, "Did you restart it?\n")
     return number
 
 
-def events(app: Any, number: int, kind: str) -> list[tuple[Any, str, str | None]]:
+def events(app: App, number: int, kind: str) -> list[tuple[Any, str, str | None]]:
     with app.store.unit() as s:
         return [(e.at, e.actor, e.detail) for e in repo.ticket_events(s, number) if e.kind == kind]
 
 
-def mails(app: Any, number: int) -> list[tuple[str, str]]:
+def mails(app: App, number: int) -> list[tuple[str, str]]:
     with app.store.unit() as s:
         return [
             (m.verdict, m.to_addrs)
@@ -80,13 +70,13 @@ def mails(app: Any, number: int) -> list[tuple[str, str]]:
         ]
 
 
-def status(app: Any, number: int) -> str:
+def status(app: App, number: int) -> str:
     with app.store.unit() as s:
         return repo.get_ticket(s, number).status
 
 
 def test_remind_at_5d_and_resolve_at_7d_on_one_quiet_ticket(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = make_app(db_url, RULES)
     number = answered(app)
@@ -107,7 +97,7 @@ def test_remind_at_5d_and_resolve_at_7d_on_one_quiet_ticket(
     assert len(events(app, number, "remind")) == 2
 
 
-def test_escalate_once_per_quiet_spell(make_app: Any, db_url: str, clock: Any) -> None:
+def test_escalate_once_per_quiet_spell(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = make_app(db_url, RULES)
     number, raw = new_ticket(app)
     start = clock.now
@@ -133,7 +123,7 @@ def test_escalate_once_per_quiet_spell(make_app: Any, db_url: str, clock: Any) -
     assert len(mails(app, number)) == 2
 
 
-def test_dry_run_lists_and_writes_nothing(make_app: Any, db_url: str, clock: Any) -> None:
+def test_dry_run_lists_and_writes_nothing(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = make_app(db_url, RULES)
     number = answered(app)
     planned = run(app, clock.now + 5 * DAY, dry_run=True)
@@ -142,7 +132,7 @@ def test_dry_run_lists_and_writes_nothing(make_app: Any, db_url: str, clock: Any
 
 
 def test_a_week_of_downtime_sends_one_reminder_per_ticket(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = make_app(db_url, RULES.split('[[rules]]\nname = "auto-resolve"')[0])
     numbers = [answered(app) for _ in range(3)]
@@ -154,27 +144,19 @@ def test_a_week_of_downtime_sends_one_reminder_per_ticket(
         assert len(events(app, number, "remind")) == 1 and len(mails(app, number)) == 1
 
 
-def test_two_nodes_at_once_one_event_and_one_mail(make_app: Any, db_url: str, clock: Any) -> None:
+def test_two_nodes_at_once_one_event_and_one_mail(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     first = make_app(db_url, RULES)
     second = make_app(db_url, RULES)  # its own engine and connections
     numbers = [answered(first) for _ in range(4)]
-    barrier = threading.Barrier(2)
-
-    def node(app: Any) -> None:
-        barrier.wait()
-        run(app, clock.now + 5 * DAY)
-
-    threads = [threading.Thread(target=node, args=(a,)) for a in (first, second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(lambda app: run(app, clock.now + 5 * DAY), [first, second])
     for number in numbers:
         assert len(events(first, number, "remind")) == 1
         assert len(mails(first, number)) == 1
 
 
-def test_rules_narrowed_by_queue(make_app: Any, db_url: str, clock: Any) -> None:
+def test_rules_narrowed_by_queue(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = make_app(
         db_url,
         """
@@ -214,7 +196,7 @@ def test_rule_config_errors(rule: str, message: str) -> None:
         parse_settings(text, "m.toml")
 
 
-def test_a_served_ticket_leaves_the_candidates(make_app: Any, db_url: str, clock: Any) -> None:
+def test_a_served_ticket_leaves_the_candidates(make_app: MakeApp, db_url: str, clock: Any) -> None:
     # a quiet ticket reminded once is not read again by every later sweep of the rule
     app = make_app(db_url, RULES)
     number = answered(app)
@@ -246,7 +228,7 @@ reassign = true
 """
 
 
-def test_escalate_reassign_picks_another_member(make_app: Any, db_url: str, clock: Any) -> None:
+def test_escalate_reassign_picks_another_member(make_app: MakeApp, db_url: str, clock: Any) -> None:
     # needs queues, owners and their assignment (SPEC 7, issue 12); runs once they are merged
     pytest.importorskip("mailbridge.assignment")
     base = BASE_CONFIG.replace(

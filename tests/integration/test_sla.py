@@ -6,22 +6,25 @@ paused while answered, `--dry-run` writing nothing, concurrent runs, `ticket sho
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
+from mailbridge.app import App
 from mailbridge.cli import cli
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
 from mailbridge.metrics import Metrics
 from mailbridge.report.html import render_html
 from mailbridge.storage import repo
 from mailbridge.sweeps import SweepConfig, Sweeps
+from tests.configs import MakeApp
 from tests.mail import make_mail, message_id_of
+from tests.nodes import at_once
+from tests.tickets import FILE, agent_reply, new_ticket
 
-FILE = Source("file", "test", live=False)
+SUBJECT = "Invoice wrong"
 MINUTE = timedelta(minutes=1)
 
 # the clock fixture starts on Monday 2026-11-02 09:00 UTC = 11:00 in Bucharest
@@ -46,11 +49,11 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-def sla_app(make_app: Any, url: str) -> Any:
+def sla_app(make_app: MakeApp, url: str) -> App:
     return make_app(url, SLA)
 
 
-def run(app: Any, at: datetime, dry_run: bool = False, metrics: Any = None) -> list[Any]:
+def run(app: App, at: datetime, dry_run: bool = False, metrics: Any = None) -> list[Any]:
     on_breach = metrics.sla_breach if metrics else None
     sweeps = Sweeps(
         app.store,
@@ -62,30 +65,15 @@ def run(app: Any, at: datetime, dry_run: bool = False, metrics: Any = None) -> l
     return sweeps.run(at, dry_run=dry_run)
 
 
-def new_ticket(app: Any) -> tuple[int, bytes]:
-    raw = make_mail(subject="Invoice wrong")
-    return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
-
-
-def agent_reply(app: Any, raw: bytes) -> None:
-    reply = make_mail(
-        sender="alice@example.com",
-        subject="Re: x",
-        body="Looking.\n",
-        in_reply_to=message_id_of(raw),
-    )
-    app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
-
-
-def customer_reply(app: Any, raw: bytes) -> None:
+def customer_reply(app: App, raw: bytes) -> None:
     app.ingestor.accept(
-        make_mail(subject="Re: Invoice wrong", body="Still wrong", in_reply_to=message_id_of(raw)),
+        make_mail(subject=f"Re: {SUBJECT}", body="Still wrong", in_reply_to=message_id_of(raw)),
         Envelope(),
         FILE,
     )
 
 
-def breaches(app: Any, number: int) -> list[tuple[str, str, str]]:
+def breaches(app: App, number: int) -> list[tuple[str, str, str]]:
     with app.store.unit() as s:
         return [
             (e.kind, e.actor, e.detail)
@@ -94,7 +82,7 @@ def breaches(app: Any, number: int) -> list[tuple[str, str, str]]:
         ]
 
 
-def notices(app: Any) -> list[tuple[str, str]]:
+def notices(app: App) -> list[tuple[str, str]]:
     with app.store.unit() as s:
         return [
             (m.to_addrs, m.subject)
@@ -104,15 +92,15 @@ def notices(app: Any) -> list[tuple[str, str]]:
         ]
 
 
-def columns(app: Any, number: int) -> tuple[Any, ...]:
+def columns(app: App, number: int) -> tuple[Any, ...]:
     with app.store.unit() as s:
         t = repo.get_ticket(s, number)
         return (t.sla_name, t.first_response_due, t.resolution_due, t.sla_due, t.sla_breached)
 
 
-def test_due_times_are_stored_in_business_hours(make_app: Any, db_url: str, clock: Any) -> None:
+def test_due_times_are_stored_in_business_hours(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = sla_app(make_app, db_url)
-    number, _ = new_ticket(app)
+    number, _ = new_ticket(app, SUBJECT)
     run(app, clock.now)
     # 4 working hours from Mon 11:00 local: 15:00 local = 13:00 UTC; resolution 16h: Mon 6h,
     # Wed 4 Nov is a holiday, Tue 8h, Thu 2h -> Thu 11:00 local = 09:00 UTC
@@ -126,11 +114,11 @@ def test_due_times_are_stored_in_business_hours(make_app: Any, db_url: str, cloc
 
 
 def test_breach_is_recorded_once_with_notice_and_metric(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
     metrics = Metrics(app.store, None)
-    number, _ = new_ticket(app)
+    number, _ = new_ticket(app, SUBJECT)
     run(app, clock.now)
     assert run(app, utc(2026, 11, 2, 13), metrics=metrics) == []  # due exactly now: not yet missed
     assert breaches(app, number) == []
@@ -151,12 +139,12 @@ def test_breach_is_recorded_once_with_notice_and_metric(
 
 
 def test_answered_in_time_and_clock_paused_while_answered(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
-    number, raw = new_ticket(app)
+    number, raw = new_ticket(app, SUBJECT)
     clock.now = utc(2026, 11, 2, 12)  # 14:00 local: 3 working hours used
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     run(app, clock.now)
     # answered: the resolution clock stands still, nothing is due
     assert columns(app, number)[3] is None
@@ -175,10 +163,10 @@ def test_answered_in_time_and_clock_paused_while_answered(
 
 
 def test_dry_run_lists_breaches_and_writes_nothing(
-    make_app: Any, db_url: str, clock: Any, tmp_path: Path
+    make_app: MakeApp, db_url: str, clock: Any, tmp_path: Path
 ) -> None:
     app = sla_app(make_app, db_url)
-    number, _ = new_ticket(app)
+    number, _ = new_ticket(app, SUBJECT)
     before = columns(app, number)
     late = utc(2026, 11, 2, 14)
     changes = run(app, late, dry_run=True)
@@ -205,35 +193,25 @@ def test_dry_run_lists_breaches_and_writes_nothing(
     assert breaches(app, number) == []
 
 
-def test_two_threads_record_one_breach(make_app: Any, db_url: str, clock: Any) -> None:
+def test_two_threads_record_one_breach(make_app: MakeApp, db_url: str, clock: Any) -> None:
     first = sla_app(make_app, db_url)
     second = make_app(db_url, SLA)  # its own engine: a second node on PostgreSQL
-    numbers = [new_ticket(first)[0] for _ in range(5)]
+    numbers = [new_ticket(first, SUBJECT)[0] for _ in range(5)]
     late = utc(2026, 11, 2, 14)
-    barrier = threading.Barrier(2)
-
-    def node(app: Any) -> None:
-        barrier.wait()
-        run(app, late)
-
-    threads = [threading.Thread(target=node, args=(a,)) for a in (first, second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(lambda app: run(app, late), [first, second])
     for number in numbers:
         assert len(breaches(first, number)) == 1
     assert len(notices(first)) == len(numbers)
 
 
 def test_cli_show_breached_and_report(
-    make_app: Any, db_url: str, clock: Any, tmp_path: Path
+    make_app: MakeApp, db_url: str, clock: Any, tmp_path: Path
 ) -> None:
     app = sla_app(make_app, db_url)
-    late_one, _ = new_ticket(app)
-    _on_time, raw = new_ticket(app)
+    late_one, _ = new_ticket(app, SUBJECT)
+    _on_time, raw = new_ticket(app, SUBJECT)
     clock.now = utc(2026, 11, 2, 10)
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     clock.now = utc(2026, 11, 2, 14)
     run(app, clock.now)
     config = ["--config", str(tmp_path / "mailbridge.toml")]
@@ -273,12 +251,12 @@ def test_cli_show_breached_and_report(
 
 
 def test_each_missed_next_response_is_its_own_breach(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = sla_app(make_app, db_url)
-    number, raw = new_ticket(app)
+    number, raw = new_ticket(app, SUBJECT)
     clock.now = utc(2026, 11, 2, 10)
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     # Thu 5 Nov 07:00 UTC (09:00 local) the customer writes: 8 working hours -> 15:00 UTC
     clock.now = utc(2026, 11, 5, 7)
     customer_reply(app, raw)
@@ -286,7 +264,7 @@ def test_each_missed_next_response_is_its_own_breach(
     assert run(app, utc(2026, 11, 5, 15)) == []
     assert [c.detail for c in run(app, utc(2026, 11, 5, 15, 30))] == ["next_response by 30m"]
     clock.now = utc(2026, 11, 6, 8)
-    agent_reply(app, raw)
+    agent_reply(app, raw, "Looking.\n")
     # again the next Monday 09:00 local; missed by an hour this time
     clock.now = utc(2026, 11, 9, 7)
     customer_reply(app, raw)

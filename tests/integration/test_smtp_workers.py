@@ -11,7 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.helpers_daemon import DaemonProcess, free_port, write_config
+from bench.servers.ports import free_port
+from tests.helpers_daemon import DaemonProcess, write_config
 
 MAIL = (
     "From: Customer {n} <c{n}@customer.test>\r\n"

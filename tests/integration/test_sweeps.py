@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,20 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from mailbridge.app import App
 from mailbridge.cli import cli
-from mailbridge.envelope import Envelope, Source
+from mailbridge.envelope import Envelope
+from mailbridge.outbound.config import OutboundConfig
 from mailbridge.outbound.decide import Outbound
 from mailbridge.scheduler import Scheduler
 from mailbridge.storage import repo
 from mailbridge.storage.models import Outbox
 from mailbridge.sweeps import Change, SweepConfig, Sweeps
+from tests.configs import MakeApp, MakeSettings
 from tests.mail import make_mail, message_id_of
+from tests.nodes import at_once
+from tests.tickets import FILE, agent_reply, new_ticket
 
-FILE = Source("file", "test", live=False)
 SECOND = timedelta(seconds=1)
 
 RULES = """
@@ -75,39 +78,28 @@ class NoticeOutbound(Outbound):
 # --- helpers --------------------------------------------------------------------------------
 
 
-def rules_app(make_app: Any, url: str) -> Any:
+def rules_app(make_app: MakeApp, url: str) -> Any:
     return make_app(url, RULES)
 
 
-def sweeps(app: Any, **kwargs: Any) -> Sweeps:
+def sweeps(app: App, **kwargs: Any) -> Sweeps:
     return Sweeps(
         app.store,
         SweepConfig.from_settings(app.settings),
         app.clock,
-        NoticeOutbound(app.settings),
+        NoticeOutbound(OutboundConfig.from_settings(app.settings)),
         **kwargs,
     )
 
 
-def new_ticket(app: Any, subject: str = "Printer on fire") -> tuple[int, bytes]:
-    raw = make_mail(subject=subject)
-    return app.ingestor.accept(raw, Envelope(), FILE).ticket, raw
-
-
-def answered_ticket(app: Any, subject: str = "Printer on fire") -> int:
+def answered_ticket(app: App, subject: str = "Printer on fire") -> int:
     number, raw = new_ticket(app, subject)
-    reply = make_mail(
-        sender="alice@example.com",
-        subject=f"Re: {subject}",
-        body="On it.\n",
-        in_reply_to=message_id_of(raw),
-    )
-    app.ingestor.accept(reply, Envelope(auth_user="alice"), FILE)
+    agent_reply(app, raw, "On it.\n", subject=f"Re: {subject}")
     assert status(app, number) == "answered"
     return number
 
 
-def ticket_in(app: Any, state: str) -> int:
+def ticket_in(app: App, state: str) -> int:
     """A ticket brought to `state` the way an operator would."""
     if state == "answered":
         return answered_ticket(app)
@@ -122,20 +114,20 @@ def ticket_in(app: Any, state: str) -> int:
     return number
 
 
-def status(app: Any, number: int) -> str | None:
+def status(app: App, number: int) -> str | None:
     with app.store.unit() as s:
         t = repo.get_ticket(s, number)
         return t.status if t else None
 
 
-def events(app: Any, number: int) -> list[tuple[str, str | None, str | None, str]]:
+def events(app: App, number: int) -> list[tuple[str, str | None, str | None, str]]:
     with app.store.unit() as s:
         return [
             (e.kind, e.from_status, e.to_status, e.actor) for e in repo.ticket_events(s, number)
         ]
 
 
-def notices(app: Any) -> list[int | None]:
+def notices(app: App) -> list[int | None]:
     with app.store.unit() as s:
         return [row.ticket_number for row in repo.list_outbox(s) if row.kind == "rule"]
 
@@ -145,7 +137,7 @@ def notices(app: Any) -> list[int | None]:
 
 @pytest.mark.parametrize("before", ["new", "answered"])
 def test_postponed_ticket_wakes_at_its_time(
-    make_app: Any, db_url: str, clock: Any, before: str
+    make_app: MakeApp, db_url: str, clock: Any, before: str
 ) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, before)
@@ -165,7 +157,9 @@ def test_postponed_ticket_wakes_at_its_time(
         assert t.postponed_until is None and t.last_activity_at == clock.now
 
 
-def test_postponement_is_due_at_exactly_its_time(make_app: Any, db_url: str, clock: Any) -> None:
+def test_postponement_is_due_at_exactly_its_time(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, "new")
     until = clock.now + timedelta(hours=3)
@@ -173,7 +167,9 @@ def test_postponement_is_due_at_exactly_its_time(make_app: Any, db_url: str, clo
     assert [c.to_status for c in sweeps(app).run(until)] == ["new"]
 
 
-def test_a_moved_postponement_is_not_woken_early(make_app: Any, db_url: str, clock: Any) -> None:
+def test_a_moved_postponement_is_not_woken_early(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number = ticket_in(app, "new")
     app.actions.act(number, "postpone", "cli:test", clock.now + timedelta(days=1))
@@ -195,7 +191,7 @@ def test_a_moved_postponement_is_not_woken_early(make_app: Any, db_url: str, clo
     ],
 )
 def test_rule_boundary(
-    make_app: Any,
+    make_app: MakeApp,
     db_url: str,
     clock: Any,
     rule: str,
@@ -220,7 +216,7 @@ def test_rule_boundary(
     assert events(app, number)[-1] == (kind, when, then, f"rule:{rule}")
 
 
-def test_idle_counts_from_the_last_message(make_app: Any, db_url: str, clock: Any) -> None:
+def test_idle_counts_from_the_last_message(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = make_app(
         db_url, '[[rules]]\nname = "stale"\nwhen = "new"\nidle_for = "2d"\nthen = "closed"\n'
     )
@@ -235,7 +231,7 @@ def test_idle_counts_from_the_last_message(make_app: Any, db_url: str, clock: An
     assert status(app, number) == "closed"
 
 
-def test_notice_is_queued_with_the_transition(make_app: Any, db_url: str, clock: Any) -> None:
+def test_notice_is_queued_with_the_transition(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     a, b = answered_ticket(app, "a"), ticket_in(app, "resolved")
     clock.advance(days=30)
@@ -245,7 +241,9 @@ def test_notice_is_queued_with_the_transition(make_app: Any, db_url: str, clock:
     assert status(app, b) == "closed"
 
 
-def test_outbound_without_rule_notices_is_skipped(make_app: Any, db_url: str, clock: Any) -> None:
+def test_outbound_without_rule_notices_is_skipped(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     app = rules_app(make_app, db_url)
     number = answered_ticket(app)
     plain = Sweeps(app.store, SweepConfig.from_settings(app.settings), app.clock, outbound=None)
@@ -254,7 +252,7 @@ def test_outbound_without_rule_notices_is_skipped(make_app: Any, db_url: str, cl
 
 
 def test_the_real_outbound_queues_one_notice_to_the_customer(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = rules_app(make_app, db_url)
     if not hasattr(app.outbound, "rule_notice"):
@@ -271,7 +269,7 @@ def test_the_real_outbound_queues_one_notice_to_the_customer(
 # --- idempotence and concurrency ---------------------------------------------------------------
 
 
-def test_running_twice_changes_once(make_app: Any, db_url: str, clock: Any) -> None:
+def test_running_twice_changes_once(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     number = answered_ticket(app)
     at = clock.now + timedelta(days=8)
@@ -284,7 +282,9 @@ def test_running_twice_changes_once(make_app: Any, db_url: str, clock: Any) -> N
     assert notices(app) == [number]
 
 
-def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, clock: Any) -> None:
+def test_two_nodes_at_once_change_each_ticket_once(
+    make_app: MakeApp, db_url: str, clock: Any
+) -> None:
     """Two App instances = two engines and connections (two nodes), sweeping at the same moment."""
     node_a = rules_app(make_app, db_url)
     node_b = rules_app(make_app, db_url)
@@ -293,27 +293,9 @@ def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, c
     node_a.actions.act(postponed, "postpone", "cli:test", clock.now + timedelta(days=1))
     at = clock.now + timedelta(days=8)
 
-    start = threading.Barrier(2)
-    results: dict[str, list[Change]] = {}
-    errors: list[BaseException] = []
+    results = at_once(lambda node: sweeps(node, batch_size=3).run(at), [node_a, node_b], 60)
 
-    def sweep(name: str, node: Any) -> None:
-        try:
-            start.wait()
-            results[name] = sweeps(node, batch_size=3).run(at)
-        except BaseException as exc:  # surfaced below: a thread's failure must fail the test
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=sweep, args=(n, node)) for n, node in (("a", node_a), ("b", node_b))
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-
-    changed = sorted(c.number for r in results.values() for c in r)
+    changed = sorted(c.number for r in results for c in r)
     assert changed == sorted([*numbers, postponed])
     for number in numbers:
         assert [e for e in events(node_a, number) if e[3] == "rule:auto-resolve"] == [
@@ -323,7 +305,7 @@ def test_two_nodes_at_once_change_each_ticket_once(make_app: Any, db_url: str, c
     assert sorted(notices(node_a)) == sorted(numbers)
 
 
-def test_catch_up_after_a_week_of_downtime(make_app: Any, db_url: str, clock: Any) -> None:
+def test_catch_up_after_a_week_of_downtime(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     answered = [answered_ticket(app, f"a{i}") for i in range(5)]
     resolved = [ticket_in(app, "resolved") for _ in range(4)]
@@ -346,7 +328,7 @@ def test_catch_up_after_a_week_of_downtime(make_app: Any, db_url: str, clock: An
     assert sweeps(app).run(clock.now) == []
 
 
-def test_scheduler_catches_up_at_start(make_app: Any, db_url: str, clock: Any) -> None:
+def test_scheduler_catches_up_at_start(make_app: MakeApp, db_url: str, clock: Any) -> None:
     """A daemon started after downtime: the scheduler's first sweep runs at start."""
     app = rules_app(make_app, db_url)
     numbers = [answered_ticket(app, f"s{i}") for i in range(3)]
@@ -369,7 +351,7 @@ def test_scheduler_catches_up_at_start(make_app: Any, db_url: str, clock: Any) -
 
 
 def test_scheduler_reload_swaps_the_rules(
-    make_app: Any, make_settings: Any, db_url: str, clock: Any
+    make_app: MakeApp, make_settings: MakeSettings, db_url: str, clock: Any
 ) -> None:
     app = make_app(db_url)  # no rules at first
     number = answered_ticket(app)
@@ -385,7 +367,7 @@ def test_scheduler_reload_swaps_the_rules(
 
 
 def test_purge_leaves_tombstones_so_the_same_mail_is_a_duplicate(
-    make_app: Any, db_url: str, clock: Any
+    make_app: MakeApp, db_url: str, clock: Any
 ) -> None:
     app = rules_app(make_app, db_url)
     number, raw = new_ticket(app)
@@ -401,7 +383,7 @@ def test_purge_leaves_tombstones_so_the_same_mail_is_a_duplicate(
         assert repo.list_tickets(s) == []
 
 
-def test_dry_run_changes_nothing(make_app: Any, db_url: str, clock: Any) -> None:
+def test_dry_run_changes_nothing(make_app: MakeApp, db_url: str, clock: Any) -> None:
     app = rules_app(make_app, db_url)
     answered = answered_ticket(app)
     spam = ticket_in(app, "spam")

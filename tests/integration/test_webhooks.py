@@ -24,7 +24,7 @@ from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ConfigError
 from mailbridge.lifecycle import Record
 from mailbridge.metrics import Metrics
-from mailbridge.outbound.sender import OutboxSender
+from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from mailbridge.storage import repo
 from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.mail import make_mail
@@ -130,7 +130,7 @@ def test_each_event_is_posted_once_signed_with_the_ticket_as_it_was(
     make_app: Callable[..., App], sqlite_url: str, clock: FixedClock, receiver: Receiver
 ) -> None:
     app = make_app(sqlite_url, hook_config(receiver.url))
-    sender = OutboxSender(app.store, app.settings, clock)
+    sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
     number = customer_mail(app)
     clock.advance(minutes=5)
     app.actions.act(number, "resolve", "alice@example.com")
@@ -168,7 +168,12 @@ def test_a_receiver_answering_503_then_204_gets_the_event_once_on_retry(
     with Receiver(script=[503, 204]) as receiver:
         app = make_app(sqlite_url, hook_config(receiver.url, '["created"]'))
         metrics = Metrics(app.store)
-        sender = OutboxSender(app.store, app.settings, clock, on_webhook=metrics.webhook_delivery)
+        sender = OutboxSender(
+            app.store,
+            SenderConfig.from_settings(app.settings),
+            clock,
+            on_webhook=metrics.webhook_delivery,
+        )
         customer_mail(app)
 
         assert sender.deliver_due() == 0
@@ -197,7 +202,7 @@ def test_400_fails_the_delivery_with_the_reason_and_leaves_the_ticket_alone(
 ) -> None:
     with Receiver(default=400) as receiver:
         app = make_app(sqlite_url, hook_config(receiver.url, '["created"]'))
-        sender = OutboxSender(app.store, app.settings, clock)
+        sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
         number = customer_mail(app)
         sender.deliver_due()
         clock.advance(days=1)
@@ -216,7 +221,7 @@ def test_an_event_whose_transaction_rolled_back_is_never_posted(
     make_app: Callable[..., App], sqlite_url: str, clock: FixedClock, receiver: Receiver
 ) -> None:
     app = make_app(sqlite_url, hook_config(receiver.url, '["status"]'))
-    sender = OutboxSender(app.store, app.settings, clock)
+    sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
     number = customer_mail(app)
 
     class Crash(Exception):
@@ -245,7 +250,7 @@ def test_agent_replies_and_time_rules_post_too(
         '[[rules]]\nname = "auto-resolve"\nwhen = "answered"\nidle_for = "7d"\nthen = "resolved"\n'
     )
     app = make_app(sqlite_url, rule + hook_config(receiver.url, '["message", "resolve"]'))
-    sender = OutboxSender(app.store, app.settings, clock)
+    sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
     number = customer_mail(app)
     with app.store.unit() as session:
         (first,) = [m for m in repo.ticket_messages(session, number) if m.direction == "inbound"]
@@ -283,7 +288,7 @@ def test_every_customer_mail_on_a_ticket_is_one_message_post(
     make_app: Callable[..., App], sqlite_url: str, clock: FixedClock, receiver: Receiver
 ) -> None:
     app = make_app(sqlite_url, hook_config(receiver.url, '["message"]'))
-    sender = OutboxSender(app.store, app.settings, clock)
+    sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
     number = customer_mail(app)
     with app.store.unit() as session:
         (first,) = [m for m in repo.ticket_messages(session, number) if m.direction == "inbound"]
@@ -320,7 +325,10 @@ def test_two_senders_on_postgresql_post_each_event_once(
     app = make_app(pg_url, hook_config(receiver.url, '["created"]'))
     for n in range(30):
         customer_mail(app, f"Question {n}", f"customer{n}@example.org")  # under the flood guard
-    senders = [OutboxSender(app.store, app.settings, clock, batch_size=4) for _ in range(2)]
+    senders = [
+        OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock, batch_size=4)
+        for _ in range(2)
+    ]
     go = threading.Barrier(len(senders))
     counts: list[int] = []
 
@@ -346,7 +354,7 @@ def test_webhooks_go_out_without_a_smarthost_and_mail_keeps_waiting(
     make_app: Callable[..., App], sqlite_url: str, clock: FixedClock, receiver: Receiver
 ) -> None:
     app = make_app(sqlite_url, "[tickets]\nacknowledge = true\n" + hook_config(receiver.url))
-    sender = OutboxSender(app.store, app.settings, clock)
+    sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
     customer_mail(app)
     assert sender.deliver_due() == 1
     with app.store.unit() as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
@@ -16,7 +17,7 @@ def turns(start: int = 0) -> Iterator[int]:
     return itertools.count(start)
 
 
-def never() -> object:
+def never() -> NoReturn:
     raise AssertionError("this strategy must not ask for it")
 
 
@@ -27,8 +28,8 @@ def test_round_robin_takes_members_in_order_from_the_cursor() -> None:
             "round_robin",
             MEMBERS,
             take_turn=lambda: next(counter),
-            open_counts=never,  # type: ignore[arg-type]
-            last_owner=never,  # type: ignore[arg-type]
+            open_counts=never,
+            last_owner=never,
         )
         for _ in range(4)
     ]
@@ -42,9 +43,9 @@ def test_least_open_ties_go_by_member_order() -> None:
     chosen = choose(
         "least_open",
         MEMBERS,
-        take_turn=never,  # type: ignore[arg-type]
+        take_turn=never,
         open_counts=lambda: counts,
-        last_owner=never,  # type: ignore[arg-type]
+        last_owner=never,
     )
     assert chosen.owner == "bob@example.com"
     # a member with no tickets at all counts as zero
@@ -52,9 +53,9 @@ def test_least_open_ties_go_by_member_order() -> None:
         choose(
             "least_open",
             MEMBERS,
-            take_turn=never,  # type: ignore[arg-type]
+            take_turn=never,
             open_counts=lambda: {"alice@example.com": 1},
-            last_owner=never,  # type: ignore[arg-type]
+            last_owner=never,
         ).owner
         == "bob@example.com"
     )
@@ -64,8 +65,8 @@ def test_sticky_keeps_the_previous_owner() -> None:
     chosen = choose(
         "sticky",
         MEMBERS,
-        take_turn=never,  # type: ignore[arg-type]
-        open_counts=never,  # type: ignore[arg-type]
+        take_turn=never,
+        open_counts=never,
         last_owner=lambda: "erik@example.com",
     )
     assert chosen.owner == "erik@example.com" and chosen.detail == "sticky -> erik@example.com"
@@ -77,7 +78,7 @@ def test_sticky_falls_back_to_round_robin(previous: str | None) -> None:
         "sticky",
         MEMBERS,
         take_turn=lambda: 0,
-        open_counts=never,  # type: ignore[arg-type]
+        open_counts=never,
         last_owner=lambda: previous,
     )
     assert chosen.owner == "alice@example.com"
@@ -89,9 +90,9 @@ def test_a_filters_owner_wins_and_uses_no_turn() -> None:
     chosen = choose(
         "round_robin",
         MEMBERS,
-        take_turn=never,  # type: ignore[arg-type]
-        open_counts=never,  # type: ignore[arg-type]
-        last_owner=never,  # type: ignore[arg-type]
+        take_turn=never,
+        open_counts=never,
+        last_owner=never,
         filter_owner="erik@example.com",
         filter_name="vip",
     )
@@ -105,8 +106,8 @@ def test_none_leaves_it_unowned() -> None:
     chosen = choose(
         "none",
         MEMBERS,
-        take_turn=never,  # type: ignore[arg-type]
-        open_counts=never,  # type: ignore[arg-type]
-        last_owner=never,  # type: ignore[arg-type]
+        take_turn=never,
+        open_counts=never,
+        last_owner=never,
     )
     assert chosen.owner is None

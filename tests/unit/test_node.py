@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from mailbridge import node
-from tests.helpers_daemon import REPO
+from tests.env import REPO
 
 # the child reports the incarnation it computes itself, exactly as a mailbridge process would
 CHILD = (

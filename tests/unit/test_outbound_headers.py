@@ -7,30 +7,33 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from mailbridge.outbound import decide as outbound
-from mailbridge.outbound.decide import (
+from mailbridge import mailtext
+from mailbridge.mailtext import (
     FOOTER_COMMANDS,
     FOOTER_MARK,
-    conversation_id,
     header_safe,
     mailbox,
     reply_subject,
     strip_footer,
+)
+from mailbridge.outbound.compose import (
+    MAX_REFERENCES,
+    Part,
+    compose,
+    conversation_id,
     thread_index,
     trim_references,
 )
 from mailbridge.parse import parse
 from mailbridge.storage.models import Ticket
-from tests.outbound_parts import NOW, make_draft, make_outbound, make_ticket
+from tests.outbound_parts import NOW, make_draft, make_pending, make_ticket, make_written
 
 FOOTER = f"-- \n{FOOTER_MARK}\nNew ticket [#7] (new) from Carol <carol@customer.example>\n{FOOTER_COMMANDS}"
 
 
 def built(ticket: Ticket | None = None, **kw: object) -> bytes:
     ticket = ticket or make_ticket()
-    msg = make_outbound().build(
-        ticket, make_draft(**kw), "own@example.com", ["first@customer.example"], NOW
-    )
+    msg = compose(make_pending(ticket, make_draft(**kw)), ["first@customer.example"], [])
     return msg.as_bytes(policy=policy.SMTP)
 
 
@@ -132,16 +135,16 @@ def test_thread_index_layout() -> None:
 def test_references_keep_the_first_and_the_latest() -> None:
     ids = [f"{n}@x" for n in range(50)]
     kept = trim_references(ids)
-    assert len(kept) == outbound.MAX_REFERENCES
+    assert len(kept) == MAX_REFERENCES
     assert kept[0] == "0@x" and kept[-1] == "49@x"
 
 
 def test_an_attachment_that_cannot_be_written_costs_only_the_attachments() -> None:
     # the email package cannot write this part (a stand-in for a MIME structure it chokes on)
-    draft = make_draft(attachments=[outbound.Part(object(), "text/plain", "x.txt")])  # type: ignore[arg-type]
-    built = make_outbound()._render(make_ticket(), draft, "own@example.com", [], NOW)
+    part = Part(object(), "text/plain", "x.txt")  # type: ignore[arg-type]
+    built = make_written(make_ticket(), make_draft(), [], [part])
     assert built is not None
-    msg, _ = built
+    msg = built.message
     assert not list(msg.iter_attachments())
     assert "attachments could not be copied" in msg.get_content()
 
@@ -222,11 +225,11 @@ def test_inline_reply_keeps_the_agents_answers() -> None:
 
 
 def test_render_takes_an_optional_subject_line() -> None:
-    assert outbound.render("Subject: About $tag\nHi $name", {"tag": "[#1]", "name": "C"}) == (
+    assert mailtext.render("Subject: About $tag\nHi $name", {"tag": "[#1]", "name": "C"}) == (
         "About [#1]",
         "Hi C",
     )
-    assert outbound.render("Hi $name, $unknown", {"name": "C"}) == (None, "Hi C, $unknown")
+    assert mailtext.render("Hi $name, $unknown", {"name": "C"}) == (None, "Hi C, $unknown")
 
 
 def test_default_templates_use_known_fields() -> None:
@@ -251,5 +254,5 @@ def test_default_templates_use_known_fields() -> None:
         "idle": "5d",
     }
     for name in ("ack", "refused", "rule", "failed", "sla_breach", "remind", "escalate"):
-        _, body = outbound.render(outbound._template(name), values)
+        _, body = mailtext.render(mailtext.template(name), values)
         assert "$" not in body, name

@@ -12,18 +12,17 @@ from email.message import EmailMessage
 
 import pytest
 
-from mailbridge.outbound.compose import attachments_of, valid_message_id
-from mailbridge.outbound.decide import Part
-from tests.outbound_parts import NOW, make_draft, make_outbound, make_ticket
+from mailbridge.outbound.compose import Part, attachments_of, valid_message_id
+from tests.outbound_parts import make_draft, make_ticket, make_written
 
 
-def rendered(known: list[str] | None = None, **kw: object) -> tuple[EmailMessage, bytes]:
+def rendered(
+    known: list[str] | None = None, attachments: list[Part] | None = None, **kw: object
+) -> tuple[EmailMessage, bytes]:
     """The mail as the sender writes it, bytes as they go to the smarthost."""
-    result = make_outbound()._render(
-        make_ticket(), make_draft(**kw), "own@example.com", known or [], NOW
-    )
+    result = make_written(make_ticket(), make_draft(**kw), known or [], attachments)
     assert result is not None
-    return result
+    return result.message, result.raw
 
 
 def header_lines(raw: bytes) -> list[bytes]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailbridge.parse import parse
-from mailbridge.parse.headers import TextDecoder, _encoded_words
+from mailbridge.parse.headers import TextDecoder, encoded_words
 
 # The pattern header_decode used before: the reference for what an encoded-word is.
 _REFERENCE = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?(.{0,4000}?)\?=")
@@ -92,7 +92,7 @@ def test_words_found_are_those_of_the_reference_pattern(text: str) -> None:
     expected = [
         (m.start(), m.end(), m.group(1), m.group(2), m.group(3)) for m in _REFERENCE.finditer(text)
     ]
-    assert list(_encoded_words(text)) == expected
+    assert list(encoded_words(text)) == expected
 
 
 def test_reference_agreement_near_the_length_limit() -> None:
@@ -104,4 +104,4 @@ def test_reference_agreement_near_the_length_limit() -> None:
             "=?a?q?" + "x" * (length // 2) + "\n" + "x" * (length // 2) + "?=",
         ):
             expected = [(m.start(), m.end()) for m in _REFERENCE.finditer(text)]
-            assert [w[:2] for w in _encoded_words(text)] == expected, (length, text[:20])
+            assert [w[:2] for w in encoded_words(text)] == expected, (length, text[:20])

@@ -1,4 +1,7 @@
-"""The outbox: mail and webhook posts waiting to be sent, claimed, renewed and recorded."""
+"""The outbox: mail and webhook posts waiting to be sent, claimed, renewed and recorded.
+
+Mail is decided at ingest and written by the sender: see `mailbridge.outbound`.
+"""
 
 from __future__ import annotations
 
