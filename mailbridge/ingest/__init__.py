@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from sqlalchemy.exc import IntegrityError
 
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from mailbridge.config import Settings
     from mailbridge.outbound.decide import Outbound
     from mailbridge.storage import Store
+
+    _Handler = Callable[
+        ["Ingestor", Session, "Prepared", classify.Verdict, "Decision", datetime], Outcome
+    ]
 
 log = logging.getLogger("mailbridge.ingest")
 
@@ -135,7 +139,6 @@ class Ingestor:
             agent_domains=frozenset(d.lower().lstrip("@") for d in agents.domains),
             trusted_authserv_ids=frozenset(a.lower() for a in agents.trusted_authserv_ids),
             blocked=frozenset(b.lower() for b in settings.tickets.blocked_senders),
-            support_addresses=frozenset(self.tokens.support),
         )
 
     # --- entry points -------------------------------------------------------------------
@@ -321,28 +324,43 @@ class Ingestor:
         keys = correlate.thread_keys(msg, recipients, self.tokens, self.tagger)
         found = self._thread(session, keys, msg, verdict)
 
-        if verdict.kind in (classify.LOOP, classify.BOUNCE, classify.AUTO_REPLY) or (
-            verdict.kind == classify.BLOCKED and found.ticket is not None
-        ):
-            return self._not_a_ticket(session, p, verdict, found, now)
-        if verdict.kind == classify.BLOCKED:
-            ticket, message, routed = self._create(
-                session, p, verdict, f"new ticket: {verdict.rule}", now, None
-            )
-            if ticket.status != Status.SPAM:
-                self._transition(
-                    session,
-                    ticket,
-                    lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"),
-                    now,
-                    message.id,
-                )
-            return Outcome(
-                "created", ticket.number, f"{verdict.rule} -> spam; {routed}", message.id
-            )
+        return self._ACTIONS[verdict.action](self, session, p, verdict, found, now)
+
+    def _ticket(
+        self,
+        session: Session,
+        p: Prepared,
+        verdict: classify.Verdict,
+        found: Decision,
+        now: datetime,
+    ) -> Outcome:
         if verdict.agent:
             return self._agent_mail(session, p, verdict, found, now)
         return self._customer_mail(session, p, verdict, found, now)
+
+    def _spam(
+        self,
+        session: Session,
+        p: Prepared,
+        verdict: classify.Verdict,
+        found: Decision,
+        now: datetime,
+    ) -> Outcome:
+        if found.ticket is not None:
+            # a blocked sender's reply does not make the customer's ticket spam
+            return self._not_a_ticket(session, p, verdict, found, now)
+        ticket, message, routed = self._create(
+            session, p, verdict, verdict.with_hits(f"new ticket: {verdict.rule}"), now, None
+        )
+        if ticket.status != Status.SPAM:
+            self._transition(
+                session,
+                ticket,
+                lifecycle.Event(Kind.SPAM, f"rule:{verdict.rule.split(':')[0]}"),
+                now,
+                message.id,
+            )
+        return Outcome("created", ticket.number, f"{verdict.rule} -> spam; {routed}", message.id)
 
     # --- threading ----------------------------------------------------------------------
 
@@ -407,20 +425,37 @@ class Ingestor:
     ) -> Outcome:
         ticket = found.ticket
         if ticket is None:
-            return self._quarantine(
-                session, p, verdict.rule, f"not threaded ({found.rule})", kind="ignored"
-            )
+            detail = verdict.with_hits(f"not threaded ({found.rule})", verdict.rule)
+            return self._quarantine(session, p, verdict.rule, detail, kind="ignored")
         message = self._store_message(
-            session, p, ticket, "inbound", "system", f"{verdict.rule}; {found.rule}", now
+            session,
+            p,
+            ticket,
+            "inbound",
+            "system",
+            verdict.with_hits(f"{verdict.rule}; {found.rule}"),
+            now,
         )
         record = lifecycle.Record(
-            now, verdict.kind, self._actor(p), ticket.status, ticket.status, verdict.rule
+            now,
+            verdict.kind,
+            self._actor(p),
+            ticket.status,
+            ticket.status,
+            verdict.with_hits(verdict.rule),
         )
         repo.add_events(session, ticket.number, [record], message.id)
         ticket.updated_at = now
         return Outcome(
             "appended", ticket.number, f"{verdict.rule}; {found.rule}; status unchanged", message.id
         )
+
+    # what ingest does for each rule action: the verdict is data, walked here
+    _ACTIONS: ClassVar[Mapping[classify.Action, _Handler]] = {
+        classify.Action.TICKET: _ticket,
+        classify.Action.NOT_A_TICKET: _not_a_ticket,
+        classify.Action.SPAM: _spam,
+    }
 
     def _customer_mail(
         self,
@@ -440,9 +475,8 @@ class Ingestor:
             ):  # pragma: no cover - the table accepts customer mail everywhere
                 transition = None
             if transition is not None and not transition.new_ticket:
-                message = self._store_message(
-                    session, p, ticket, "inbound", "customer", f"{found.rule}; {verdict.rule}", now
-                )
+                why = verdict.with_hits(f"{found.rule}; {verdict.rule}")
+                message = self._store_message(session, p, ticket, "inbound", "customer", why, now)
                 self._save(session, ticket, transition, now, message.id)
                 ticket.last_activity_at = now
                 self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
@@ -463,7 +497,9 @@ class Ingestor:
                 return self._quarantine(
                     session, p, "flood", f"more than {limit} new tickets from {sender} in an hour"
                 )
-        ticket, message, routed = self._create(session, p, verdict, rule, now, follow)
+        ticket, message, routed = self._create(
+            session, p, verdict, verdict.with_hits(rule), now, follow
+        )
         self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
         if self.outbound and p.source.live and ticket.status != Status.SPAM:
             self.outbound.new_ticket(session, ticket, message, p.parsed, verdict, now)
@@ -496,7 +532,7 @@ class Ingestor:
                 session,
                 p,
                 verdict,
-                f"agent mail, {found.rule}",
+                verdict.with_hits(f"agent mail, {found.rule}"),
                 now,
                 None,
                 direction="outbound",
@@ -525,9 +561,8 @@ class Ingestor:
             and not p.source.agent_authority
         )
         direction = "inbound" if relay or is_note else "outbound"
-        message = self._store_message(
-            session, p, ticket, direction, "agent", f"{found.rule}; {verdict.rule}", now
-        )
+        why = verdict.with_hits(f"{found.rule}; {verdict.rule}")
+        message = self._store_message(session, p, ticket, direction, "agent", why, now)
         if ticket.customer in recipients and not is_note:
             # written to the customer directly: whoever else it went to is in the conversation
             self._add_participants(session, p, ticket, now, message.id)
@@ -699,7 +734,7 @@ class Ingestor:
             if others:
                 customer, name = others[0].addr.lower(), others[0].name
         route = self._route(p)
-        spam = route.spam is not None or verdict.kind == classify.BLOCKED
+        spam = route.spam is not None or verdict.action is classify.Action.SPAM
         chosen = None if spam else self._assign(session, route, customer, now)
         explained = chosen is not None and (chosen.owner or chosen.strategy != "none")
         routed = "; ".join((route.explain(), *([chosen.rule] if chosen and explained else [])))

@@ -458,7 +458,7 @@ class Outbound:
         limit = settings.ack_max_per_sender_per_hour
         if not self.settings.tickets.acknowledge:
             return "acknowledgements are off"
-        if verdict.kind != classify.MAIL or verdict.bulk:
+        if not verdict.acknowledge:  # a rule hit (bulk, auto-reply, ...) forbids it
             return f"not personal mail ({verdict.rule})"
         if self.tokens.is_ours(customer) or customer in self.all_notify:
             return f"{customer} is our own address"
