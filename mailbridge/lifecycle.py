@@ -43,6 +43,32 @@ class Kind(StrEnum):
     RESTORE = "restore"
 
 
+class Note(StrEnum):
+    """What happened to a ticket without changing its status: the `kind` of the other stored
+    events (their from and to status are the same, or both empty)."""
+
+    # classification rules whose hit decided (rules.py): mail recorded on a ticket, status unchanged
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+    LOOP = "loop"
+    BLOCKED = "blocked"
+    # an agent's From that nothing authenticates: the mail was taken as the customer's
+    UNAUTHENTICATED_AGENT = "unauthenticated-agent"
+    PARTICIPANTS_LIMIT = "participants-limit"
+    # owner, queue, tags and priority (SPEC 7)
+    ASSIGN = "assign"
+    QUEUE = "queue"
+    TAG = "tag"
+    PRIORITY = "priority"
+    SLA_BREACH = "sla-breach"
+    # sweep rules (`then` in the config) that change no status
+    REMIND = "remind"
+    ESCALATE = "escalate"
+    # outbound mail the outbox could not deliver, and an operator's retry of it
+    DELIVERY_FAILED = "delivery-failed"
+    DELIVERY_RETRY = "delivery-retry"
+
+
 LIVE = frozenset(
     {Status.NEW, Status.OPEN, Status.ANSWERED, Status.RESOLVED, Status.CLOSED, Status.POSTPONED}
 )

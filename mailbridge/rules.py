@@ -15,14 +15,16 @@ from enum import StrEnum
 
 from mailbridge.authres import agent_authority as header_authority
 from mailbridge.envelope import Envelope, Source
+from mailbridge.lifecycle import Note
 from mailbridge.parse import ParsedMessage
 
 MAIL = "mail"
-AUTO_REPLY = "auto-reply"
-BOUNCE = "bounce"
-LOOP = "loop"
-BLOCKED = "blocked"
-BULK = "bulk"
+# a deciding rule's name is the kind of the event it records
+AUTO_REPLY = Note.AUTO_REPLY
+BOUNCE = Note.BOUNCE
+LOOP = Note.LOOP
+BLOCKED = Note.BLOCKED
+BULK = "bulk"  # never decides, so records no event of its own
 
 
 class Action(StrEnum):

@@ -22,7 +22,7 @@ from mailbridge import lifecycle, sla
 from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import IllegalTransition
 from mailbridge.ingest import apply_state, ticket_state
-from mailbridge.lifecycle import Kind, Status
+from mailbridge.lifecycle import Kind, Note, Status
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ _FINISHED = frozenset({Status.CLOSED, Status.SPAM, Status.DELETED})
 RuleObserver = Callable[[str, int], None]
 # (queue, target) for each recorded SLA breach
 BreachObserver = Callable[[str, str], None]
-SLA_BREACH = "sla-breach"  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
+SLA_BREACH = Note.SLA_BREACH  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.ingest.pool import InlineParser, Parser, ParseResult
-from mailbridge.lifecycle import Kind, Status, TicketState
+from mailbridge.lifecycle import Kind, Note, Status, TicketState
 from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, decode_header_text
 from mailbridge.storage import repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
@@ -652,7 +652,7 @@ class Ingestor:
             return
         ticket.owner = agent
         record = lifecycle.Record(
-            now, "assign", agent, ticket.status, ticket.status, f"assign_on_reply -> {agent}"
+            now, Note.ASSIGN, agent, ticket.status, ticket.status, f"assign_on_reply -> {agent}"
         )
         repo.add_events(session, ticket.number, [record], message_pk)
 
@@ -772,7 +772,7 @@ class Ingestor:
             repo.add_tags(session, ticket.number, route.tags)
         if chosen is not None and chosen.owner is not None:
             record = lifecycle.Record(
-                now, "assign", f"rule:{chosen.strategy}", Status.NEW, Status.NEW, chosen.detail
+                now, Note.ASSIGN, f"rule:{chosen.strategy}", Status.NEW, Status.NEW, chosen.detail
             )
             repo.add_events(session, ticket.number, [record], message.id)
             if self.on_assign is not None:
@@ -833,7 +833,8 @@ class Ingestor:
                 limit,
             )
             if not room and any(
-                e.kind == "participants-limit" for e in repo.ticket_events(session, ticket.number)
+                e.kind == Note.PARTICIPANTS_LIMIT
+                for e in repo.ticket_events(session, ticket.number)
             ):
                 return  # said once on the ticket; a thread that keeps the crowd in Cc says no more
             detail = (
@@ -841,7 +842,7 @@ class Ingestor:
                 f"the ticket has its limit of {limit} (max_participants)"
             )
             record = lifecycle.Record(
-                now, "participants-limit", self._actor(p), ticket.status, ticket.status, detail
+                now, Note.PARTICIPANTS_LIMIT, self._actor(p), ticket.status, ticket.status, detail
             )
             repo.add_events(session, ticket.number, [record], message_pk)
 
@@ -937,7 +938,7 @@ class Ingestor:
             )
             record = lifecycle.Record(
                 now,
-                "unauthenticated-agent",
+                Note.UNAUTHENTICATED_AGENT,
                 actor,
                 ticket.status,
                 ticket.status,
