@@ -116,6 +116,26 @@ for (_status, _kind), _target in list(TRANSITIONS.items()):
     if _kind is Kind.CUSTOMER_MAIL and (_status, Kind.CONFIRM) not in TRANSITIONS:
         TRANSITIONS[(_status, Kind.CONFIRM)] = _target
 
+# Lists derived from the table, for the config and the CLI (never copies of it).
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+# the statuses a ticket is in normal life and not yet closed: what reminders act on
+_UNFINISHED = tuple(s.value for s in Status if s in LIVE and s is not S.CLOSED)
+
+
+def _from(kind: Kind) -> tuple[str, ...]:
+    return tuple(s.value for s in Status if (s, kind) in TRANSITIONS)
+
+
+# for each `then` of a sweep rule, the statuses its `when` may name; the table refuses the rest
+RULE_FROM: dict[str, tuple[str, ...]] = {
+    S.RESOLVED.value: _from(Kind.RESOLVE),
+    S.CLOSED.value: _from(Kind.CLOSE),
+    "purge": tuple(s.value for s in Status if s in PURGEABLE),
+    # reminders and escalations change no status: any ticket still in normal life
+    Note.REMIND.value: _UNFINISHED,
+    Note.ESCALATE.value: _UNFINISHED,
+}
+
 CONFIRMED = "confirmed by customer"  # the detail of a close by the customer
 
 

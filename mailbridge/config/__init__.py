@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mailbridge import business_time, correlate
+from mailbridge import business_time, correlate, lifecycle
 from mailbridge.errors import ConfigError
 
 ENV_VAR = "MAILBRIDGE_CONFIG"
@@ -459,14 +459,7 @@ class OutboundSettings(_Section):
 
 
 # which statuses a rule may act on: the rest are refused by the lifecycle table (SPEC 1)
-_RULE_FROM: dict[str, tuple[str, ...]] = {
-    "resolved": ("new", "open", "answered", "postponed"),
-    "closed": ("new", "open", "answered", "resolved", "postponed"),
-    "purge": ("closed", "spam", "deleted"),
-    # reminders and escalations change no status: any ticket still in normal life
-    "remind": ("new", "open", "answered", "resolved", "postponed"),
-    "escalate": ("new", "open", "answered", "resolved", "postponed"),
-}
+_RULE_FROM = lifecycle.RULE_FROM
 
 
 class Rule(_Section):
