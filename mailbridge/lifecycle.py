@@ -209,10 +209,6 @@ def create(actor: str, now: datetime, detail: str | None = None) -> Transition:
     return Transition(state, (Record(now, Kind.CREATED, actor, None, Status.NEW, detail),))
 
 
-def allowed(status: Status, kind: Kind) -> bool:
-    return (status, kind) in TRANSITIONS
-
-
 def apply(state: TicketState, event: Event, now: datetime) -> Transition:
     """Apply one event; raise IllegalTransition where the table says `–`."""
     target = TRANSITIONS.get((state.status, event.kind))

@@ -468,13 +468,9 @@ class Ingestor:
         ticket, actor = found.ticket, self._actor(p)
         if ticket is not None:
             kind = Kind.CONFIRM if self._confirms(session, p, ticket) else Kind.CUSTOMER_MAIL
-            try:
-                transition = lifecycle.apply(self._state(ticket), lifecycle.Event(kind, actor), now)
-            except (
-                IllegalTransition
-            ):  # pragma: no cover - the table accepts customer mail everywhere
-                transition = None
-            if transition is not None and not transition.new_ticket:
+            # the table accepts customer mail in every status: this cannot raise
+            transition = lifecycle.apply(self._state(ticket), lifecycle.Event(kind, actor), now)
+            if not transition.new_ticket:
                 why = verdict.with_hits(f"{found.rule}; {verdict.rule}")
                 message = self._store_message(session, p, ticket, "inbound", "customer", why, now)
                 self._save(session, ticket, transition, now, message.id)
