@@ -12,7 +12,6 @@ from mailbridge import lifecycle
 from mailbridge.clock import Clock, system_clock
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, NotFound, Refused
-from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.lifecycle import Kind, Note
 from mailbridge.storage import repo
 
@@ -52,15 +51,13 @@ class TicketActions:
             before = ticket.status
             try:
                 transition = lifecycle.apply(
-                    ticket_state(ticket), lifecycle.Event(KINDS[action], actor, until), now
+                    repo.ticket_state(ticket), lifecycle.Event(KINDS[action], actor, until), now
                 )
             except IllegalTransition as exc:
                 raise Refused(f"ticket #{number}: {exc}") from exc
             if transition.new_ticket:  # pragma: no cover - only customer mail opens follow-ups
                 raise Refused(f"ticket #{number}: {action} is not an operator action")
-            if transition.changed:
-                apply_state(ticket, transition.state, now)
-                repo.add_events(session, number, transition.records, None)
+            repo.save_transition(session, ticket, transition, now)
             return Changed(number, before, ticket.status)
 
     def purge(self, number: int, actor: str) -> int:

@@ -40,6 +40,10 @@ class StorageUnavailable(MailbridgeError):
     """The raw bytes could not even be stored: the sender must retry (SMTP 451)."""
 
 
+class DuplicateKey(MailbridgeError):
+    """A row's unique key is taken: another node, or an earlier mail of the batch, stored it first."""
+
+
 class ImapError(MailbridgeError):
     """An IMAP account failed (connection, login, protocol); the poller backs off and retries."""
 

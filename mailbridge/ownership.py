@@ -18,9 +18,8 @@ from mailbridge.routing import PRIORITIES
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.config import Settings
+    from mailbridge.storage import Session
     from mailbridge.storage.models import Ticket
 
 COMMANDS = ("take", "assign", "unassign", "queue", "tag", "untag", "priority")

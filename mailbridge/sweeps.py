@@ -21,15 +21,12 @@ from typing import TYPE_CHECKING, Any
 from mailbridge import lifecycle, sla
 from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import IllegalTransition
-from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.lifecycle import Kind, Note, Status
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.config import Rule, Settings
-    from mailbridge.storage import Store
+    from mailbridge.storage import Session, Store
     from mailbridge.storage.models import Ticket
 
 log = logging.getLogger("mailbridge.sweeps")
@@ -374,7 +371,7 @@ class Sweeps:
         dry_run: bool,
     ) -> Change | None:
         try:
-            transition = lifecycle.apply(ticket_state(ticket), event, at)
+            transition = lifecycle.apply(repo.ticket_state(ticket), event, at)
         except IllegalTransition as exc:
             # config validation keeps rules to legal transitions; a row changed by hand might not
             log.warning("ticket #%d: rule %s skipped: %s", ticket.number, rule, exc)
@@ -383,8 +380,7 @@ class Sweeps:
             return None
         change = Change(ticket.number, ticket.status, transition.state.status.value, rule)
         if not dry_run:
-            apply_state(ticket, transition.state, at)
-            repo.add_events(session, ticket.number, transition.records, None)
+            repo.save_transition(session, ticket, transition, at)
             log.info("%s", change.describe())
         return change
 

@@ -22,8 +22,6 @@ from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, ClassVar, cast
 
-from sqlalchemy.exc import IntegrityError
-
 from mailbridge import (
     agent_commands,
     assignment,
@@ -35,20 +33,18 @@ from mailbridge import (
 from mailbridge import rules as classify
 from mailbridge.clock import Clock, system_clock
 from mailbridge.envelope import Envelope, Outcome, Source
-from mailbridge.errors import IllegalTransition, StorageUnavailable
+from mailbridge.errors import DuplicateKey, IllegalTransition, StorageUnavailable
 from mailbridge.fingerprint import content_hash, dedup_key
 from mailbridge.ingest.pool import InlineParser, Parser, ParseResult
-from mailbridge.lifecycle import Kind, Note, Status, TicketState
+from mailbridge.lifecycle import Kind, Note, Status
 from mailbridge.parse import CLASSIFY_HEADERS, Address, ParsedMessage, decode_header_text
 from mailbridge.storage import repo
 from mailbridge.storage.models import Attachment, Message, Quarantine, Ticket
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailbridge.config import Settings
     from mailbridge.outbound.decide import Outbound
-    from mailbridge.storage import Store
+    from mailbridge.storage import Batch, Session, Store
 
     _Handler = Callable[
         ["Ingestor", Session, "Prepared", classify.Verdict, "Decision", datetime], Outcome
@@ -163,13 +159,11 @@ class Ingestor:
         ]
         started = self.clock()
         try:
-            # fast path: the whole batch in one transaction without savepoints
-            outcomes = self._commit(prepared, careful=False)
+            outcomes = self._commit_all(prepared)
         except Exception:
             try:
-                # something failed: redo the batch with a savepoint per message, so the failing
-                # one is quarantined and the rest still commit
-                outcomes = self._commit(prepared, careful=True)
+                # something failed: redo the batch one message at a time
+                outcomes = self._commit_each(prepared)
             except StorageUnavailable:
                 if len(prepared) == 1:
                     raise
@@ -215,28 +209,28 @@ class Ingestor:
             self.on_outcome(outcome, source, 0.0)
         return replace(outcome, source=source.name)
 
-    def _commit(self, prepared: list[Prepared], careful: bool) -> list[Outcome]:
-        with self.store.unit() as session:
-            seen = _Seen(*repo.known_dedup_keys(session, [p.dedup_key for p in prepared]))
-            if not careful:
-                # savepoints would roll back rows written directly but not held-back ones
-                repo.defer_writes(session)
-            outcomes = [self._one(session, p, seen, careful) for p in prepared]
-            repo.flush_deferred(session)
+    def _commit_all(self, prepared: list[Prepared]) -> list[Outcome]:
+        """The fast path: the whole batch in one transaction, without savepoints."""
+        with self.store.batch() as batch:
+            seen = _Seen(*repo.known_dedup_keys(batch.session, [p.dedup_key for p in prepared]))
+            outcomes = []
+            for p in prepared:
+                outcome = self._decide(batch.session, p, seen)
+                seen.note(p.dedup_key, outcome)
+                outcomes.append(replace(outcome, source=p.source.name or p.source.kind))
             return outcomes
+
+    def _commit_each(self, prepared: list[Prepared]) -> list[Outcome]:
+        """Each message in a savepoint of its own: a failing one is quarantined, the rest commit."""
+        with self.store.batch() as batch:
+            seen = _Seen(*repo.known_dedup_keys(batch.session, [p.dedup_key for p in prepared]))
+            return [self._one(batch, p, seen) for p in prepared]
 
     def explain(self, raw: bytes, envelope: Envelope, source: Source) -> Outcome:
         """Decide like `accept` and say why, but write nothing (`ingest --dry-run`)."""
         p = self.prepare(raw, envelope, source)
-        session = self.store.sessions()
-        try:
-            session.begin()
-            return self._one(
-                session, p, _Seen(*repo.known_dedup_keys(session, [p.dedup_key])), True
-            )
-        finally:
-            session.rollback()
-            session.close()
+        with self.store.trial() as batch:
+            return self._one(batch, p, _Seen(*repo.known_dedup_keys(batch.session, [p.dedup_key])))
 
     def _parse(
         self, raws: list[bytes], given: Sequence[ParseResult | None] | None
@@ -268,31 +262,25 @@ class Ingestor:
 
     # --- one message --------------------------------------------------------------------
 
-    def _one(self, session: Session, p: Prepared, seen: _Seen, careful: bool) -> Outcome:
-        label = p.source.name or p.source.kind
-        if not careful:
-            outcome = self._decide(session, p, seen)
-            seen.note(p.dedup_key, outcome)
-            return replace(outcome, source=label)
-        savepoint = session.begin_nested()
+    def _one(self, batch: Batch, p: Prepared, seen: _Seen) -> Outcome:
+        """One message in a savepoint of the batch; if it fails, it is quarantined instead."""
+        session = batch.session
         try:
-            outcome = self._decide(session, p, seen)
-            savepoint.commit()
-        except IntegrityError:
+            with batch.savepoint():
+                outcome = self._decide(session, p, seen)
+        except DuplicateKey:
             # another node (or an earlier message of this batch) stored the same mail first
-            savepoint.rollback()
             number = repo.seen_dedup_key(session, p.dedup_key)
             if number is None:
                 outcome = self._quarantine(session, p, "storage conflict", traceback.format_exc())
             else:
                 outcome = Outcome("duplicate", number or None, "duplicate: stored concurrently")
         except Exception as exc:
-            savepoint.rollback()
             log.exception("ingest failed; quarantining the message")
             outcome = self._quarantine(
                 session, p, f"error: {exc.__class__.__name__}: {exc}"[:500], traceback.format_exc()
             )
-        return replace(outcome, source=label)
+        return replace(outcome, source=p.source.name or p.source.kind)
 
     def _decide(self, session: Session, p: Prepared, seen: _Seen) -> Outcome:
         number = seen.known.get(p.dedup_key)
@@ -469,11 +457,13 @@ class Ingestor:
         if ticket is not None:
             kind = Kind.CONFIRM if self._confirms(session, p, ticket) else Kind.CUSTOMER_MAIL
             # the table accepts customer mail in every status: this cannot raise
-            transition = lifecycle.apply(self._state(ticket), lifecycle.Event(kind, actor), now)
+            transition = lifecycle.apply(
+                repo.ticket_state(ticket), lifecycle.Event(kind, actor), now
+            )
             if not transition.new_ticket:
                 why = verdict.with_hits(f"{found.rule}; {verdict.rule}")
                 message = self._store_message(session, p, ticket, "inbound", "customer", why, now)
-                self._save(session, ticket, transition, now, message.id)
+                repo.save_transition(session, ticket, transition, now, message.id)
                 ticket.last_activity_at = now
                 self._note_claimed_agent(session, ticket, verdict, actor, now, message.id)
                 if self.outbound and p.source.live:
@@ -901,22 +891,8 @@ class Ingestor:
         now: datetime,
         message_pk: int | None,
     ) -> None:
-        self._save(
-            session, ticket, lifecycle.apply(self._state(ticket), event, now), now, message_pk
-        )
-
-    def _save(
-        self,
-        session: Session,
-        ticket: Ticket,
-        transition: lifecycle.Transition,
-        now: datetime,
-        message_pk: int | None,
-    ) -> None:
-        if not transition.changed:
-            return
-        apply_state(ticket, transition.state, now)
-        repo.add_events(session, ticket.number, transition.records, message_pk)
+        transition = lifecycle.apply(repo.ticket_state(ticket), event, now)
+        repo.save_transition(session, ticket, transition, now, message_pk)
 
     def _note_claimed_agent(
         self,
@@ -973,11 +949,6 @@ class Ingestor:
         outcome = "ignored" if kind == "ignored" else "quarantined"
         return Outcome(outcome, None, reason, quarantine=entry.id)
 
-    @staticmethod
-    def _state(ticket: Ticket) -> TicketState:
-        before = Status(ticket.status_before) if ticket.status_before else None
-        return TicketState(Status(ticket.status), before, ticket.postponed_until)
-
     def _mailbox(self, p: Prepared) -> str:
         """Where the ticket came in, for the report: the IMAP account, else the support address."""
         if p.source.kind in ("imap", "imap-sent"):
@@ -1022,17 +993,3 @@ def _author(msg: ParsedMessage | None) -> Address | None:
         if candidate is not None and candidate.addr:
             return candidate
     return None
-
-
-def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
-    """Write a lifecycle state onto the ticket row: the only place ticket status is assigned."""
-    ticket.status = state.status.value
-    ticket.status_before = state.status_before.value if state.status_before else None
-    ticket.postponed_until = state.postponed_until
-    ticket.updated_at = now
-    ticket.last_activity_at = now
-    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
-
-
-def ticket_state(ticket: Ticket) -> TicketState:
-    return Ingestor._state(ticket)

@@ -54,10 +54,9 @@ from mailbridge.storage.models import Message, Outbox, Ticket
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from sqlalchemy.orm import Session
-
     from mailbridge.parse import ParsedMessage
     from mailbridge.rules import Verdict
+    from mailbridge.storage import Session
 
 __all__ = [  # the pure helpers live in mailtext/compose; callers and tests know them from here
     "FOOTER_COMMANDS",

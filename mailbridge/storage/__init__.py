@@ -1,5 +1,9 @@
-"""Storage: the only package that imports SQLAlchemy. It owns the schema, queries and transactions."""
+"""Storage: the only package that imports SQLAlchemy. It owns the schema, queries and transactions.
+
+`Session` and `Batch` are re-exported for the type hints of the code that receives them.
+"""
 
 from mailbridge.storage.engine import Store, open_store
+from mailbridge.storage.uow import Batch, Session
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Batch", "Session", "Store", "open_store"]

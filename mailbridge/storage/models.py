@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
     true,
@@ -322,3 +324,8 @@ class Lease(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # the process holding it (mailbridge.node.Incarnation); None in rows from before 0003
     incarnation: Mapped[str | None] = mapped_column(CleanString(300))
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class (declarative types `__table__` only as a FromClause)."""
+    return cast(Table, model.__table__)

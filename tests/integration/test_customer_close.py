@@ -11,7 +11,6 @@ import pytest
 
 from mailbridge import lifecycle
 from mailbridge.envelope import Envelope, Source
-from mailbridge.ingest import apply_state, ticket_state
 from mailbridge.report import build_report
 from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
@@ -153,10 +152,11 @@ def test_report_counts_closed_by_and_no_confirmation_as_reopen(app: Any, clock: 
     with app.store.unit() as s:
         t = repo.get_ticket(s, n3, lock=True)
         transition = lifecycle.apply(
-            ticket_state(t), lifecycle.Event(lifecycle.Kind.CLOSE, "rule:auto-close"), clock.now
+            repo.ticket_state(t),
+            lifecycle.Event(lifecycle.Kind.CLOSE, "rule:auto-close"),
+            clock.now,
         )
-        apply_state(t, transition.state, clock.now)
-        repo.add_events(s, n3, transition.records, None)
+        repo.save_transition(s, t, transition, clock.now)
     report = build_report(app.store, clock.now + timedelta(hours=1))
     assert report["closed_by"] == {"customer": 1, "agent": 1, "rule": 1}
     assert report["reopen"] == {"resolved": 3, "reopened": 1, "rate": round(1 / 3, 4)}

@@ -388,7 +388,7 @@ def test_two_nodes_share_a_mailbox_through_the_lease(
 
     def owner() -> str | None:
         with app_a.store.unit() as session:
-            found = repo.lease_owner(session, lease)
+            found = repo.lease_holder(session, lease)
         return found and found[0]
 
     async def main() -> None:

@@ -58,8 +58,7 @@ class NoticeOutbound(Outbound):
     """Outbound with the rule notice the sweeps call: one outbox row in the caller's transaction."""
 
     def rule_notice(self, session: Any, ticket: Any, rule: str, now: datetime) -> None:
-        repo.add_outbox(
-            session,
+        session.add(
             Outbox(
                 ticket_number=ticket.number,
                 kind="rule",

@@ -1,0 +1,178 @@
+"""Ticket rows: create, find, lock, list, count, purge, and save a lifecycle transition onto one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import make_transient_to_detached
+
+from mailbridge.lifecycle import Status, TicketState, Transition
+from mailbridge.storage import dialect
+from mailbridge.storage.models import (
+    Attachment,
+    Event,
+    Message,
+    Outbox,
+    Participant,
+    ThreadKey,
+    Ticket,
+    TicketTag,
+    Tombstone,
+    table_of,
+)
+from mailbridge.storage.repo.base import count_up_to, insert_returning
+from mailbridge.storage.repo.events import add_events
+from mailbridge.storage.uow import Session
+
+
+def get_ticket(session: Session, number: int, lock: bool = False) -> Ticket | None:
+    if lock and dialect.locks_rows(session):
+        return session.get(Ticket, number, with_for_update=True)
+    return session.get(Ticket, number)
+
+
+def add_ticket(session: Session, ticket: Ticket) -> Ticket:
+    """Insert a ticket; it comes back numbered and attached to the session, so later changes to
+    it are written when the unit of work commits."""
+    ticket.number = insert_returning(session, ticket, "number")
+    make_transient_to_detached(ticket)
+    session.add(ticket)
+    return ticket
+
+
+def lock_ticket(session: Session, number: int) -> Ticket | None:
+    """Claim a ticket whatever its status (SKIP LOCKED on PostgreSQL, as `lock_ticket_if`)."""
+    return session.scalar(
+        dialect.skip_locked(session, select(Ticket).where(Ticket.number == number))
+    )
+
+
+def lock_ticket_if(session: Session, number: int, status: str) -> Ticket | None:
+    """Claim a ticket for a sweep: locked, and only if it still has the status the sweep expects.
+
+    On PostgreSQL a row another node holds is skipped (SKIP LOCKED); SQLite has one writer anyway.
+    """
+    stmt = select(Ticket).where(Ticket.number == number, Ticket.status == status)
+    return session.scalar(dialect.skip_locked(session, stmt))
+
+
+_COUNT_NEW_TICKETS_FROM = count_up_to(
+    select(Ticket.number).where(
+        Ticket.customer == bindparam("customer"), Ticket.created_at >= bindparam("since")
+    )
+)
+
+
+def count_new_tickets_from(session: Session, customer: str, since: datetime, at_most: int) -> int:
+    """Tickets `customer` opened since `since`, counted up to `at_most` (the flood guard)."""
+    # built once: it runs for every new ticket from a live source
+    params = {"customer": customer, "since": since, "at_most": at_most}
+    return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
+
+
+def list_tickets(
+    session: Session,
+    status: str | None = None,
+    *,
+    queue: str | None = None,
+    owner: str | None = None,
+    unassigned: bool = False,
+    tag: str | None = None,
+    priority: str | None = None,
+) -> list[tuple[Ticket, int]]:
+    counts = (
+        select(Message.ticket_number, func.count().label("n"))
+        .group_by(Message.ticket_number)
+        .subquery()
+    )
+    stmt = (
+        select(Ticket, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.ticket_number == Ticket.number)
+        .order_by(Ticket.number)
+    )
+    if status:
+        stmt = stmt.where(Ticket.status == status)
+    if queue:
+        stmt = stmt.where(Ticket.queue == queue)
+    if owner:
+        stmt = stmt.where(Ticket.owner == owner.lower())
+    if unassigned:
+        stmt = stmt.where(Ticket.owner.is_(None))
+    if priority:
+        stmt = stmt.where(Ticket.priority == priority)
+    if tag:
+        tagged = select(TicketTag.ticket_number).where(TicketTag.tag == tag.lower())
+        stmt = stmt.where(Ticket.number.in_(tagged))
+    return [(t, n) for t, n in session.execute(stmt)]
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).all())
+
+
+def all_tickets(session: Session) -> list[Ticket]:
+    return list(session.scalars(select(Ticket).order_by(Ticket.number)))
+
+
+def purge_ticket(session: Session, number: int, now: datetime) -> int:
+    """Delete a ticket and everything on it, leaving tombstones; returns messages removed."""
+    rows = session.execute(
+        select(Message.dedup_key, Message.message_id).where(Message.ticket_number == number)
+    ).all()
+    dialect.insert_ignore(
+        session,
+        table_of(Tombstone),
+        [
+            {"dedup_key": k, "message_id": m, "ticket_number": number, "purged_at": now}
+            for k, m in rows
+        ],
+    )
+    session.execute(update(Ticket).where(Ticket.follow_up_of == number).values(follow_up_of=None))
+    for model in (Event, ThreadKey, Participant):
+        session.execute(delete(model).where(model.ticket_number == number))
+    pks = select(Message.id).where(Message.ticket_number == number)
+    session.execute(delete(Attachment).where(Attachment.message_pk.in_(pks)))
+    session.execute(update(Outbox).where(Outbox.message_pk.in_(pks)).values(message_pk=None))
+    session.execute(update(Outbox).where(Outbox.ticket_number == number).values(ticket_number=None))
+    session.execute(delete(Message).where(Message.ticket_number == number))
+    session.execute(delete(Ticket).where(Ticket.number == number))
+    return len(rows)
+
+
+def ticket_state(ticket: Ticket) -> TicketState:
+    """The lifecycle state of a ticket row."""
+    before = Status(ticket.status_before) if ticket.status_before else None
+    return TicketState(Status(ticket.status), before, ticket.postponed_until)
+
+
+def apply_state(ticket: Ticket, state: TicketState, now: datetime) -> None:
+    """Write a lifecycle state onto the ticket row: the only place ticket status is assigned."""
+    ticket.status = state.status.value
+    ticket.status_before = state.status_before.value if state.status_before else None
+    ticket.postponed_until = state.postponed_until
+    ticket.updated_at = now
+    ticket.last_activity_at = now
+    ticket.sla_stale = True  # the SLA sweep recomputes its due times from the new history
+
+
+def save_transition(
+    session: Session,
+    ticket: Ticket,
+    transition: Transition,
+    now: datetime,
+    message_pk: int | None = None,
+) -> bool:
+    """Save what `lifecycle.apply` decided: the new state onto the row, then its events.
+    Returns whether anything changed (a transition without records changes nothing)."""
+    if not transition.changed:
+        return False
+    apply_state(ticket, transition.state, now)
+    add_events(session, ticket.number, transition.records, message_pk)
+    return True
