@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mailbridge.actions import TicketActions
 from mailbridge.clock import Clock, system_clock
@@ -12,6 +12,9 @@ from mailbridge.ingest import Ingestor
 from mailbridge.outbound.decide import Outbound
 from mailbridge.outbound.webhooks import Subscriptions
 from mailbridge.storage import Store, open_store, repo
+
+if TYPE_CHECKING:
+    from mailbridge.metrics import Metrics
 
 
 @dataclass
@@ -23,7 +26,7 @@ class App:
     actions: TicketActions
     clock: Clock
     # the daemon's Metrics, when running; sources report poller health to it
-    metrics: Any = None
+    metrics: Metrics | None = None
 
     @classmethod
     def build(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mailbridge.config import Settings
 
 
 class Component(Protocol):
@@ -14,5 +17,5 @@ class Component(Protocol):
     async def stop(self) -> None:
         """Finish in-flight work within a bounded wait, then release resources."""
 
-    def reload(self, settings: Any) -> None:
+    def reload(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); components that hold none may ignore it."""

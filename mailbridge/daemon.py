@@ -4,7 +4,8 @@ One asyncio process. The database comes first (App.build opens and migrates it),
 components in `components_for` order; they stop in reverse, so intake (listener, pollers) stops
 before the workers behind it. Signals: SIGTERM/SIGINT stop gracefully (exit 0), SIGHUP re-reads
 the config and keeps the old one if the new one has errors. systemd is told READY/RELOADING/
-STOPPING and fed WATCHDOG pings through $NOTIFY_SOCKET when it asks for them.
+STOPPING and fed WATCHDOG pings through $NOTIFY_SOCKET when it asks for them (systemd.py).
+`[smtp] workers` > 1 adds listener processes (smtp_workers.py), each built by `run_smtp_worker`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,57 +25,24 @@ from mailbridge.app import App
 from mailbridge.clock import Clock, system_clock
 from mailbridge.component import Component
 from mailbridge.config import Settings, describe, load_settings
+from mailbridge.config.reload import keep_restart_only
 from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
 from mailbridge.ingest.pool import ParsePool
 from mailbridge.metrics import Metrics
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.scheduler import Scheduler
+from mailbridge.smtp_workers import SmtpWorkers, WorkersConfig
 from mailbridge.sources.imap.poller import ImapPollers
 from mailbridge.sources.smtp import listener as smtp_source
-from mailbridge.sources.smtp.listener import SHUTDOWN_GRACE, SmtpListener
+from mailbridge.sources.smtp.listener import SmtpListener
 from mailbridge.sweeps import Sweeps
+from mailbridge.systemd import ping_watchdog, sd_notify, watchdog_interval
 
 log = logging.getLogger("mailbridge.daemon")
 
 
-# --- systemd notification protocol (sd_notify(3)), stdlib only ----------------------------
-
-
-def sd_notify(*lines: str) -> bool:
-    """Send `KEY=value` lines to $NOTIFY_SOCKET; False when not run by systemd (or on error)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):  # abstract namespace
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall("\n".join(lines).encode())
-    except OSError as exc:
-        log.debug("sd_notify to %s failed: %s", address, exc)
-        return False
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None if none are wanted."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2_000_000
-
-
-async def _watchdog(interval: float) -> None:
-    # pinged from the event loop itself: a stalled loop stops the pings and systemd restarts us
-    while True:
-        sd_notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
-
-
-# --- the daemon ---------------------------------------------------------------------------
+# --- what runs -----------------------------------------------------------------------------
 
 
 def components_for(app: App, settings: Settings) -> list[Component]:
@@ -115,130 +80,30 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     parser = ParsePool.from_settings(settings)
     if parser is not None:
         app.ingestor.parser = parser
+    scheduler = Scheduler(sweeps, app.clock)
+    pollers = ImapPollers(app, settings)
+    listener = SmtpListener(
+        app.ingestor,
+        settings,
+        ingest_workers=committers,
+        metrics=metrics,
+        reuse_port=processes > 1,
+        parser=parser,
+    )
     components: list[Component] = [
         *([parser] if parser is not None else []),
         metrics,
         sender,
-        Scheduler(sweeps, app.clock),
-        ImapPollers(app, settings),
-        SmtpListener(
-            app.ingestor,
-            settings,
-            ingest_workers=committers,
-            metrics=metrics,
-            reuse_port=processes > 1,
-            parser=parser,
-        ),
+        scheduler,
+        pollers,
+        listener,
     ]
     if processes > 1:
-        components.append(SmtpWorkers(settings))
+        components.append(SmtpWorkers(WorkersConfig.from_settings(settings)))
     return components
 
 
-# --- [smtp] workers: more listener processes on the same port -----------------------------
-
-_WORKER_CODE = (
-    "import sys; from mailbridge.daemon import run_smtp_worker; "
-    "sys.exit(run_smtp_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))"
-)
-WORKER_READY_TIMEOUT = 60.0
-RESTART_DELAY = 1.0  # seconds before a worker that died is started again
-
-
-def _die_with_parent() -> None:
-    # a worker outliving a killed main process would keep the port and take mail nobody sees
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class SmtpWorkers:
-    """Listener processes 2..N of `[smtp] workers`: each its own interpreter (so its own GIL), its
-    own store and committers, on the same port via SO_REUSEPORT; the kernel spreads connections.
-
-    They run the listener only: the outbox, sweeps, IMAP and metrics stay in this main process,
-    whose sender picks up their tickets' acknowledgements at its next poll. SIGHUP and SIGTERM are
-    passed on; a worker that dies is started again (mail it acknowledged is committed already).
-    """
-
-    name = "smtp-workers"
-
-    def __init__(self, settings: Settings) -> None:
-        if settings.source_path is None:
-            raise ConfigError(["smtp.workers: workers > 1 needs a config file for the workers"])
-        self.config_path = settings.source_path
-        self.count = settings.smtp.workers
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.stopping = False
-        self._watch: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        waits = [self._spawn(index) for index in range(2, self.count + 1)]
-        for index, read_fd in waits:
-            ok = await asyncio.to_thread(_wait_ready, read_fd, WORKER_READY_TIMEOUT)
-            if not ok:
-                raise OSError(f"smtp worker {index} did not start listening")
-        self._watch = asyncio.create_task(self._supervise())
-
-    def _spawn(self, index: int) -> tuple[int, int]:
-        read_fd, write_fd = os.pipe()
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-        try:
-            argv = [sys.executable, "-c", _WORKER_CODE, str(self.config_path), str(index)]
-            proc = subprocess.Popen(
-                [*argv, str(write_fd)], env=env, pass_fds=(write_fd,), preexec_fn=_die_with_parent
-            )
-        finally:
-            os.close(write_fd)
-        self.procs[index] = proc
-        log.info("smtp worker %d started (pid %d)", index, proc.pid)
-        return index, read_fd
-
-    async def _supervise(self) -> None:
-        while not self.stopping:
-            await asyncio.sleep(RESTART_DELAY)
-            for index, proc in list(self.procs.items()):
-                code = proc.poll()
-                if code is None or self.stopping:
-                    continue
-                log.error(
-                    "smtp worker %d (pid %d) exited with %s: restarting", index, proc.pid, code
-                )
-                _, read_fd = self._spawn(index)
-                os.close(read_fd)  # it listens once started; nobody needs to wait for that here
-
-    async def stop(self) -> None:
-        self.stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for index, proc in self.procs.items():
-            try:
-                await asyncio.to_thread(proc.wait, SHUTDOWN_GRACE + 10)
-            except subprocess.TimeoutExpired:
-                log.warning("smtp worker %d (pid %d) did not stop: killing it", index, proc.pid)
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-
-    def reload(self, settings: Settings) -> None:
-        for proc in self.procs.values():  # each re-reads the file, as this process does
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGHUP)
-
-
-def _wait_ready(read_fd: int, timeout: float) -> bool:
-    import select
-
-    try:
-        readable, _, _ = select.select([read_fd], [], [], timeout)
-        return bool(readable) and os.read(read_fd, 1) == b"1"
-    finally:
-        os.close(read_fd)
+# --- one extra [smtp] worker process (started by smtp_workers.SmtpWorkers) -----------------
 
 
 def run_smtp_worker(config_path: str, index: int, ready_fd: int) -> int:
@@ -298,19 +163,12 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
     return 0
 
 
+# --- the daemon ---------------------------------------------------------------------------
+
+
 def _executor_size(settings: Settings) -> int:
     # storage work runs in these threads; more than the pool has connections would only queue
     return max(4, min(32, settings.database.pool_size * 2))
-
-
-# settings that need a restart: the reload keeps the old values and says so
-_RESTART_ONLY = (
-    ("database", "url"),
-    ("database", "pool_size"),
-    ("smtp", "listen"),
-    ("smtp", "mode"),
-    ("parse", "workers"),
-)
 
 
 class Daemon:
@@ -359,7 +217,7 @@ class Daemon:
         """Start, report ready, wait for stop_event, stop."""
         await self.start()
         interval = watchdog_interval()
-        watchdog = asyncio.create_task(_watchdog(interval)) if interval else None
+        watchdog = asyncio.create_task(ping_watchdog(interval)) if interval else None
         seen = describe(self.settings)
         log.info(
             "mailbridge running: config %s; database %s; %s on %s for %s",
@@ -405,7 +263,9 @@ class Daemon:
 
     def reload(self, new: Settings) -> bool:
         """Apply new settings to every component, or to none of them. Returns success."""
-        new = self._keep_restart_only(new)
+        new, changed = keep_restart_only(self.settings, new)
+        for key in changed:
+            log.warning("reload: %s changed; takes effect at the next restart", key)
         old = self.settings
         applied: list[Component] = []
         try:
@@ -424,22 +284,6 @@ class Daemon:
         self.settings = new
         log.info("configuration reloaded")
         return True
-
-    def _keep_restart_only(self, new: Settings) -> Settings:
-        changes: dict[str, dict[str, object]] = {}
-        for section, key in _RESTART_ONLY:
-            before = getattr(getattr(self.settings, section), key)
-            if getattr(getattr(new, section), key) != before:
-                log.warning("reload: %s.%s changed; takes effect at the next restart", section, key)
-                changes.setdefault(section, {})[key] = before
-        if not changes:
-            return new
-        sections = {
-            name: getattr(new, name).model_copy(update=values) for name, values in changes.items()
-        }
-        kept = new.model_copy(update=sections)
-        kept._source_path = new.source_path
-        return kept
 
 
 async def serve(

@@ -10,7 +10,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from mailbridge.config import LogSettings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # attributes every LogRecord has; anything else was passed in `extra=` and belongs in the JSON
@@ -43,10 +46,10 @@ class _DropAiosmtpdNoise(logging.Filter):
         return "login_data is deprecated" not in record.getMessage()
 
 
-def configure(log: Any, stream: TextIO | None = None) -> None:
-    """Set up the root logger from `settings.log` (level: debug|info|warning|error, format: text|json)."""
+def configure(log: LogSettings, stream: TextIO | None = None) -> None:
+    """Set up the root logger from `[log]` (level: debug|info|warning|error, format: text|json)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if getattr(log, "format", "text") == "json":
+    if log.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
@@ -54,7 +57,7 @@ def configure(log: Any, stream: TextIO | None = None) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    level = getattr(logging, str(getattr(log, "level", "info")).upper(), logging.INFO)
+    level = getattr(logging, log.level.upper(), logging.INFO)
     root.setLevel(level)
     # aiosmtpd logs every command line at INFO; our listener logs one line per message instead
     smtp_log = logging.getLogger("mail.log")

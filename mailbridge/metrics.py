@@ -30,6 +30,7 @@ from mailbridge.lifecycle import Status
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
+    from mailbridge.config import Settings
     from mailbridge.envelope import Outcome, Source
     from mailbridge.storage import Store
 
@@ -204,7 +205,7 @@ class Metrics:
         await asyncio.to_thread(server.shutdown)  # returns once serve_forever has left its loop
         server.server_close()
 
-    def reload(self, settings: Any) -> None:
+    def reload(self, settings: Settings) -> None:
         self.queue_collector.queues = [q.name for q in settings.queue_list]
         if settings.metrics.listen != self.listen:
             log.warning("[metrics] listen changed: takes effect after a restart")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -20,6 +20,7 @@ from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import MailbridgeError
 
 if TYPE_CHECKING:
+    from mailbridge.config import Settings
     from mailbridge.sweeps import Change, Sweeps
 
 log = logging.getLogger("mailbridge.scheduler")
@@ -85,7 +86,7 @@ class Scheduler:
         self._scheduler.shutdown(wait=False)
         self._scheduler = None
 
-    def reload(self, settings: Any) -> None:
+    def reload(self, settings: Settings) -> None:
         """New `[[rules]]` apply from the next sweep on; a sweep in progress finishes with the old."""
         self.sweeps.reload(settings)
         log.info("rules reloaded: %s", ", ".join(r.name for r in settings.rules) or "none")

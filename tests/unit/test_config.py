@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from mailbridge import lifecycle
 from mailbridge.config import (
     Secret,
     Settings,
@@ -16,6 +17,7 @@ from mailbridge.config import (
     parse_settings,
     resolve_config_path,
 )
+from mailbridge.config.reload import keep_restart_only
 from mailbridge.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "mailbridge.toml"
@@ -410,3 +412,39 @@ def test_queues_and_filters_parse() -> None:
     assert settings.filters[0].set_.queue == "billing"
     assert settings.filters[0].match.from_ == "@bigcustomer.example"
     assert "billing@example.com" in settings.accepted_addresses
+
+
+RULE = '[[rules]]\nname = "r"\nwhen = "{when}"\nidle_for = "1d"\nthen = "{then}"\n'
+
+
+@pytest.mark.parametrize("status", list(lifecycle.Status))
+def test_rule_statuses_follow_the_lifecycle_table(status: lifecycle.Status) -> None:
+    # a status rule may act where the lifecycle has its transition; purge where tickets are done
+    allowed = {
+        "resolved": (status, lifecycle.Kind.RESOLVE) in lifecycle.TRANSITIONS,
+        "closed": (status, lifecycle.Kind.CLOSE) in lifecycle.TRANSITIONS,
+        "purge": status in lifecycle.PURGEABLE,
+    }
+    for then, ok in allowed.items():
+        try:
+            settings = parse_settings(RULE.format(when=status, then=then), "m.toml", env={})
+        except ConfigError as exc:
+            assert not ok
+            assert exc.problems[0].startswith(f"m.toml:5: rules[0].then: {then} needs when = ")
+        else:
+            assert ok
+            assert settings.rules[0].statuses == (status.value,)
+
+
+def test_a_reload_keeps_what_needs_a_restart() -> None:
+    running = parse_settings('[database]\nurl = "sqlite:///a.db"\n', "a.toml", env={})
+    new = parse_settings(
+        '[database]\nurl = "sqlite:///b.db"\n[smtp]\naddresses = ["help@example.com"]\n',
+        "b.toml",
+        env={},
+    )
+    kept, changed = keep_restart_only(running, new)
+    assert changed == ["database.url"]
+    assert kept.database.url == "sqlite:///a.db"
+    assert kept.smtp.addresses == ("help@example.com",)
+    assert keep_restart_only(running, running) == (running, [])
