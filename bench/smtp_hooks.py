@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiosmtpd.smtp import SMTP
 
 from mailbridge.config import parse_settings
-from mailbridge.sources.smtp import fast as smtp_fast
-from mailbridge.sources.smtp.listener import Handler, ListenerConfig
+from mailbridge.sources.smtp import aiosmtpd_compat as smtp_fast
+from mailbridge.sources.smtp.handler import Handler
+from mailbridge.sources.smtp.listener import ListenerConfig
 
 ADDRESSES = ["<customer4711@customer.example> SIZE=2048", "<support+ab12cd@example.com>"]
 

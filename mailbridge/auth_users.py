@@ -31,7 +31,6 @@ from pathlib import Path
 from mailbridge.errors import ConfigError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB, ~50 ms: OWASP's minimum for scrypt
-PBKDF2_ITERATIONS = 600_000
 _DKLEN = 64
 _SALT_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 

@@ -33,9 +33,9 @@ from mailbridge.metrics import Metrics
 from mailbridge.outbound.sender import OutboxSender
 from mailbridge.scheduler import Scheduler
 from mailbridge.smtp_workers import SmtpWorkers, WorkersConfig
-from mailbridge.sources.imap.poller import ImapPollers
-from mailbridge.sources.smtp import listener as smtp_source
-from mailbridge.sources.smtp.listener import SmtpListener
+from mailbridge.sources.imap.pollers import ImapConfig, ImapPollers
+from mailbridge.sources.smtp import handler as smtp_source
+from mailbridge.sources.smtp.listener import ListenerConfig, SmtpListener
 from mailbridge.sweeps import Sweeps
 from mailbridge.systemd import ping_watchdog, sd_notify, watchdog_interval
 
@@ -81,10 +81,10 @@ def components_for(app: App, settings: Settings) -> list[Component]:
     if parser is not None:
         app.ingestor.parser = parser
     scheduler = Scheduler(sweeps, app.clock)
-    pollers = ImapPollers(app, settings)
+    pollers = ImapPollers(app, ImapConfig.from_settings(settings))
     listener = SmtpListener(
         app.ingestor,
-        settings,
+        ListenerConfig.from_settings(settings),
         ingest_workers=committers,
         metrics=metrics,
         reuse_port=processes > 1,
@@ -129,7 +129,11 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
     if parser is not None:
         app.ingestor.parser = parser
     listener = SmtpListener(
-        app.ingestor, settings, ingest_workers=committers, reuse_port=True, parser=parser
+        app.ingestor,
+        ListenerConfig.from_settings(settings),
+        ingest_workers=committers,
+        reuse_port=True,
+        parser=parser,
     )
 
     def on_hup() -> None:

@@ -18,7 +18,8 @@ import pytest
 from mailbridge import node
 from mailbridge.app import App
 from mailbridge.errors import ImapError
-from mailbridge.sources.imap.poller import FolderPoller, ImapPollers, watches
+from mailbridge.sources.imap.poller import FolderPoller, watches
+from mailbridge.sources.imap.pollers import ImapConfig, ImapPollers
 from mailbridge.sources.imap.session import ImapSession
 from mailbridge.storage import repo
 from tests.mail import make_mail, message_id_of
@@ -101,7 +102,7 @@ def running(pollers: ImapPollers, account: str = "support") -> bool:
 
 def with_pollers(app: App, scenario: Callable[[ImapPollers], Awaitable[None]], **kw: Any) -> None:
     async def main() -> None:
-        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5), **kw)
+        pollers = ImapPollers(app, ImapConfig.from_settings(app.settings), backoff=(0.1, 0.5), **kw)
         await pollers.start()
         try:
             await eventually(lambda: running(pollers))
@@ -392,8 +393,8 @@ def test_two_nodes_share_a_mailbox_through_the_lease(
         return found and found[0]
 
     async def main() -> None:
-        node_a = ImapPollers(app_a, app_a.settings, backoff=(0.1, 0.5))
-        node_b = ImapPollers(app_b, app_b.settings, backoff=(0.1, 0.5))
+        node_a = ImapPollers(app_a, ImapConfig.from_settings(app_a.settings), backoff=(0.1, 0.5))
+        node_b = ImapPollers(app_b, ImapConfig.from_settings(app_b.settings), backoff=(0.1, 0.5))
         await node_a.start()
         await eventually(lambda: node_a.status()["support"]["folders"]["INBOX"] == "active")
         await node_b.start()
@@ -406,7 +407,7 @@ def test_two_nodes_share_a_mailbox_through_the_lease(
 
             # node a dies: it stops heartbeating without releasing the lease
             for poller in node_a.pollers():
-                poller._release = lambda: None  # type: ignore[method-assign]
+                poller.lease.release = lambda: None  # type: ignore[method-assign]
             await node_a.stop()
             await asyncio.sleep(1.0)
             assert owner() == "a"  # b waits for the lease to expire
@@ -503,7 +504,9 @@ def test_a_live_process_keeps_its_lease_against_the_same_node_id_and_other_nodes
     caplog.set_level(logging.INFO, "mailbridge.imap")
 
     async def main() -> None:
-        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5), node_id="mb1")
+        pollers = ImapPollers(
+            app, ImapConfig.from_settings(app.settings), backoff=(0.1, 0.5), node_id="mb1"
+        )
         await pollers.start()
         try:
             # the state changes before the line naming the holder is logged: wait for the line
@@ -524,7 +527,9 @@ def test_a_live_process_keeps_its_lease_against_the_same_node_id_and_other_nodes
         seed_lease(app, "mb2", other_node)
         crashed.kill()
         await asyncio.to_thread(crashed.wait)
-        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5), node_id="mb1")
+        pollers = ImapPollers(
+            app, ImapConfig.from_settings(app.settings), backoff=(0.1, 0.5), node_id="mb1"
+        )
         await pollers.start()
         try:
             await eventually(lambda: pollers.status()["support"]["folders"]["INBOX"] == "standby")
@@ -568,7 +573,7 @@ def test_xoauth2_token_command_is_rerun_after_a_failed_login(
     app = make_app(sqlite_url, imap_toml(dovecot, password_env=None, oauth2_token_command=command))
 
     async def main() -> None:
-        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5))
+        pollers = ImapPollers(app, ImapConfig.from_settings(app.settings), backoff=(0.1, 0.5))
         await pollers.start()
         try:
             await eventually(lambda: "login" in (pollers.status()["support"]["last_error"] or ""))
@@ -595,7 +600,7 @@ def test_a_failing_account_leaves_the_others_alone_and_reload_restarts_only_it(
     fixed = make_settings(sqlite_url, good + account_toml(dovecot, **other))
 
     async def main() -> None:
-        pollers = ImapPollers(app, app.settings, backoff=(0.1, 0.5))
+        pollers = ImapPollers(app, ImapConfig.from_settings(app.settings), backoff=(0.1, 0.5))
         await pollers.start()
         try:
             await eventually(lambda: running(pollers, "good"))

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from mailbridge.cli import cli
 from mailbridge.envelope import Envelope, Source
 from mailbridge.metrics import Metrics
-from mailbridge.report_html import render_html
+from mailbridge.report.html import render_html
 from mailbridge.storage import repo
 from mailbridge.sweeps import Sweeps
 from tests.mail import make_mail, message_id_of

@@ -509,7 +509,7 @@ def test_starttls_with_a_test_certificate_and_require_tls(start: Start, tmp_path
 
 @pytest.fixture
 def fast_auth_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mailbridge.sources.smtp.listener.AUTH_FAILURE_DELAY", 0.0)
+    monkeypatch.setattr("mailbridge.sources.smtp.auth.AUTH_FAILURE_DELAY", 0.0)
 
 
 def users_file(tmp_path: Path) -> Path:
@@ -588,23 +588,36 @@ def plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
     return smtp.docmd("AUTH", f"PLAIN {blob}")
 
 
-def test_aiosmtpd_private_attribute_we_set_still_exists() -> None:
-    """`_require_tls_for_auth` sets aiosmtpd's `_auth_require_tls` per peer (cleartext AUTH only
-    on loopback); an aiosmtpd that renamed it would silently ignore us, so this fails first."""
+def test_cleartext_auth_is_offered_and_accepted_only_on_this_host(tmp_path: Path) -> None:
+    """aiosmtpd decides once per connection object, before the peer is known, whether AUTH needs
+    TLS; we decide per peer (cleartext AUTH, where allowed at all, only on loopback). No client
+    off this host can connect here over TCP, so the protocol is driven through a transport that
+    reports the peer; an aiosmtpd that changed how AUTH is refused would fail here first."""
     import asyncio
 
-    from aiosmtpd.smtp import SMTP
+    from mailbridge.config import parse_settings
+    from mailbridge.sources.smtp.listener import ListenerConfig, SmtpListener
+    from mailbridge.sources.smtp.protocol import Connection
+    from tests.smtp_client import converse
 
-    from mailbridge.sources.smtp.listener import _require_tls_for_auth
+    config = f'[smtp]\nauth_users_file = "{users_file(tmp_path)}"\nauth_require_tls = false\n'
+    settings = parse_settings(config, "mailbridge.toml")
+    auth = b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.com\0wonderland")
 
-    loop = asyncio.new_event_loop()
-    try:
-        server = SMTP(handler=object(), auth_require_tls=True, loop=loop)
-        assert server._auth_require_tls is True
-        _require_tls_for_auth(server, False)
-        assert server._auth_require_tls is False
-    finally:
-        loop.close()
+    async def replies_to(peer: tuple[str, int]) -> list[str]:
+        config = ListenerConfig.from_settings(settings)
+        listener = SmtpListener(None, config)  # type: ignore[arg-type]  # no mail is sent
+        commands = [auth, b"EHLO client.example", b"HELP AUTH", auth]
+        return await converse(Connection(listener, listener.config), peer, commands)
+
+    _, early, ehlo, help_auth, login = asyncio.run(replies_to(("203.0.113.9", 25)))
+    assert early.startswith("503 ")  # EHLO first: aiosmtpd's checks keep their order
+    assert ehlo.startswith("250-") and "AUTH" not in ehlo
+    assert help_auth == "250 Syntax: AUTH <mechanism>"
+    assert login.startswith("538 5.7.11 ")
+    _, _, ehlo, _, login = asyncio.run(replies_to(("127.0.0.1", 4000)))
+    assert "250-AUTH LOGIN PLAIN" in ehlo.split("\r\n")
+    assert login.startswith("235 ")
 
 
 def test_password_guessing_is_locked_out_per_login_and_per_client(
@@ -683,14 +696,14 @@ def test_password_hashing_does_not_wait_for_the_database_threads(
 
 
 def test_peers_are_described_and_only_loopback_counts_as_local() -> None:
-    from mailbridge.sources.smtp.listener import _describe_peer
+    from mailbridge.sources.smtp.protocol import describe_peer
 
-    assert _describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
-    assert _describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
-    assert _describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
-    assert _describe_peer("") == ("unix", None, True)
+    assert describe_peer(("127.0.0.1", 4000)) == ("127.0.0.1:4000", "127.0.0.1", True)
+    assert describe_peer(("::1", 25, 0, 0)) == ("[::1]:25", "::/64", True)
+    assert describe_peer(("203.0.113.9", 25)) == ("203.0.113.9:25", "203.0.113.9", False)
+    assert describe_peer("") == ("unix", None, True)
     # a dual-stack listener sees IPv4 clients as mapped addresses: still one IPv4 address each
-    mapped = _describe_peer(("::ffff:127.0.0.1", 25, 0, 0))
+    mapped = describe_peer(("::ffff:127.0.0.1", 25, 0, 0))
     assert mapped == ("[::ffff:127.0.0.1]:25", "127.0.0.1", True)
 
 
@@ -700,10 +713,10 @@ def test_ipv6_clients_share_a_limit_per_64() -> None:
     The listener test for per-client limits runs over IPv4 (127.0.0.2/3): this machine cannot
     source connections from several IPv6 addresses, so the IPv6 bucketing is checked here.
     """
-    from mailbridge.sources.smtp.listener import _describe_peer
+    from mailbridge.sources.smtp.protocol import describe_peer
 
     def bucket(host: str) -> str | None:
-        return _describe_peer((host, 25, 0, 0))[1]
+        return describe_peer((host, 25, 0, 0))[1]
 
     same = {bucket("2001:db8:1:2::5"), bucket("2001:db8:1:2:ffff:ffff:ffff:fffe")}
     assert same == {"2001:db8:1:2::/64"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailbridge.sources.imap.session import Namespace, folder_spellings
+from mailbridge.sources.imap.folders import Namespace, folder_spellings
 
 PLAIN = Namespace("", "/")  # Dovecot, Gmail
 COURIER = Namespace("INBOX.", ".")  # Courier, Cyrus with the default separator

@@ -11,8 +11,8 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailbridge.sources.smtp import fast as smtp_fast
-from mailbridge.sources.smtp.fast import FastSMTP
+from mailbridge.sources.smtp import aiosmtpd_compat as smtp_fast
+from mailbridge.sources.smtp.aiosmtpd_compat import FastSMTP
 
 
 class Hooks:

@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 from mailbridge.config import SmtpSettings
-from mailbridge.sources.smtp.listener import (
+from mailbridge.sources.smtp.auth import (
     AUTH_FAILURE_DELAY,
     AUTH_MAX_DELAY,
-    FD_RESERVE,
     AuthThrottle,
     auth_keys,
 )
+from mailbridge.sources.smtp.sockets import FD_RESERVE
 
 
 class Clock:

@@ -1,48 +1,46 @@
-"""IMAP pollers: one per watched folder of each `[[imap]]` account (SPEC sections 3, 4, 6).
+"""The IMAP poller of one watched folder of an `[[imap]]` account (SPEC sections 3, 4, 6).
 
 A poller is a thin adapter onto `Ingestor.accept_many`: fetch new UIDs in batches with
 `BODY.PEEK[]`, hand a batch to ingest (one commit), and only after that commit do the `after`
 action on the server and advance the UIDVALIDITY+UID checkpoint. A crash in between re-fetches the
 batch, which ingest recognises as duplicates (and they get their after-action then).
 
-Each poller runs on its own thread (imapclient blocks) and holds the DB lease
-`imap:<account>:<folder>` while it works, so in a cluster exactly one node polls a folder and
-another takes over when that node stops heartbeating. The same node restarted after a crash takes
-it back at once (see `mailbridge.node`).
-
-Folder names in the config are resolved against the server's personal namespace at every
-connection (`move:Processed` is `INBOX/Processed` on Cyrus); the lease and the checkpoint keep the
-configured name, so they do not change when the server's layout does.
+Each poller runs on its own thread (imapclient blocks; `pollers.ImapPollers` starts them) and
+holds the folder's lease while it works, so in a cluster exactly one node polls a folder (see
+`coordination`). Folder names in the config are resolved against the server's personal namespace
+at every connection (`move:Processed` is `INBOX/Processed` on Cyrus).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mailbridge import node
 from mailbridge.envelope import Envelope, Source
 from mailbridge.errors import ImapError, StorageUnavailable
+from mailbridge.sources.imap.coordination import (
+    Checkpoint,
+    FolderLease,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mailbridge.sources.imap.session import FolderMissing, ImapSession
-from mailbridge.storage import repo
 
 if TYPE_CHECKING:
     from mailbridge.app import App
     from mailbridge.clock import Clock
-    from mailbridge.config import ImapAccount, Settings
+    from mailbridge.config import ImapAccount
 
 log = logging.getLogger("mailbridge.imap")
 
 REIDLE = timedelta(minutes=25)  # servers may drop an IDLE after 30 minutes (RFC 2177)
-STOP_GRACE = 2.0  # seconds a poller gets to notice the stop flag before its socket is shut
 RESCAN_MARGIN = timedelta(days=1)  # SEARCH SINCE has day granularity and server-local dates
 
 
@@ -67,13 +65,6 @@ class FolderStatus:
     ok: bool = False
     last_success: datetime | None = None
     last_error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    uidvalidity: int
-    last_uid: int
-    saved_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -106,10 +97,6 @@ def watches(account: ImapAccount) -> list[Watch]:
     return found
 
 
-def default_node_id(settings: Settings) -> str:
-    return node.default_node_id(settings.cluster.node_id)
-
-
 class FolderPoller:
     """Polls one folder until stopped: lease, connect, drain, wait (IDLE/poll), repeat."""
 
@@ -123,18 +110,18 @@ class FolderPoller:
         backoff: Backoff | None = None,
         incarnation: node.Incarnation | None = None,
     ) -> None:
-        self.app, self.watch, self.node_id = app, watch, node_id
-        self.incarnation = incarnation or node.current()
+        self.app, self.watch = app, watch
         self.account = watch.account
-        self.lease_ttl = lease_ttl
         self.clock = clock or app.clock
         self.backoff = backoff or Backoff()
         self.status = FolderStatus()
         self.stopping = threading.Event()
         self.envelope = Envelope(peer=f"{self.account.host}:{self.account.port}")
+        incarnation = incarnation or node.current()
+        self.lease = FolderLease(
+            app.store, watch.lease, node_id, incarnation, lease_ttl, self.clock, watch.label
+        )
         self._session: ImapSession | None = None
-        self._holding = False
-        self._next_renewal = 0.0
         self._failures = 0
         self._standby_logged: str | None = None
         self._move_to: str | None = None  # the after-action's folder as the server names it
@@ -145,9 +132,9 @@ class FolderPoller:
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                if not self.keep_lease(force=True):
+                if not self.lease.keep(force=True):
                     self._standby()
-                    self.stopping.wait(self._renew_every)
+                    self.stopping.wait(self.lease.renew_every)
                     continue
                 try:
                     self._serve()
@@ -159,7 +146,7 @@ class FolderPoller:
                     self._failed(f"{exc.__class__.__name__}: {exc}")
                 self.stopping.wait(self.backoff.next())
         finally:
-            self._release()
+            self.lease.release()
             self.status.state = "stopped"
 
     def stop(self) -> None:
@@ -176,14 +163,14 @@ class FolderPoller:
 
         False when another node holds the lease.
         """
-        if not self.keep_lease(force=True):
+        if not self.lease.keep(force=True):
             return False
         try:
             with self._connection() as session:
                 self.drain(session)
             self._succeeded()
         finally:
-            self._release()
+            self.lease.release()
         return True
 
     # --- one connection -----------------------------------------------------------------
@@ -198,7 +185,7 @@ class FolderPoller:
                 if not self.drain(session):
                     return
                 self._succeeded()
-                if session.wait(wait, self.stopping, self.keep_lease) in ("stop", "lease"):
+                if session.wait(wait, self.stopping, self.lease.keep) in ("stop", "lease"):
                     return
 
     @contextmanager
@@ -223,7 +210,7 @@ class FolderPoller:
     def drain(self, session: ImapSession) -> bool:
         """Ingest everything new in the folder; False when the lease was lost on the way."""
         selected = session.select()
-        checkpoint = self._checkpoint()
+        checkpoint = load_checkpoint(self.app.store, self.account.name, self.watch.folder)
         last = checkpoint.last_uid if checkpoint else 0
         incremental = checkpoint is not None and checkpoint.uidvalidity == selected.uidvalidity
         uids = session.uids_after(last) if incremental else self._rescan(session, checkpoint)
@@ -231,7 +218,7 @@ class FolderPoller:
         for batch in (uids[i : i + size] for i in range(0, len(uids), size)):
             if self.stopping.is_set():
                 return True
-            if not self.keep_lease():
+            if not self.lease.keep():
                 return False
             self._batch(session, batch)
             if incremental:
@@ -328,89 +315,21 @@ class FolderPoller:
             self._folder_notes[wanted] = problem
             return None
 
-    # --- database: checkpoint and lease -------------------------------------------------
-
-    def _checkpoint(self) -> Checkpoint | None:
-        with self.app.store.unit() as session:
-            row = repo.imap_checkpoint(session, self.account.name, self.watch.folder)
-            if row is None:
-                return None
-            return Checkpoint(row.uidvalidity, row.last_uid, row.last_success_at)
-
     def _save_checkpoint(self, uidvalidity: int, last_uid: int) -> None:
-        with self.app.store.unit() as session:
-            repo.save_imap_checkpoint(
-                session, self.account.name, self.watch.folder, uidvalidity, last_uid, self.clock()
-            )
-
-    @property
-    def _renew_every(self) -> float:
-        return max(self.lease_ttl.total_seconds() / 3, 0.1)
-
-    def keep_lease(self, force: bool = False) -> bool:
-        """Take or renew the folder's lease (every ttl/3); False when this node must not poll."""
-        if self._holding and not force and time.monotonic() < self._next_renewal:
-            return True
-        reclaimed: list[node.Incarnation] = []
-
-        def gone(incarnation: str | None) -> bool:
-            # only ever asked about an earlier process with this node's id
-            earlier = node.Incarnation.parse(incarnation)
-            if earlier is None or not earlier.is_gone():
-                return False
-            reclaimed.append(earlier)
-            return True
-
-        try:
-            with self.app.store.unit() as session:
-                held = repo.acquire_lease(
-                    session,
-                    self.watch.lease,
-                    self.node_id,
-                    self.clock(),
-                    self.lease_ttl,
-                    incarnation=str(self.incarnation),
-                    reclaim=gone,
-                )
-        except StorageUnavailable as exc:
-            self._say(logging.WARNING, "cannot renew lease: %s", exc)
-            held = False
-        if held:
-            self._next_renewal = time.monotonic() + self._renew_every
-            if reclaimed:
-                self._say(
-                    logging.INFO,
-                    "took the lease back from this node's earlier process (%s, no longer running)",
-                    reclaimed[0].describe(),
-                )
-        elif self._holding:
-            self._say(logging.WARNING, "lease lost: stopping polling on this node")
-        self._holding = held
-        return held
-
-    def _release(self) -> None:
-        if not self._holding:
-            return
-        self._holding = False
-        try:
-            with self.app.store.unit() as session:
-                repo.release_lease(session, self.watch.lease, self.node_id, str(self.incarnation))
-        except StorageUnavailable as exc:  # it expires by itself; another node waits a ttl
-            self._say(logging.WARNING, "cannot release lease: %s", exc)
+        save_checkpoint(
+            self.app.store,
+            self.account.name,
+            self.watch.folder,
+            uidvalidity,
+            last_uid,
+            self.clock(),
+        )
 
     # --- state changes, logged once each ------------------------------------------------
 
     def _standby(self) -> None:
         self.status.state, self.status.ok = "standby", True
-        try:
-            with self.app.store.unit() as session:
-                holder = repo.lease_holder(session, self.watch.lease)
-        except StorageUnavailable:
-            holder = None
-        owner = holder[0] if holder else "nobody (database unavailable)"
-        process = node.Incarnation.parse(holder[1]) if holder else None
-        if process is not None:
-            owner = f"{owner} ({process.describe()})"
+        owner = self.lease.holder()
         if owner != self._standby_logged:
             self._say(logging.INFO, "standby: lease held by %s", owner)
             self._standby_logged = owner
@@ -436,143 +355,3 @@ class FolderPoller:
 
     def _say(self, level: int, message: str, *args: object) -> None:
         log.log(level, "imap %s: " + message, self.watch.label, *args)
-
-
-def _resolve(done: asyncio.Future[None]) -> None:
-    """Settle a poller's future from the loop thread, unless it is settled already."""
-    if not done.done():
-        done.set_result(None)
-
-
-@dataclass
-class _Running:
-    poller: FolderPoller
-    done: asyncio.Future[None]
-
-
-class ImapPollers:
-    """The daemon component: one polling thread per watched folder of every `[[imap]]` account."""
-
-    name = "imap"
-
-    def __init__(
-        self,
-        app: App,
-        settings: Settings,
-        *,
-        clock: Clock | None = None,
-        node_id: str | None = None,
-        backoff: tuple[float, float] = (1.0, 300.0),
-        incarnation: node.Incarnation | None = None,
-    ) -> None:
-        self.app, self.settings = app, settings
-        self.clock = clock
-        self._node_id = node_id  # an explicit id survives reloads
-        self.node_id = node_id or default_node_id(settings)
-        self.backoff = backoff
-        self.incarnation = incarnation or node.current()
-        self._running: dict[str, list[_Running]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        for account in self.settings.imap:
-            self._launch(account)
-
-    async def stop(self) -> None:
-        self._closing = True
-        runs = [run for group in self._running.values() for run in group]
-        self._running = {}
-        await self._join(runs)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
-
-    def reload(self, settings: Any) -> None:
-        """Restart only the accounts whose settings changed; the others keep polling."""
-        old_cluster = self.settings.cluster
-        self.settings = settings
-        if self._loop is None or self._closing:
-            return
-        wanted = {account.name: account for account in settings.imap}
-        restart_all = settings.cluster != old_cluster
-        if restart_all:
-            self.node_id = self._node_id or default_node_id(settings)
-        replacing: set[str] = set()
-        for name, group in list(self._running.items()):
-            if restart_all or wanted.get(name) != group[0].poller.account:
-                del self._running[name]
-                replacing.add(name)
-                task = self._loop.create_task(self._replace(group, wanted.get(name)))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        for name, account in wanted.items():
-            if name not in self._running and name not in replacing:
-                self._launch(account)
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Per account: {"ok", "last_success", "last_error", "folders": {folder: state}}."""
-        found: dict[str, dict[str, Any]] = {}
-        for name, group in self._running.items():
-            states = [run.poller.status for run in group]
-            successes = [s.last_success for s in states if s.last_success is not None]
-            found[name] = {
-                "ok": all(s.ok for s in states),
-                # the account is as fresh as its stalest folder
-                "last_success": min(successes) if len(successes) == len(states) else None,
-                "last_error": next((s.last_error for s in states if s.last_error), None),
-                "folders": {run.poller.watch.folder: run.poller.status.state for run in group},
-            }
-        return found
-
-    def pollers(self) -> list[FolderPoller]:
-        return [run.poller for group in self._running.values() for run in group]
-
-    # --- threads ------------------------------------------------------------------------
-
-    def _launch(self, account: ImapAccount) -> None:
-        assert self._loop is not None
-        group = self._running.setdefault(account.name, [])
-        for watch in watches(account):
-            poller = FolderPoller(
-                self.app,
-                watch,
-                self.node_id,
-                self.settings.cluster.lease_ttl,
-                self.clock,
-                Backoff(*self.backoff),
-                self.incarnation,
-            )
-            done: asyncio.Future[None] = self._loop.create_future()
-            thread = threading.Thread(
-                target=self._body, args=(poller, done), name=f"imap:{watch.label}", daemon=True
-            )
-            group.append(_Running(poller, done))
-            thread.start()
-
-    def _body(self, poller: FolderPoller, done: asyncio.Future[None]) -> None:
-        try:
-            poller.run()
-        finally:
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, done)
-
-    async def _join(self, runs: list[_Running]) -> None:
-        for run in runs:
-            run.poller.stop()
-        if not runs:
-            return
-        _, pending = await asyncio.wait([run.done for run in runs], timeout=STOP_GRACE)
-        stuck = [run for run in runs if run.done in pending]
-        for run in stuck:  # blocked in a socket read: cut it short
-            run.poller.abort()
-        if stuck:
-            await asyncio.wait([run.done for run in stuck], timeout=STOP_GRACE)
-
-    async def _replace(self, group: list[_Running], account: ImapAccount | None) -> None:
-        # the old threads must be gone (and their lease released) before new ones start
-        await self._join(group)
-        if account is not None and not self._closing and account.name not in self._running:
-            self._launch(account)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from imapclient import SEEN, IMAPClient, SocketTimeout
 
 from mailbridge.errors import ImapError
+from mailbridge.sources.imap.folders import Namespace, folder_spellings, same_folder
 
 if TYPE_CHECKING:
     from mailbridge.config import ImapAccount
@@ -40,40 +41,6 @@ LISTED_FOLDERS = 40  # how many of the server's folders an error message names
 class FolderMissing(ImapError):
     """A configured folder exists under no spelling and cannot be created: a setup problem that
     reconnecting does not fix, unlike the other `ImapError`s."""
-
-
-@dataclass(frozen=True, slots=True)
-class Namespace:
-    """The personal namespace (RFC 2342): where the user's folders live and how levels are joined."""
-
-    prefix: str  # "" on most servers; "INBOX." or "INBOX/" on Cyrus and Courier
-    separator: str | None  # None: a flat server without hierarchy
-
-
-def folder_spellings(name: str, namespace: Namespace) -> list[str]:
-    """The names a configured folder may have on this server, as written first.
-
-    Config joins levels with `/`. A server may use another separator, and may keep personal
-    folders under a prefix, so `Archive/2026` may be `Archive/2026`, `Archive.2026` or
-    `INBOX.Archive.2026` there. The last spelling is where a new folder belongs.
-    """
-    sep = namespace.separator
-    local = name.replace("/", sep) if sep and sep != "/" else name
-    found = [name, local]
-    if namespace.prefix and not _under(local, namespace.prefix):
-        found.append(namespace.prefix + local)
-    return list(dict.fromkeys(found))
-
-
-def _under(name: str, prefix: str) -> bool:
-    if name.upper() == "INBOX" or name.startswith(prefix):
-        return True  # INBOX is INBOX in every namespace
-    # the name INBOX is case-insensitive (RFC 3501 5.1), so `inbox.Done` is under `INBOX.`
-    return prefix[:5].upper() == "INBOX" and name.upper().startswith(prefix.upper())
-
-
-def _same_folder(listed: str, wanted: str) -> bool:
-    return listed == wanted or listed.upper() == wanted.upper() == "INBOX"
 
 
 def _text(value: str | bytes | None) -> str | None:
@@ -286,7 +253,7 @@ class ImapSession:
                 listed = self.client_.list_folders("", spelling)
             for flags, _sep, name in listed:
                 unusable = {str(_text(f)).lower() for f in flags} & {"\\noselect", "\\nonexistent"}
-                if _same_folder(name, spelling) and not unusable:
+                if same_folder(name, spelling) and not unusable:
                     return spelling
         return None
 

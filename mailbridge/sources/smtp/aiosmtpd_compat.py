@@ -1,23 +1,32 @@
-"""Cheaper aiosmtpd: per-connection setup discovered once per class, plain addresses parsed directly.
+"""Everything mailbridge relies on inside aiosmtpd beyond its public hooks: the only such module.
 
-Profiled under load, aiosmtpd's `SMTP.__init__` spent about 9 % of the daemon's time finding the
-same AUTH mechanisms, handler hooks and `smtp_` commands again for every connection
-(`inspect.getmembers`, `dir`, `inspect.signature` over the same classes), and MAIL/RCPT spent
-about 8 % in `email._header_value_parser`, built for header fields, on `<user@example.com>`.
+The rest of `sources/smtp` uses aiosmtpd as documented (handler `handle_*` and `auth_*` hooks
+whose return value is the reply, `smtp_*` overrides, the `SMTP` constructor). What no public hook
+reaches is here, each piece pinned against the installed aiosmtpd by tests/unit/test_smtp_fast.py
+and tests/unit/test_aiosmtpd_compat.py, which also check the version is one of TESTED:
 
-`FastSMTP` keeps aiosmtpd's behaviour and changes where the answers come from:
-- the discovery calls inside aiosmtpd.smtp are answered from a per-class cache for instances of
-  FastSMTP subclasses and their handlers only (any other aiosmtpd user in the process, such as a
-  test's sink, gets the stock functions); for those, `dir` lists only the names aiosmtpd looks
-  for (handle_, smtp_, auth_), so its filters run over a few names instead of two hundred;
-- `_getaddr` reads a plain `<dot-atom@domain> params` itself and hands everything else (quoted
-  local parts, address literals, comments, source routes, non-ASCII) to aiosmtpd's parser.
-tests/unit/test_smtp_fast.py pins both against stock aiosmtpd.
+- Replies aiosmtpd writes itself, before any hook could choose them (a too-big SIZE at MAIL, an
+  oversized or over-long DATA, STARTTLS first): they carry no enhanced status code and LMTP owes
+  one per recipient at the end of DATA, so `stock_reply` recognises them by their text.
+- LHLO, LMTP's EHLO, missing from aiosmtpd's list of commands allowed before STARTTLS.
+- `FastSMTP`: the same per-connection setup, discovered once per class, and plain addresses
+  parsed directly. Profiled under load, aiosmtpd's `SMTP.__init__` spent about 9 % of the
+  daemon's time finding the same AUTH mechanisms, handler hooks and `smtp_` commands again for
+  every connection (`inspect.getmembers`, `dir`, `inspect.signature` over the same classes), and
+  MAIL/RCPT spent about 8 % in `email._header_value_parser`, built for header fields, on
+  `<user@example.com>`. The discovery calls inside aiosmtpd.smtp are answered from a per-class
+  cache for instances of FastSMTP subclasses and their handlers only (any other aiosmtpd user in
+  the process, such as a test's sink, gets the stock functions); for those, `dir` lists only the
+  names aiosmtpd looks for (handle_, smtp_, auth_), so its filters run over a few names instead
+  of two hundred. `_getaddr` reads a plain `<dot-atom@domain> params` itself and hands everything
+  else (quoted local parts, address literals, comments, source routes, non-ASCII) to aiosmtpd's
+  parser.
 """
 
 from __future__ import annotations
 
 import builtins
+import enum
 import inspect
 import re
 import threading
@@ -25,6 +34,36 @@ from typing import Any
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP
+
+TESTED = ((1, 4, 6), (1, 5))  # aiosmtpd versions checked against this module: [from, to)
+
+
+class StockReply(enum.Enum):
+    SIZE_TOO_BIG = "MAIL ... SIZE= over data_size_limit"
+    TOO_MUCH_DATA = "end of DATA: over data_size_limit"
+    LINE_TOO_LONG = "end of DATA: a line over line_length_limit"
+    STARTTLS_FIRST = "a command before STARTTLS when it is required"
+
+    @property
+    def ends_data(self) -> bool:
+        """Written at the end of DATA, where LMTP answers once per recipient."""
+        return self in (StockReply.TOO_MUCH_DATA, StockReply.LINE_TOO_LONG)
+
+
+# the exact texts aiosmtpd 1.4 pushes for these
+STOCK_REPLIES = {
+    "552 Error: message size exceeds fixed maximum message size": StockReply.SIZE_TOO_BIG,
+    "552 Error: Too much mail data": StockReply.TOO_MUCH_DATA,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": StockReply.LINE_TOO_LONG,
+    "530 Must issue a STARTTLS command first": StockReply.STARTTLS_FIRST,
+}
+
+
+def stock_reply(status: str | bytes) -> StockReply | None:
+    """Which of aiosmtpd's own replies this is (see StockReply), or None for any other."""
+    text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+    return STOCK_REPLIES.get(text)
+
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -97,9 +136,10 @@ def _dir(*args: Any) -> list[str]:
 
 
 def install() -> None:
-    """Route aiosmtpd.smtp's discovery calls through the caches (idempotent)."""
+    """Route aiosmtpd.smtp's discovery calls through the caches, allow LHLO before STARTTLS."""
     aiosmtpd.smtp.inspect = _Inspect()  # type: ignore[assignment]
     aiosmtpd.smtp.dir = _dir  # type: ignore[attr-defined]  # a module global shadows the builtin
+    aiosmtpd.smtp.ALLOWED_BEFORE_STARTTLS.add("LHLO")
 
 
 def register(kind: type) -> None:

@@ -1,4 +1,4 @@
-"""`mailbridge report --html FILE`: the report of `report.py` as one self-contained page.
+"""`mailbridge report --html FILE`: the report as one self-contained page.
 
 Everything the page needs is inside it: plotly.js (shipped by the `plotly` package, inlined once),
 the styles, and the report's JSON itself (`<script id="report-data">`), from which every chart
@@ -14,7 +14,8 @@ import html
 import json
 from typing import Any
 
-from mailbridge.report import HISTOGRAM_BUCKETS, human_duration
+from mailbridge.report.stats import HISTOGRAM_BUCKETS
+from mailbridge.report.text import human_duration
 
 HOUR = 3600.0
 _PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6")
@@ -192,8 +193,12 @@ def _summary(report: dict[str, Any]) -> str:
     rate = "-" if reopen["rate"] is None else f"{reopen['rate']:.1%}"
     cards = [
         ("total-tickets", "tickets", str(report["tickets"]["total"])),
-        ("first-response-p50", "first response, median", _d(report["first_response"]["p50"])),
-        ("resolution-p50", "resolution, median", _d(report["resolution"]["p50"])),
+        (
+            "first-response-p50",
+            "first response, median",
+            human_duration(report["first_response"]["p50"]),
+        ),
+        ("resolution-p50", "resolution, median", human_duration(report["resolution"]["p50"])),
         ("reopen-rate", "reopen rate", rate),
     ]
     return "\n".join(
@@ -201,10 +206,6 @@ def _summary(report: dict[str, Any]) -> str:
         f'<div class="label">{html.escape(label)}</div></div>'
         for cid, label, value in cards
     )
-
-
-def _d(seconds: float | None) -> str:
-    return human_duration(seconds)
 
 
 def _section(cid: str, title: str, figure: dict[str, Any] | None) -> str:
