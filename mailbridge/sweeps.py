@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mailbridge import lifecycle, sla
 from mailbridge.clock import Clock, system_clock
 from mailbridge.errors import IllegalTransition
-from mailbridge.lifecycle import Kind, Status
+from mailbridge.lifecycle import Kind, Note, Status
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ _FINISHED = frozenset({Status.CLOSED, Status.SPAM, Status.DELETED})
 RuleObserver = Callable[[str, int], None]
 # (queue, target) for each recorded SLA breach
 BreachObserver = Callable[[str, str], None]
-SLA_BREACH = "sla-breach"  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
+SLA_BREACH = Note.SLA_BREACH  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
 
 
 @dataclass(frozen=True, slots=True)
