@@ -30,10 +30,10 @@ from mailbridge.ingest.agent import AgentMail
 from mailbridge.ingest.customer import CustomerMail
 from mailbridge.ingest.mail import Prepared, actor, prepare, unparsed
 from mailbridge.ingest.match import Decision, Stored, match
-from mailbridge.ingest.pool import InlineParser, Parser, ParseResult
 from mailbridge.ingest.route import Routes
 from mailbridge.ingest.tickets import Tickets
 from mailbridge.lifecycle import Kind, Status
+from mailbridge.parse_pool import InlineParser, Parser, ParseResult
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from mailbridge.envelope import Envelope, Source
 from mailbridge.fingerprint import content_hash, dedup_key
-from mailbridge.ingest.pool import ParseResult
 from mailbridge.parse import Address, ParsedMessage
+from mailbridge.parse_pool import ParseResult
 
 
 @dataclass(slots=True)

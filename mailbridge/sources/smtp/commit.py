@@ -11,7 +11,7 @@ import asyncio
 
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.ingest import Ingestor
-from mailbridge.ingest.pool import ParsePool, ParseResult
+from mailbridge.parse_pool import ParsePool, ParseResult
 
 DRAIN_POLL = 0.05
 MAX_BATCH = 32  # messages per group commit: bounds the wait of the first in a batch
