@@ -137,6 +137,29 @@ class Ingestor:
                 self.on_outcome(outcome, p.source, elapsed)
         return outcomes
 
+    def accept_each(
+        self,
+        items: Sequence[tuple[bytes, Envelope, Source]],
+        parsed: Sequence[ParseResult | None] | None = None,
+    ) -> list[Outcome | Exception]:
+        """`accept_many` for a source that answers each message on its own (SMTP, LMTP): when the
+        batch cannot commit as a whole, each message gets its own transaction and its own answer
+        (a message that did commit on the way comes back as a duplicate, which is still a 250),
+        and an error costs only the message it belongs to."""
+        try:
+            return list(self.accept_many(items, parsed))
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+        found = list(parsed) if parsed is not None else [None] * len(items)
+        results: list[Outcome | Exception] = []
+        for (raw, envelope, source), result in zip(items, found, strict=True):
+            try:
+                results.append(self.accept(raw, envelope, source, result))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
     def quarantine_raw(
         self, raw: bytes, envelope: Envelope, source: Source, reason: str
     ) -> Outcome:
