@@ -27,7 +27,7 @@ from bench.mixgen import generate
 from mailbridge.app import App
 from mailbridge.config import parse_settings
 from mailbridge.envelope import Envelope, Source
-from mailbridge.ingest.pool import ParsePool, parse_ahead
+from mailbridge.parse_pool import ParsePool, parse_ahead
 
 # two queues, five filters: the mix goes to support@, so every mail runs every filter and the
 # support queue assigns round robin (a cursor row update per new ticket)

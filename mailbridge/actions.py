@@ -12,7 +12,7 @@ from mailbridge import lifecycle
 from mailbridge.clock import Clock, system_clock
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import IllegalTransition, NotFound, Refused
-from mailbridge.lifecycle import Kind
+from mailbridge.lifecycle import Kind, Note
 from mailbridge.storage import repo
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def retry_outbox(store: Store, pk: int, actor: str, now: datetime) -> str:
             row.attempts = 0
             if row.ticket_number is not None:
                 record = lifecycle.Record(
-                    now, "delivery-retry", actor, None, None, f"{row.kind} to {row.rcpt_tos}"
+                    now, Note.DELIVERY_RETRY, actor, None, None, f"{row.kind} to {row.rcpt_tos}"
                 )
                 repo.add_events(session, row.ticket_number, [record], row.message_pk)
     return f"outbox {pk}: {before} -> queued, due now"

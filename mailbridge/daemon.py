@@ -28,9 +28,9 @@ from mailbridge.config import Settings, describe, load_settings
 from mailbridge.config.reload import keep_restart_only
 from mailbridge.envelope import Outcome, Source
 from mailbridge.errors import ConfigError, StorageUnavailable
-from mailbridge.ingest.pool import ParsePool
 from mailbridge.metrics import Metrics
 from mailbridge.outbound.sender import OutboxSender, SenderConfig
+from mailbridge.parse_pool import ParsePool
 from mailbridge.scheduler import Scheduler
 from mailbridge.smtp_workers import SmtpWorkers, WorkersConfig
 from mailbridge.sources.imap.pollers import ImapConfig, ImapPollers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 UNIX_PEER = "unix"  # in [smtp] trusted_peers: clients on the listener's Unix socket
 
@@ -26,7 +26,6 @@ class Source:
     name: str = ""  # listener address, mailbox name or file path
     live: bool = True  # live sources are flood-guarded and send acknowledgements/notifications
     agent_authority: bool = False  # a polled Sent folder: its agent mail is trusted
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,32 @@ class Kind(StrEnum):
     RESTORE = "restore"
 
 
+class Note(StrEnum):
+    """What happened to a ticket without changing its status: the `kind` of the other stored
+    events (their from and to status are the same, or both empty)."""
+
+    # classification rules whose hit decided (rules.py): mail recorded on a ticket, status unchanged
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+    LOOP = "loop"
+    BLOCKED = "blocked"
+    # an agent's From that nothing authenticates: the mail was taken as the customer's
+    UNAUTHENTICATED_AGENT = "unauthenticated-agent"
+    PARTICIPANTS_LIMIT = "participants-limit"
+    # owner, queue, tags and priority (SPEC 7)
+    ASSIGN = "assign"
+    QUEUE = "queue"
+    TAG = "tag"
+    PRIORITY = "priority"
+    SLA_BREACH = "sla-breach"
+    # sweep rules (`then` in the config) that change no status
+    REMIND = "remind"
+    ESCALATE = "escalate"
+    # outbound mail the outbox could not deliver, and an operator's retry of it
+    DELIVERY_FAILED = "delivery-failed"
+    DELIVERY_RETRY = "delivery-retry"
+
+
 LIVE = frozenset(
     {Status.NEW, Status.OPEN, Status.ANSWERED, Status.RESOLVED, Status.CLOSED, Status.POSTPONED}
 )
@@ -89,6 +115,26 @@ TRANSITIONS: dict[tuple[Status, Kind], str] = {
 for (_status, _kind), _target in list(TRANSITIONS.items()):
     if _kind is Kind.CUSTOMER_MAIL and (_status, Kind.CONFIRM) not in TRANSITIONS:
         TRANSITIONS[(_status, Kind.CONFIRM)] = _target
+
+# Lists derived from the table, for the config and the CLI (never copies of it).
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+# the statuses a ticket is in normal life and not yet closed: what reminders act on
+_UNFINISHED = tuple(s.value for s in Status if s in LIVE and s is not S.CLOSED)
+
+
+def _from(kind: Kind) -> tuple[str, ...]:
+    return tuple(s.value for s in Status if (s, kind) in TRANSITIONS)
+
+
+# for each `then` of a sweep rule, the statuses its `when` may name; the table refuses the rest
+RULE_FROM: dict[str, tuple[str, ...]] = {
+    S.RESOLVED.value: _from(Kind.RESOLVE),
+    S.CLOSED.value: _from(Kind.CLOSE),
+    "purge": tuple(s.value for s in Status if s in PURGEABLE),
+    # reminders and escalations change no status: any ticket still in normal life
+    Note.REMIND.value: _UNFINISHED,
+    Note.ESCALATE.value: _UNFINISHED,
+}
 
 CONFIRMED = "confirmed by customer"  # the detail of a close by the customer
 
@@ -161,10 +207,6 @@ def create(actor: str, now: datetime, detail: str | None = None) -> Transition:
     """A brand-new ticket: status `new` and its `created` event."""
     state = TicketState(Status.NEW)
     return Transition(state, (Record(now, Kind.CREATED, actor, None, Status.NEW, detail),))
-
-
-def allowed(status: Status, kind: Kind) -> bool:
-    return (status, kind) in TRANSITIONS
 
 
 def apply(state: TicketState, event: Event, now: datetime) -> Transition:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mailbridge import lifecycle
+from mailbridge.lifecycle import Note
 from mailbridge.routing import PRIORITIES
 from mailbridge.storage import repo
 
@@ -96,7 +97,7 @@ def set_owner(
     _record(
         session,
         ticket,
-        "assign",
+        Note.ASSIGN,
         actor,
         detail or f"{before} -> {owner or 'none'} by {actor}",
         now,
@@ -120,7 +121,7 @@ def move(
     if queue == ticket.queue:
         return
     before, ticket.queue = ticket.queue, queue
-    _record(session, ticket, "queue", actor, f"{before} -> {queue} by {actor}", now, message_pk)
+    _record(session, ticket, Note.QUEUE, actor, f"{before} -> {queue} by {actor}", now, message_pk)
 
 
 def tag(
@@ -147,7 +148,7 @@ def tag(
     _record(
         session,
         ticket,
-        "tag",
+        Note.TAG,
         actor,
         " ".join(sign + t for t in tags) + f" by {actor}",
         now,
@@ -170,7 +171,7 @@ def prioritise(
         return
     before, ticket.priority = ticket.priority, priority
     _record(
-        session, ticket, "priority", actor, f"{before} -> {priority} by {actor}", now, message_pk
+        session, ticket, Note.PRIORITY, actor, f"{before} -> {priority} by {actor}", now, message_pk
     )
 
 

@@ -1,25 +1,42 @@
 """Named rules that decide what kind of mail this is, before threading decides where it goes.
 
-PURE. Each rule is a small object with a name and a predicate; the first that matches gives the
-verdict, and its explanation is stored with the message and in `ingest --dry-run`.
+PURE. Each rule is a small object with a name, a predicate (`check`) and what its hit means: the
+`action` ingest takes and whether the mail may still be acknowledged. Every rule runs; all hits
+are kept on the verdict (Mailman's rule_hits), the first hit whose action is not `TICKET` decides,
+and ingest writes the hits into the ticket's events, so `ticket show` explains the decision.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from enum import StrEnum
 
 from mailbridge.authres import agent_authority as header_authority
 from mailbridge.envelope import Envelope, Source
+from mailbridge.lifecycle import Note
 from mailbridge.parse import ParsedMessage
 
 MAIL = "mail"
-AUTO_REPLY = "auto-reply"
-BOUNCE = "bounce"
-LOOP = "loop"
-BLOCKED = "blocked"
+# a deciding rule's name is the kind of the event it records
+AUTO_REPLY = Note.AUTO_REPLY
+BOUNCE = Note.BOUNCE
+LOOP = Note.LOOP
+BLOCKED = Note.BLOCKED
+BULK = "bulk"  # never decides, so records no event of its own
+
+
+class Action(StrEnum):
+    """What ingest does with mail a rule hit."""
+
+    # thread it or open a ticket, as any mail
+    TICKET = "ticket"
+    # never a ticket of its own: threaded, it is recorded on its ticket with the status unchanged
+    # (an event named for the rule); unthreaded, it is held in quarantine as ignored
+    NOT_A_TICKET = "not-a-ticket"
+    # threaded: as NOT_A_TICKET; unthreaded: a new ticket, marked spam at once
+    SPAM = "spam"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,18 +48,33 @@ class Policy:
     agent_domains: frozenset[str] = frozenset()
     trusted_authserv_ids: frozenset[str] = frozenset()
     blocked: frozenset[str] = frozenset()  # addresses, or '@domain'
-    support_addresses: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One rule that matched a mail, and why."""
+
+    name: str  # the rule's name, e.g. "auto-reply"; the event kind when it decides
+    reason: str  # e.g. "auto-submitted: auto-replied"
+    action: Action
+    acknowledge: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    kind: str  # mail | auto-reply | bounce | loop | blocked
+    kind: str  # the deciding rule's name (auto-reply | bounce | loop | blocked), else "mail"
     rule: str  # why, e.g. "auto-submitted: auto-replied"
-    bulk: bool = False  # list/bulk mail: a ticket, but never acknowledged
+    action: Action = Action.TICKET
+    acknowledge: bool = True  # no hit forbids an automatic acknowledgement
     agent: str | None = None  # the agent's address, when the mail carries agent authority
-    authority: str = ""  # how the agent was authenticated
     claimed_agent: bool = False  # From is an agent's, but nothing authenticates it
-    hits: tuple[str, ...] = field(default=())
+    hits: tuple[Hit, ...] = ()  # every rule that matched, in rule order
+
+    def with_hits(self, text: str, *told: str) -> str:
+        """`text`, then every hit that neither it nor `told` already tells: how hits reach the
+        ticket's events and messages, so `ticket show` explains the decision."""
+        rest = [h.reason for h in self.hits if not any(h.reason in t for t in (text, *told))]
+        return f"{text}; rule hits: {', '.join(rest)}" if rest else text
 
 
 def _first(msg: ParsedMessage, name: str) -> str:
@@ -50,14 +82,25 @@ def _first(msg: ParsedMessage, name: str) -> str:
     return values[0].strip() if values else ""
 
 
-class Rule(Protocol):
+class Rule:
+    """A named predicate and what its hit means. Subclasses set the class attributes."""
+
     name: str
+    action: Action = Action.TICKET
+    acknowledge: bool = False  # whether mail this rule hits may still be acknowledged
+    agents: bool = True  # whether it also judges mail with agent authority
 
-    def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None: ...
+    def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
+        """Why the rule matches this mail, or None."""
+        raise NotImplementedError
+
+    def hit(self, reason: str) -> Hit:
+        return Hit(self.name, reason, self.action, self.acknowledge)
 
 
-class OwnLoop:
+class OwnLoop(Rule):
     name = LOOP
+    action = Action.NOT_A_TICKET
 
     def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
         for value in msg.headers.get("x-loop", ()):
@@ -71,8 +114,9 @@ class OwnLoop:
         return None
 
 
-class DeliveryStatusReport:
+class DeliveryStatusReport(Rule):
     name = BOUNCE
+    action = Action.NOT_A_TICKET
 
     def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
         if msg.content_type == "multipart/report" and msg.report_type in (
@@ -92,8 +136,9 @@ class DeliveryStatusReport:
         return None
 
 
-class AutoSubmitted:
+class AutoSubmitted(Rule):
     name = AUTO_REPLY
+    action = Action.NOT_A_TICKET
     _SUBJECT = re.compile(
         r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheitsnotiz|"
         r"autosvar|r[ée]ponse automatique)\b",
@@ -116,8 +161,10 @@ class AutoSubmitted:
         return None
 
 
-class BlockedSender:
+class BlockedSender(Rule):
     name = BLOCKED
+    action = Action.SPAM
+    agents = False  # an agent's own mail is never the spam of a blocked sender
 
     def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
         # SpamAssassin's verdict stands on its own, with or without a blocked list
@@ -132,7 +179,25 @@ class BlockedSender:
         return None
 
 
-RULES: Sequence[Rule] = (OwnLoop(), DeliveryStatusReport(), AutoSubmitted(), BlockedSender())
+class BulkMail(Rule):
+    """List and bulk mail: a ticket like any other, but never acknowledged."""
+
+    name = BULK
+
+    def check(self, msg: ParsedMessage, env: Envelope, policy: Policy) -> str | None:
+        precedence = _first(msg, "precedence").lower()
+        if precedence in ("bulk", "junk", "list") or msg.headers.get("list-id"):
+            return f"bulk ({precedence or 'list-id'})"
+        return None
+
+
+RULES: Sequence[Rule] = (
+    OwnLoop(),
+    DeliveryStatusReport(),
+    AutoSubmitted(),
+    BlockedSender(),
+    BulkMail(),
+)
 
 
 def is_agent_address(address: str, policy: Policy) -> bool:
@@ -172,21 +237,24 @@ def agent_authority(
 
 def classify(msg: ParsedMessage, env: Envelope, source: Source, policy: Policy) -> Verdict:
     agent, authority, claimed = agent_authority(msg, env, source, policy)
-    precedence = _first(msg, "precedence").lower()
-    bulk = precedence in ("bulk", "junk", "list") or bool(msg.headers.get("list-id"))
-    for rule in RULES:
-        if agent and rule.name == BLOCKED:
-            continue
-        why = rule.check(msg, env, policy)
-        if why:
-            return Verdict(rule.name, why, bulk, None, "", claimed, (why,))
+    hits = tuple(
+        rule.hit(why)
+        for rule in RULES
+        if (rule.agents or not agent) and (why := rule.check(msg, env, policy))
+    )
+    acknowledge = all(h.acknowledge for h in hits)
+    decisive = next((h for h in hits if h.action is not Action.TICKET), None)
+    if decisive is not None:
+        return Verdict(
+            decisive.name, decisive.reason, decisive.action, acknowledge, None, claimed, hits
+        )
     if agent:
-        return Verdict(MAIL, f"agent: {authority}", bulk, agent, authority)
+        return Verdict(MAIL, f"agent: {authority}", acknowledge=acknowledge, agent=agent, hits=hits)
     reason = "customer mail"
     if claimed:
         reason = "customer mail: agent From without authentication"
         if authority:
             reason += f" ({authority})"
-    elif bulk:
-        reason = f"customer mail: bulk ({precedence or 'list-id'}), not acknowledged"
-    return Verdict(MAIL, reason, bulk, None, "", claimed)
+    elif bulk := next((h for h in hits if h.name == BULK), None):
+        reason = f"customer mail: {bulk.reason}, not acknowledged"
+    return Verdict(MAIL, reason, acknowledge=acknowledge, claimed_agent=claimed, hits=hits)

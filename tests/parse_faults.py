@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from mailbridge.ingest.pool import ParseResult, parse_safely
+from mailbridge.parse_pool import ParseResult, parse_safely
 
 STALL = "X-Test-Parse-Stall"
 DIE = "X-Test-Parse-Die"

@@ -36,7 +36,7 @@ class FileIngest:
     def run(self, paths: Sequence[Path]) -> bool:
         """Ingest everything under `paths`; False when an input was left unread (SPEC section 5:
         it was not handled)."""
-        from mailbridge.ingest.pool import ParsePool, parse_ahead
+        from mailbridge.parse_pool import ParsePool, parse_ahead
 
         # worker processes parse the next batch while this one commits; dry runs parse in process
         parser = None if self.dry_run else ParsePool.from_settings(self.app.settings)

@@ -105,7 +105,7 @@ def quarantine_show(ctx: Ctx, pk: int) -> None:
 def quarantine_retry(ctx: Ctx, pks: tuple[int, ...], retry_all: bool, reason: str | None) -> None:
     """Run held messages through the pipeline again (exit 1 if any stays quarantined)."""
     from mailbridge.actions import retry_quarantined
-    from mailbridge.ingest.pool import ParsePool
+    from mailbridge.parse_pool import ParsePool
     from mailbridge.storage import repo
 
     if bool(pks) == retry_all:

@@ -3,7 +3,6 @@ acknowledged, and what happens to tickets left idle."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, Strict, model_validator
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 else:
     # lifecycle's status values as a Literal, in its order: a rule's `when` stays a plain str,
     # and a wrong one is answered with the choices
-    StatusName = Literal[tuple(status.value for status in lifecycle.Status)]
+    StatusName = Literal[lifecycle.STATUSES]
 RuleAction = Literal["resolved", "closed", "purge", "remind", "escalate"]
 
 
@@ -71,26 +70,8 @@ class TicketsSettings(Section):
     )
 
 
-def _statuses(keep: Callable[[lifecycle.Status], bool]) -> tuple[str, ...]:
-    # in lifecycle's order, which is the order an error message lists them in
-    return tuple(status.value for status in lifecycle.Status if keep(status))
-
-
-def _leaving_by(kind: lifecycle.Kind) -> tuple[str, ...]:
-    return _statuses(lambda status: (status, kind) in lifecycle.TRANSITIONS)
-
-
-# reminders and escalations change no status: any ticket still in normal life, not yet closed
-_NOT_CLOSED = _statuses(lambda s: s in lifecycle.LIVE and s is not lifecycle.Status.CLOSED)
-
 # which statuses a rule may act on: the rest are refused by the lifecycle table (SPEC 1)
-_RULE_FROM: dict[RuleAction, tuple[str, ...]] = {
-    "resolved": _leaving_by(lifecycle.Kind.RESOLVE),
-    "closed": _leaving_by(lifecycle.Kind.CLOSE),
-    "purge": _statuses(lambda status: status in lifecycle.PURGEABLE),
-    "remind": _NOT_CLOSED,
-    "escalate": _NOT_CLOSED,
-}
+_RULE_FROM = lifecycle.RULE_FROM
 
 
 class Rule(Section):

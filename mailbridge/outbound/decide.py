@@ -152,7 +152,7 @@ class Outbound(Notices):
         limit = config.ack_max_per_sender_per_hour
         if not config.acknowledge:
             return "acknowledgements are off"
-        if verdict.kind != classify.MAIL or verdict.bulk:
+        if not verdict.acknowledge:  # a rule hit (bulk, auto-reply, ...) forbids it
             return f"not personal mail ({verdict.rule})"
         if config.tokens.is_ours(customer) or customer in config.all_notify:
             return f"{customer} is our own address"

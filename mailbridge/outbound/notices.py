@@ -190,7 +190,9 @@ class Notices:
         if others:
             error += " (the other recipients get the reply)"
         detail = f"relay to {', '.join(a for a, _ in unreachable)}: {error}"
-        record = lifecycle.Record(now, "delivery-failed", "outbox", None, None, detail[:2000])
+        record = lifecycle.Record(
+            now, lifecycle.Note.DELIVERY_FAILED, "outbox", None, None, detail[:2000]
+        )
         repo.add_events(session, ticket.number, [record], message.id)
         self._failure_notice(
             session, ticket, ", ".join(a for a, _ in unreachable), error, agent, now

@@ -335,7 +335,7 @@ class OutboxSender:
             return
         record = lifecycle.Record(
             at,
-            "delivery-failed",
+            lifecycle.Note.DELIVERY_FAILED,
             "outbox",
             None,
             None,

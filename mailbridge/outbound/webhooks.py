@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from mailbridge import __version__
-from mailbridge.lifecycle import Kind
+from mailbridge.lifecycle import Kind, Note
 from mailbridge.views import iso, ticket_detail
 
 if TYPE_CHECKING:
@@ -44,7 +44,13 @@ EVENT_HEADER = "X-Mailbridge-Event"
 RETRIED_4XX = frozenset({408, 429})
 
 # event kinds other than the lifecycle's that stored events carry
-_OTHER_KINDS = ("delivery-failed", "unauthenticated-agent", "auto-reply", "bounce", "loop")
+_OTHER_KINDS = (
+    Note.DELIVERY_FAILED,
+    Note.UNAUTHENTICATED_AGENT,
+    Note.AUTO_REPLY,
+    Note.BOUNCE,
+    Note.LOOP,
+)
 
 
 def _changes_status(kind: str, before: str | None, after: str | None) -> bool:
@@ -59,9 +65,9 @@ _SPEC_NAMES: dict[str, Callable[[str, str | None, str | None], bool]] = {
     # queued per stored message (`Subscriptions.message_rows`), not per event: many messages
     # (a second customer mail on an open ticket) write no event at all
     "message": lambda _k, _b, _a: False,
-    "assign": lambda kind, _b, _a: kind == "assign",
-    "queue": lambda kind, _b, _a: kind == "queue",
-    "sla_breach": lambda kind, _b, _a: kind == "sla-breach",
+    "assign": lambda kind, _b, _a: kind == Note.ASSIGN,
+    "queue": lambda kind, _b, _a: kind == Note.QUEUE,
+    "sla_breach": lambda kind, _b, _a: kind == Note.SLA_BREACH,
 }
 # a subscription may also name a stored event kind exactly ("resolve", "delivery-failed", ...)
 EVENT_NAMES = frozenset(_SPEC_NAMES) | {k.value for k in Kind} | set(_OTHER_KINDS)

@@ -8,12 +8,11 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from mailbridge.lifecycle import CONFIRMED, Kind, Status
+from mailbridge.lifecycle import CONFIRMED, Kind, Note, Status
 from mailbridge.report.stats import distribution, histogram, seconds
 
 STATUSES = tuple(s.value for s in Status)
 ENDED = frozenset({Status.RESOLVED.value, Status.CLOSED.value})
-SLA_BREACH = "sla-breach"  # the event kind the SLA sweep records
 NOT_WAITING = frozenset({Status.SPAM.value, Status.DELETED.value})
 DEFAULT_QUEUE = "support"
 FIRST_RESPONSE = frozenset({Kind.AGENT_REPLY.value})
@@ -123,7 +122,7 @@ def sla(tickets: Sequence[TicketRow], by_ticket: History) -> dict[str, Any]:
     for t in tickets:
         if not getattr(t, "sla_name", None):
             continue
-        missed = any(e.kind == SLA_BREACH for e in by_ticket.get(t.number, []))
+        missed = any(e.kind == Note.SLA_BREACH for e in by_ticket.get(t.number, []))
         counts[queue_of(t)]["breached" if missed else "met"] += 1
 
     def rates(met: int, breached: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailbridge import sla
+from mailbridge.lifecycle import Note
 
 if TYPE_CHECKING:
     from mailbridge.config import Rule, Settings, SlaSettings
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 WAKE = "wake"  # the built-in rule that ends postponements
 PURGED = "purged"  # `to_status` of a Change that removed the ticket
-SLA_BREACH = "sla-breach"  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
+SLA_BREACH = Note.SLA_BREACH  # the stored event kind (SPEC 8's `sla_breach`, as webhooks match it)
 
 # (rule name, changes made) after each rule's pass; metrics count rule runs with it
 RuleObserver = Callable[[str, int], None]

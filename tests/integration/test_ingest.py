@@ -464,3 +464,34 @@ def test_token_in_delivered_to_threads_a_bcc_copy(app: App) -> None:
         headers={"Delivered-To": f"support+{token}@example.com"},
     )
     assert ingest(app, bcc).ticket == 1
+
+
+def test_a_batch_that_cannot_commit_gives_each_message_its_own_answer(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure ladder every answering source shares (`Ingestor.accept_each`): when the batch
+    cannot commit as a whole, each mail is tried alone, and only the one that still fails gets
+    an error; the others are stored and answered."""
+    from mailbridge.ingest import batch
+
+    real_commit = batch.commit
+    poison = make_mail(subject="poison")
+
+    def failing(store: Any, prepared: list[Any], *args: Any) -> Any:
+        if len(prepared) > 1 or prepared[0].raw == poison:
+            raise RuntimeError("the connection dropped")
+        return real_commit(store, prepared, *args)
+
+    monkeypatch.setattr(batch, "commit", failing)
+    items = [
+        (make_mail(subject="first"), Envelope(), FILE),
+        (poison, Envelope(), FILE),
+        (make_mail(subject="third"), Envelope(), FILE),
+    ]
+    first, second, third = app.ingestor.accept_each(items)
+    assert isinstance(second, RuntimeError)
+    assert not isinstance(first, Exception) and first.outcome == "created"
+    assert not isinstance(third, Exception) and third.outcome == "created"
+    with app.store.unit() as session:
+        subjects = sorted(t.subject for t, _ in repo.list_tickets(session))
+    assert subjects == ["first", "third"]

@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from bench.servers.ports import free_port
+from mailbridge import parse_pool
 from mailbridge.cli import cli
-from mailbridge.ingest import pool as parse_pool
-from mailbridge.ingest.pool import (
+from mailbridge.parse_pool import (
     PARSE_TIMEOUT,
     ParsePool,
     parse_ahead,

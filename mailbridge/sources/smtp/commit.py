@@ -1,8 +1,7 @@
 """Group commit: the messages that arrive while one commit runs share the next one.
 
-A self-contained adapter between the SMTP sessions (one coroutine each) and
-`Ingestor.accept_many` (blocking, in a thread), with the failure ladder for a batch that cannot
-commit as a whole.
+A thin adapter between the SMTP sessions (one coroutine each) and `Ingestor.accept_each`
+(blocking, in a thread), which owns the failure ladder for a batch that cannot commit as a whole.
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ import asyncio
 
 from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.ingest import Ingestor
-from mailbridge.ingest.pool import ParsePool, ParseResult
+from mailbridge.parse_pool import ParsePool, ParseResult
 
 DRAIN_POLL = 0.05
 MAX_BATCH = 32  # messages per group commit: bounds the wait of the first in a batch
 
 
 class GroupCommit:
-    """Hands messages to `Ingestor.accept_many` in batches: one commit for all that arrived together.
+    """Hands messages to `Ingestor.accept_each` in batches: one commit for all that arrived together.
 
     Zero added latency: a batch is whatever queued while the previous commit ran, so a lone message
     goes straight through, and under load a commit (and on SQLite the single write lock) is shared.
@@ -82,25 +81,12 @@ class GroupCommit:
             for (*_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the client went away; its mail is stored all the same
                     continue
-                if isinstance(result, BaseException):
+                if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
 
     def _commit(
         self, items: list[tuple[bytes, Envelope, Source, ParseResult | None]]
-    ) -> list[Outcome | BaseException]:
-        try:
-            return list(self.ingestor.accept_many([i[:3] for i in items], [i[3] for i in items]))
-        except Exception as exc:
-            if len(items) == 1:
-                return [exc]
-        # the batch could not commit as a whole: each message gets its own answer (a message
-        # that did commit on the way comes back as a duplicate, which is still a 250)
-        results: list[Outcome | BaseException] = []
-        for item in items:
-            try:
-                results.append(self.ingestor.accept(*item))
-            except Exception as exc:
-                results.append(exc)
-        return results
+    ) -> list[Outcome | Exception]:
+        return self.ingestor.accept_each([i[:3] for i in items], [i[3] for i in items])

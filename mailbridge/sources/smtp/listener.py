@@ -23,7 +23,7 @@ from mailbridge.auth_users import Users, load_users
 from mailbridge.correlate import Tokens
 from mailbridge.errors import ConfigError
 from mailbridge.ingest import Ingestor
-from mailbridge.ingest.pool import ParsePool
+from mailbridge.parse_pool import ParsePool
 from mailbridge.sources.smtp import replies
 from mailbridge.sources.smtp.commit import DRAIN_POLL, GroupCommit
 from mailbridge.sources.smtp.handler import Handler

@@ -25,12 +25,15 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, TimeoutError
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
 from mailbridge.errors import ParseError
 from mailbridge.parse import ParsedMessage, parse
+
+if TYPE_CHECKING:
+    from mailbridge.config import Settings
 
 __all__ = [
     "PARSE_TIMEOUT",
@@ -101,7 +104,7 @@ class ParsePool:
         self._pool: ProcessPool | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, *, inline: bool = True) -> ParsePool | None:
+    def from_settings(cls, settings: Settings, *, inline: bool = True) -> ParsePool | None:
         """The pool `[parse]` asks for; None for `workers = 0` (parse in process, no deadline)."""
         section = settings.parse
         workers = default_workers() if section.workers is None else section.workers
@@ -118,7 +121,7 @@ class ParsePool:
     async def stop(self) -> None:
         await asyncio.to_thread(self.close)
 
-    def reload(self, settings: Any) -> None:
+    def reload(self, settings: Settings) -> None:
         """The deadline and the size parsed in process apply at once; `workers` at a restart."""
         section = settings.parse
         self.timeout = section.timeout.total_seconds()
@@ -131,7 +134,7 @@ class ParsePool:
             # forkserver: workers fork from a clean single-threaded process (forking the
             # daemon, which runs threads, is unsafe), with the parser already imported
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["mailbridge.ingest.pool"])
+            context.set_forkserver_preload(["mailbridge.parse_pool"])
             self._pool = ProcessPool(max_workers=self.workers, context=context)
         return self
 
