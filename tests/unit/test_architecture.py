@@ -58,3 +58,22 @@ def test_pure_modules_import_only_stdlib_and_each_other(name: str) -> None:
     for path in _modules(name):
         for mod in _imports(path):
             assert _pure(mod), f"{path.relative_to(PACKAGE)} imports {mod}"
+
+
+def test_only_storage_imports_sqlalchemy() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "storage":
+            continue
+        for mod in _imports(path):
+            assert mod.split(".")[0] not in {"sqlalchemy", "alembic"}, f"{rel} imports {mod}"
+
+
+def test_no_module_outgrows_four_hundred_lines() -> None:
+    # migrations are history written once, not code anyone navigates
+    sizes = {
+        str(path.relative_to(PACKAGE)): len(path.read_text().splitlines())
+        for path in PACKAGE.rglob("*.py")
+        if "migrations" not in path.parts
+    }
+    assert {name: n for name, n in sizes.items() if n > 400} == {}
