@@ -7,13 +7,8 @@ set clock so retries happen when a test moves time, not when a timer fires.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -28,66 +23,10 @@ from mailbridge.outbound.sender import OutboxSender, SenderConfig
 from mailbridge.storage import repo
 from mailbridge.sweeps import SweepConfig, Sweeps
 from tests.mail import make_mail
+from tests.receiver import Receiver
 
 SECRET = "s3cret-for-tests"
 LIVE = Source("smtp", "127.0.0.1:2525", live=True)
-
-
-@dataclass
-class Post:
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)  # type: ignore[no-any-return]
-
-    def signed(self) -> bool:
-        expected = "sha256=" + hmac.new(SECRET.encode(), self.body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(self.headers["x-mailbridge-signature"], expected)
-
-
-class Receiver:
-    """A real HTTP endpoint: answers each POST with the next scripted status (then `default`)."""
-
-    def __init__(self, script: list[int] | None = None, default: int = 204) -> None:
-        self.script = list(script or [])
-        self.default = default
-        self.posts: list[Post] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.posts.append(
-                        Post({k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    status = receiver.script.pop(0) if receiver.script else receiver.default
-                text = b"bad payload" if status == 400 else b""
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def hook_config(url: str, events: str = '["created", "status"]') -> str:
@@ -108,7 +47,7 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
+    with Receiver(SECRET) as running:
         yield running
 
 
@@ -165,7 +104,7 @@ def test_each_event_is_posted_once_signed_with_the_ticket_as_it_was(
 def test_a_receiver_answering_503_then_204_gets_the_event_once_on_retry(
     make_app: Callable[..., App], sqlite_url: str, clock: FixedClock
 ) -> None:
-    with Receiver(script=[503, 204]) as receiver:
+    with Receiver(SECRET, script=[503, 204]) as receiver:
         app = make_app(sqlite_url, hook_config(receiver.url, '["created"]'))
         metrics = Metrics(app.store)
         sender = OutboxSender(
@@ -200,7 +139,7 @@ def test_a_receiver_answering_503_then_204_gets_the_event_once_on_retry(
 def test_400_fails_the_delivery_with_the_reason_and_leaves_the_ticket_alone(
     make_app: Callable[..., App], sqlite_url: str, clock: FixedClock
 ) -> None:
-    with Receiver(default=400) as receiver:
+    with Receiver(SECRET, default=400) as receiver:
         app = make_app(sqlite_url, hook_config(receiver.url, '["created"]'))
         sender = OutboxSender(app.store, SenderConfig.from_settings(app.settings), clock)
         number = customer_mail(app)
