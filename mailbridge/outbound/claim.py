@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mailbridge.outbound.sender import OutboxSender
     from mailbridge.outbound.writer import Unwritten
 
-log = logging.getLogger("mailbridge.outbound.sender")
+log = logging.getLogger("mailbridge.sender")
 
 
 @dataclass(frozen=True, slots=True)

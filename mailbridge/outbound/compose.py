@@ -22,7 +22,7 @@ from typing import Any
 from mailbridge.mailtext import header_safe
 from mailbridge.parse.attachment_names import sanitize_filename
 
-log = logging.getLogger("mailbridge.outbound.decide")
+log = logging.getLogger("mailbridge.outbound")
 
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 MAX_REFERENCES = 20

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mailbridge.storage import Session
     from mailbridge.storage.models import Message, Ticket
 
-log = logging.getLogger("mailbridge.outbound.decide")
+log = logging.getLogger("mailbridge.outbound")
 
 # RFC 3834 5.1: never answer these automatically (lists, daemons, no-reply boxes)
 _NO_AUTO_REPLY = re.compile(

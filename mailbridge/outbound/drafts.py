@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mailbridge.storage import Session
     from mailbridge.storage.models import Ticket
 
-log = logging.getLogger("mailbridge.outbound.decide")
+log = logging.getLogger("mailbridge.outbound")
 
 RELAYED_BY = "relayed reply of "  # the verdict of a relay's copy names its agent
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mailbridge.storage import Session
     from mailbridge.storage.models import Message, Outbox, Ticket
 
-log = logging.getLogger("mailbridge.outbound.decide")
+log = logging.getLogger("mailbridge.outbound")
 
 
 class Notices:

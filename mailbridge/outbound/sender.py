@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from mailbridge.storage import Session, Store
     from mailbridge.storage.models import Outbox
 
-log = logging.getLogger("mailbridge.outbound.sender")
+log = logging.getLogger("mailbridge.sender")
 
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=2)

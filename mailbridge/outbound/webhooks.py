@@ -35,7 +35,7 @@ from mailbridge.views import iso, ticket_detail
 if TYPE_CHECKING:
     from mailbridge.config import Webhook
 
-log = logging.getLogger("mailbridge.outbound.webhooks")
+log = logging.getLogger("mailbridge.webhooks")
 
 KIND = "webhook"  # the outbox row kind
 SIGNATURE_HEADER = "X-Mailbridge-Signature"

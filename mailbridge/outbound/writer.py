@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mailbridge.storage import Session, Store
     from mailbridge.storage.models import Outbox
 
-log = logging.getLogger("mailbridge.outbound.sender")
+log = logging.getLogger("mailbridge.sender")
 
 _BODY_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:")
 
