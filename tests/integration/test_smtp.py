@@ -479,6 +479,25 @@ def test_storage_failure_answers_451_and_leaves_no_rows(start: Start) -> None:
     assert code == 250 and counts(d)["tickets"] == 1
 
 
+def test_a_bug_in_the_commit_answers_451_and_the_next_mail_still_commits(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = start()
+    ingestor = d.daemon.app.ingestor
+    real = ingestor.accept_each
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(ingestor, "accept_each", real)  # only this once
+        raise RuntimeError("a bug outside the failure ladder")
+
+    monkeypatch.setattr(ingestor, "accept_each", broken)
+    code, reply = deliver(d, make_mail())
+    assert (code, reply[:5]) == (451, "4.3.0")  # the sender keeps the mail, nobody hangs
+    assert counts(d)["tickets"] == 0
+    code, reply = deliver(d, make_mail())  # the committer lives on
+    assert code == 250 and counts(d)["tickets"] == 1
+
+
 # --- TLS and AUTH ------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 Like a Postfix receiver it only strips the protocol and sanity-checks (recipients, header count,
 hops); everything else is ingest's job. One handler serves SMTP and LMTP alike. Mail reaches
-`Ingestor.accept_many` through `commit.GroupCommit`, in the event loop's default executor, and
+`Ingestor.accept_each` through `commit.GroupCommit`, in committer threads of its own, and
 password hashing runs on a thread of its own, so one slow commit never stalls the other sessions.
 The `auth_*` hooks replace aiosmtpd's built-in PLAIN and LOGIN with the same exchange, the hash
 checked off the event loop and failed logins limited (`auth`).
