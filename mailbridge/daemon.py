@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mailbridge import logging_setup
+from mailbridge import interpreter, logging_setup
 from mailbridge.app import App
 from mailbridge.clock import Clock, system_clock
 from mailbridge.component import Component
@@ -158,6 +158,7 @@ async def _worker_main(settings: Settings, config_path: str, ready_fd: int) -> i
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"1")
         os.close(ready_fd)
+        interpreter.settle()
         await stop.wait()
         await listener.stop()
     except OSError as exc:
@@ -333,11 +334,16 @@ async def _main(settings: Settings, config_path: str | None) -> int:
             log.info("SIGHUP received: reloading configuration")
             daemon_ref[0].request_reload()
 
+    def on_ready(daemon: Daemon) -> None:
+        daemon_ref.append(daemon)
+        # here, not in serve(): tests run many daemons in one process, each leaving objects
+        interpreter.settle()
+
     loop.add_signal_handler(signal.SIGTERM, on_stop_signal, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop_signal, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        await serve(settings, stop_event=stop, config_path=config_path, on_ready=daemon_ref.append)
+        await serve(settings, stop_event=stop, config_path=config_path, on_ready=on_ready)
     except (OSError, StorageUnavailable) as exc:
         log.error("cannot start: %s", exc)
         return 1
