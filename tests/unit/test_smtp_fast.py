@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mailbridge.sources.smtp import aiosmtpd_compat as smtp_fast
 from mailbridge.sources.smtp.aiosmtpd_compat import FastSMTP
+from tests.smtp_client import PeerTransport
 
 
 class Hooks:
@@ -165,3 +166,104 @@ def test_address_parsing_matches_stock_on_any_input(arg: str) -> None:
         assert parsed(Fast._getaddr, fast, arg) == parsed(SMTP._getaddr, fast, arg)
     finally:
         loop.close()
+
+
+# --- DATA read in chunks (sources/smtp/data.py) answers as aiosmtpd's line-by-line loop -------
+
+
+class Recorder:
+    """A handler that records what DATA delivered: the bytes a handler would store."""
+
+    def __init__(self) -> None:
+        self.contents: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: object, envelope: object) -> str:
+        self.contents.append(envelope.original_content)  # type: ignore[attr-defined]
+        return "250 OK"
+
+
+smtp_fast.register(Recorder)
+
+
+class StockData(SMTP):
+    pass
+
+
+class FastData(FastSMTP):
+    pass
+
+
+def session(kind: type[SMTP], chunks: list[bytes], **options: object) -> tuple[bytes, list[bytes]]:
+    """Everything the server wrote, and what its handler got, for the client bytes in `chunks`
+    (each handed to data_received on its own, as TCP may split them)."""
+
+    async def run() -> tuple[bytes, list[bytes]]:
+        handler = Recorder()
+        server = kind(handler, hostname="mx.example", loop=asyncio.get_running_loop(), **options)
+        transport = PeerTransport(("192.0.2.1", 25))
+        server.connection_made(transport)
+        for chunk in chunks:
+            server.data_received(chunk)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        server.connection_lost(None)
+        await asyncio.sleep(0)
+        return bytes(transport.written), handler.contents
+
+    return asyncio.run(run())
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if data[a:b]]
+
+
+OPENING = b"EHLO client\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+BODIES = [
+    b".\r\n",  # an empty mail
+    b"Subject: x\r\n\r\nbody\r\n.\r\n",
+    b"..dot-stuffed\r\n.x\r\n...\r\nlast.\r\n.\r\n",
+    b"\r\n.\r\n",  # one empty line
+    b"bare\nlf\n.\nstill data\r\n.\r\n",
+    b"a line ending in a dot.\r\n.\r\n",
+    b"cr\r\r\n.\r\n",
+    b"x" * 40 + b"\r\n" + b"y" * 70 + b"\r\n.\r\n",  # too much, then a line too long: too much
+    b"y" * 70 + b"\r\n" + b"x" * 40 + b"\r\n.\r\n",  # too long first
+    b"z" * 63 + b"\r\n.\r\n",  # 65 with its CRLF: too long only when complete
+    b"z" * 62 + b"\r\n.\r\n",  # exactly the line limit
+    b"z" * 200 + b".\r\n.\r\n",  # a line over the reader's limit that ends in a dot
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("split_at", [[], [1], [3, 7], list(range(0, 400, 5))])
+def test_data_reading_matches_stock(body: bytes, split_at: list[int]) -> None:
+    sent = OPENING + body + b"MAIL FROM:<c@example.com>\r\nQUIT\r\n"
+    chunks = split(sent, [len(OPENING) + c for c in split_at])
+    options = {"data_size_limit": 100}
+    StockData.line_length_limit = FastData.line_length_limit = 64
+    assert session(FastData, chunks, **options) == session(StockData, chunks, **options)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b".", b"..", b"x", b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", b"\r\n", b"\n", b"\r"]
+        ),
+        max_size=40,
+    ),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+    st.sampled_from([0, 60, 150]),
+)
+def test_data_reading_matches_stock_on_any_input(
+    parts: list[bytes], cuts: list[int], size_limit: int
+) -> None:
+    body = b"".join(parts) + b"\r\n.\r\n"  # whatever comes before, this ends the data
+    sent = OPENING + body + b"NOOP\r\nQUIT\r\n"
+    chunks = split(sent, [len(OPENING) + c for c in cuts])
+    StockData.line_length_limit = FastData.line_length_limit = 48
+    options = {"data_size_limit": size_limit}
+    assert session(FastData, chunks, **options) == session(StockData, chunks, **options)
