@@ -23,7 +23,7 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from mailbridge.envelope import Envelope, Outcome, Source, peer_trusted
+from mailbridge.envelope import Envelope, Outcome, Source
 from mailbridge.errors import StorageUnavailable
 from mailbridge.sources.smtp import replies
 from mailbridge.sources.smtp.aiosmtpd_compat import register
@@ -154,7 +154,7 @@ class Handler:
             rcpt_tos=tuple(env.rcpt_tos),
             auth_user=session.auth_data if session.authenticated else None,
             peer=server.peer_text,
-            trusted_peer=peer_trusted(session.peer, self.config.trusted_peers),
+            trusted_peer=server.trusted_under(self.config),
         )
         return envelope, Source(self.config.mode, self.config.listen)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import syntax
 
+from mailbridge.envelope import peer_trusted
 from mailbridge.sources.smtp import replies
 from mailbridge.sources.smtp.aiosmtpd_compat import FastSMTP, StockReply, stock_reply
 
@@ -62,6 +63,7 @@ class Connection(FastSMTP):
         self.data_bytes = 0
         self.watchdog: asyncio.TimerHandle | None = None
         self.auth_needs_tls = True  # until the peer is known
+        self._trust: tuple[ListenerConfig, bool] | None = None
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -144,6 +146,14 @@ class Connection(FastSMTP):
             return
         transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")  # type: ignore[attr-defined]
         transport.close()
+
+    def trusted_under(self, config: ListenerConfig) -> bool:
+        """Whether the peer is one of `config.trusted_peers`: decided once per connection and
+        config (a reload swaps the config whole), not parsed again for every message."""
+        if self._trust is None or self._trust[0] is not config:
+            assert self.session is not None
+            self._trust = (config, peer_trusted(self.session.peer, config.trusted_peers))
+        return self._trust[1]
 
     @property
     def tls_active(self) -> bool:
