@@ -200,9 +200,12 @@ class Daemon:
         clock: Clock = system_clock,
         config_path: str | Path | None = None,
         app: App | None = None,
+        settle: bool = False,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        # interpreter.settle() once started; not for tests, which run many daemons in one process
+        self.settle = settle
         self.config_path = config_path
         self.app = app
         self._own_app = app is None
@@ -236,6 +239,8 @@ class Daemon:
     ) -> None:
         """Start, report ready, wait for stop_event, stop."""
         await self.start()
+        if self.settle:
+            interpreter.settle()  # before READY: its one full collection stalls the loop once
         interval = watchdog_interval()
         watchdog = asyncio.create_task(ping_watchdog(interval)) if interval else None
         seen = describe(self.settings)
@@ -314,12 +319,13 @@ async def serve(
     config_path: str | Path | None = None,
     app: App | None = None,
     on_ready: Callable[[Daemon], None] | None = None,
+    settle: bool = False,
 ) -> None:
     """Run the daemon in this event loop until stop_event is set (tests run it in-process)."""
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(_executor_size(settings), thread_name_prefix="mailbridge")
     loop.set_default_executor(executor)
-    daemon = Daemon(settings, clock, config_path, app)
+    daemon = Daemon(settings, clock, config_path, app, settle=settle)
     stop_event = stop_event or asyncio.Event()
     try:
         await daemon.run(stop_event, (lambda: on_ready(daemon)) if on_ready else None)
@@ -345,16 +351,17 @@ async def _main(settings: Settings, config_path: str | None) -> int:
             log.info("SIGHUP received: reloading configuration")
             daemon_ref[0].request_reload()
 
-    def on_ready(daemon: Daemon) -> None:
-        daemon_ref.append(daemon)
-        # here, not in serve(): tests run many daemons in one process, each leaving objects
-        interpreter.settle()
-
     loop.add_signal_handler(signal.SIGTERM, on_stop_signal, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop_signal, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        await serve(settings, stop_event=stop, config_path=config_path, on_ready=on_ready)
+        await serve(
+            settings,
+            stop_event=stop,
+            config_path=config_path,
+            on_ready=daemon_ref.append,
+            settle=True,
+        )
     except (OSError, StorageUnavailable) as exc:
         log.error("cannot start: %s", exc)
         return 1
