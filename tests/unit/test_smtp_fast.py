@@ -267,3 +267,16 @@ def test_data_reading_matches_stock_on_any_input(
     StockData.line_length_limit = FastData.line_length_limit = 48
     options = {"data_size_limit": size_limit}
     assert session(FastData, chunks, **options) == session(StockData, chunks, **options)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"DATA\r\nQUIT\r\n",  # before EHLO
+        b"EHLO client\r\nDATA\r\nQUIT\r\n",  # before RCPT
+        b"EHLO client\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA x\r\n",
+        b"EHLO client\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nab",
+    ],
+)
+def test_data_refusals_before_the_data_and_a_lost_connection_match_stock(sent: bytes) -> None:
+    assert session(FastData, [sent]) == session(StockData, [sent])

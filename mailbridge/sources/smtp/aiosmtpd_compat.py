@@ -21,6 +21,9 @@ and tests/unit/test_aiosmtpd_compat.py, which also check the version is one of T
   of two hundred. `_getaddr` reads a plain `<dot-atom@domain> params` itself and hands everything
   else (quoted local parts, address literals, comments, source routes, non-ASCII) to aiosmtpd's
   parser.
+- `FastSMTP.smtp_DATA`: aiosmtpd's checks and replies around the data, with the data itself read
+  by `data.read_data` in chunks instead of aiosmtpd's await per line (bytes content and a
+  `handle_DATA` hook only; anything else takes the stock body).
 """
 
 from __future__ import annotations
