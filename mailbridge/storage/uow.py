@@ -1,29 +1,108 @@
 """The unit of work and the batch: storage's session, and where a transaction's rows wait.
 
 A unit of work is one transaction (`Store.unit()`). A batch (`Store.batch()`) is one transaction
-for many mails, the group commit every source uses. Three kinds of rows nobody needs an id of --
-events, participants and the Message-ID index -- are written through `session.rows`: a unit
-writes them at once; a batch holds them back and writes each table with one executemany before
-it commits or one of its savepoints ends. The reads of those tables are methods of the same
-object, so a read inside a batch sees the rows it holds: there is no mode to remember.
+for many mails, the group commit every source uses. The rows ingest writes -- tickets, messages,
+attachments, tags, events, participants, the Message-ID index and outbox rows -- go through
+`session.rows`: a unit writes them at once; a batch holds them back and writes each table with
+one executemany before it commits or one of its savepoints ends, so a batch of 200 new tickets
+costs a handful of statements, not several per mail. Tickets and messages get their keys when
+they are added (`dialect.IdSource`), so everything that refers to them can be held too.
+
+The reads of those rows that ingest makes are methods of the same object, or ask it for what it
+holds (`held_tickets`, `held_messages`), so a read inside a batch sees the rows it holds: there
+is no mode to remember.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import groupby
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, insert, orm, select
+from sqlalchemy import Engine, Table, bindparam, insert, orm, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from mailbridge.errors import DuplicateKey
 from mailbridge.storage import dialect
-from mailbridge.storage.models import Event, Participant, ThreadKey, Ticket, table_of
+from mailbridge.storage.models import (
+    Attachment,
+    Event,
+    Message,
+    Outbox,
+    Participant,
+    ThreadKey,
+    Ticket,
+    TicketTag,
+    table_of,
+)
 
+_TICKETS = table_of(Ticket)
+_MESSAGES = table_of(Message)
+_ATTACHMENTS = table_of(Attachment)
+_TAGS = table_of(TicketTag)
 _PARTICIPANTS = table_of(Participant)
 _THREAD_KEYS = table_of(ThreadKey)
+_OUTBOX = table_of(Outbox)
 _INSERT_EVENTS = insert(table_of(Event))
+_THREAD_TICKETS = select(ThreadKey.key, ThreadKey.ticket_number).where(
+    ThreadKey.key.in_(bindparam("keys", expanding=True))
+)
+
+
+def _defaults(table: Table) -> dict[str, Any]:
+    """Each column's scalar default (None where it has none): what an INSERT that leaves the
+    column out would store, given explicitly so every row of an executemany has every key."""
+    return {
+        c.key: c.default.arg if isinstance(c.default, ScalarElementColumnDefault) else None
+        for c in table.columns
+    }
+
+
+_TICKET_DEFAULTS = _defaults(_TICKETS)
+_MESSAGE_DEFAULTS = _defaults(_MESSAGES)
+
+
+def ticket_row(ticket: Ticket) -> dict[str, Any]:
+    """The ticket's column values as they stand, defaults where unset."""
+    row = dict(_TICKET_DEFAULTS)
+    for key in row:
+        value = getattr(ticket, key)
+        if value is not None:
+            row[key] = value
+    return row
+
+
+def message_row(message: Message) -> dict[str, Any]:
+    row = dict(_MESSAGE_DEFAULTS)
+    for key in row:
+        value = getattr(message, key)
+        if value is not None:
+            row[key] = value
+    return row
+
+
+def _attach(session: Session, ticket: Ticket, row: dict[str, Any]) -> None:
+    """Make a written ticket a persistent object of the session, every column loaded (a column
+    left unloaded would cost a SELECT when first read), so later changes become an UPDATE."""
+    for key, value in row.items():
+        setattr(ticket, key, value)
+    make_transient_to_detached(ticket)
+    session.add(ticket)
+
+
+def _insert_runs(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany per run of rows with the same columns, in order (an executemany needs
+    every row to name the same columns; outbox rows of mail and of webhooks differ)."""
+    connection = session.connection()
+
+    def columns(row: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(row)
+
+    for _, run in groupby(rows, key=columns):
+        connection.execute(insert(table), list(run))
 
 
 class WebhookRows(Protocol):
@@ -54,13 +133,43 @@ class Session(orm.Session):
 
 
 class Rows:
-    """Events, participants and Message-ID index rows of a unit of work, written at once, and
-    every read of them that a transaction makes about its own tickets. They run as Core on the
-    session's connection: ingest makes several per mail, and the ORM's handling of a statement
-    costs more than these small statements do."""
+    """The rows a unit of work writes, written at once, and the reads that a transaction makes
+    about its own tickets. They run as Core on the session's connection: ingest makes several
+    per mail, and the ORM's handling of a statement costs more than these small statements do."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def add_ticket(self, ticket: Ticket) -> Ticket:
+        """Insert a ticket; it comes back numbered and attached to the session, so later changes
+        to it are written when the unit of work commits."""
+        row = ticket_row(ticket)
+        del row["number"]
+        stmt = insert(_TICKETS).returning(_TICKETS.c.number)
+        ticket.number = int(self.session.connection().execute(stmt, row).scalar_one())
+        _attach(self.session, ticket, row | {"number": ticket.number})
+        return ticket
+
+    def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert message rows; returns their ids, in order."""
+        if not rows:
+            return []
+        stmt = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
+        return [int(pk) for pk in self.session.connection().execute(stmt, rows).scalars()]
+
+    def add_attachments(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.session.connection().execute(insert(_ATTACHMENTS), rows)
+
+    def add_tags(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of (ticket_number, tag); a tag the ticket has is kept."""
+        dialect.insert_ignore(self.session, _TAGS, rows)
+
+    def add_outbox(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            _insert_runs(self.session, _OUTBOX, rows)
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -74,10 +183,28 @@ class Rows:
         """Rows of (key, message_id, ticket_number); a key already indexed keeps its ticket."""
         dialect.insert_ignore(self.session, _THREAD_KEYS, rows)
 
+    def flush(self) -> None:
+        """Write what is held (a unit holds nothing): before a statement that must see it."""
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def held_tickets(self) -> Collection[Ticket]:
+        """Tickets added but not written yet (a batch's), newest last."""
+        return ()
+
+    def held_messages(self) -> Collection[dict[str, Any]]:
+        """Message rows added but not written yet, newest last."""
+        return ()
+
+    def ticket(self, number: int, lock: bool = False) -> Ticket | None:
+        if lock and dialect.locks_rows(self.session):
+            return self.session.get(Ticket, number, with_for_update=True)
+        return self.session.get(Ticket, number)
+
     def thread_tickets(self, keys: Collection[str]) -> dict[str, int]:
         """Index key -> ticket number, for the keys indexed."""
-        stmt = select(ThreadKey.key, ThreadKey.ticket_number).where(ThreadKey.key.in_(list(keys)))
-        return {k: n for k, n in self.session.connection().execute(stmt)}
+        result = self.session.connection().execute(_THREAD_TICKETS, {"keys": list(keys)})
+        return {k: n for k, n in result}
 
     def participants(self, number: int) -> list[str]:
         """The ticket's addresses, in the order they joined."""
@@ -109,12 +236,48 @@ class Batch(Rows):
 
     def __init__(self, session: Session) -> None:
         super().__init__(session)
+        self.ids = dialect.IdSource(session)
+        # tickets written since the current savepoint began: its rollback must take them back
+        self._written: list[Ticket] = []
+        self._drop()
+
+    def _drop(self) -> None:
+        self._tickets: dict[int, Ticket] = {}
+        self._messages: list[dict[str, Any]] = []
+        self._attachments: list[dict[str, Any]] = []
+        self._tags: dict[tuple[int, str], dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
         self._participants: dict[tuple[int, str], dict[str, Any]] = {}
         self._thread_keys: dict[str, dict[str, Any]] = {}
+        self._outbox: list[dict[str, Any]] = []
+
+    # --- writes, held ----------------------------------------------------------------------
+
+    def add_ticket(self, ticket: Ticket) -> Ticket:
+        ticket.number = self.ids.take(_TICKETS, "number")
+        self._tickets[ticket.number] = ticket
+        return ticket
+
+    def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
+        # message ids are seen by nobody but `message raw`: a block of them per round trip
+        ids = [self.ids.take(_MESSAGES, "id", block=32) for _ in rows]
+        self._messages += [
+            _MESSAGE_DEFAULTS | row | {"id": pk} for row, pk in zip(rows, ids, strict=True)
+        ]
+        return ids
+
+    def add_attachments(self, rows: list[dict[str, Any]]) -> None:
+        self._attachments += rows
+
+    def add_tags(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._tags.setdefault((row["ticket_number"], row["tag"]), row)
+
+    def add_outbox(self, rows: list[dict[str, Any]]) -> None:
+        self._outbox += rows
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
-        self._events.extend(rows)
+        self._events += rows
 
     def add_participants(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -124,6 +287,40 @@ class Batch(Rows):
         for row in rows:
             self._thread_keys.setdefault(row["key"], row)
 
+    def flush(self) -> None:
+        """Write the rows held so far, the referenced tables first; the batch does it before it
+        commits, and before and after each savepoint."""
+        tickets, messages, attachments = self._tickets, self._messages, self._attachments
+        tags, thread_keys = list(self._tags.values()), list(self._thread_keys.values())
+        participants, events, outbox = list(self._participants.values()), self._events, self._outbox
+        self._drop()
+        if tickets:
+            rows = [ticket_row(t) for t in tickets.values()]
+            self.session.connection().execute(insert(_TICKETS), rows)
+            for ticket, row in zip(tickets.values(), rows, strict=True):
+                _attach(self.session, ticket, row)
+            self._written += tickets.values()
+        if messages:
+            _insert_runs(self.session, _MESSAGES, messages)
+        super().add_attachments(attachments)
+        super().add_tags(tags)
+        super().add_thread_keys(thread_keys)
+        super().add_participants(participants)
+        super().add_events(events)
+        super().add_outbox(outbox)
+
+    # --- reads, with what is held ----------------------------------------------------------
+
+    def held_tickets(self) -> Collection[Ticket]:
+        return self._tickets.values()
+
+    def held_messages(self) -> Collection[dict[str, Any]]:
+        return self._messages
+
+    def ticket(self, number: int, lock: bool = False) -> Ticket | None:
+        held = self._tickets.get(number)
+        return held if held is not None else super().ticket(number, lock)
+
     def thread_tickets(self, keys: Collection[str]) -> dict[str, int]:
         found = super().thread_tickets(keys)
         for key in keys:
@@ -131,33 +328,23 @@ class Batch(Rows):
                 found[key] = int(self._thread_keys[key]["ticket_number"])
         return found
 
+    # a ticket the batch holds has nothing written yet: its rows are all here
+
     def participants(self, number: int) -> list[str]:
-        found = super().participants(number)
+        found = [] if number in self._tickets else super().participants(number)
         return found + [a for (n, a) in self._participants if n == number and a not in found]
 
     def is_participant(self, number: int, address: str) -> bool:
-        return (number, address) in self._participants or super().is_participant(number, address)
+        if (number, address) in self._participants:
+            return True
+        return number not in self._tickets and super().is_participant(number, address)
 
     def events(self, number: int) -> list[Event]:
         held = [Event(**row) for row in self._events if row["ticket_number"] == number]
+        written = [] if number in self._tickets else super().events(number)
         # held rows get the highest ids when written: a stable sort by time puts them where
         # (at, id) will
-        return sorted([*super().events(number), *held], key=lambda e: e.at)
-
-    def flush(self) -> None:
-        """Write the rows held so far; the batch does it before it commits."""
-        thread_keys, participants, events = (
-            list(self._thread_keys.values()),
-            list(self._participants.values()),
-            self._events,
-        )
-        self._drop()
-        super().add_thread_keys(thread_keys)
-        super().add_participants(participants)
-        super().add_events(events)
-
-    def _drop(self) -> None:
-        self._events, self._participants, self._thread_keys = [], {}, {}
+        return sorted([*written, *held], key=lambda e: e.at)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -165,15 +352,25 @@ class Batch(Rows):
         and the error passes on, a unique key taken by someone else as `DuplicateKey`."""
         self.flush()
         nested = self.session.begin_nested()
+        mark, self._written = self.ids.mark(), []
         try:
             yield
             self.flush()
             nested.commit()
         except IntegrityError as exc:
-            self._drop()
-            nested.rollback()
+            self._undo(nested, mark)
             raise DuplicateKey(str(exc.orig)) from exc
         except BaseException:
-            self._drop()
-            nested.rollback()
+            self._undo(nested, mark)
             raise
+
+    def _undo(self, nested: orm.SessionTransaction, mark: dict[str, int]) -> None:
+        # the tickets of a failed mail are gone with the savepoint: out of the session too, or
+        # the next ticket given the same number would meet them in its identity map
+        for ticket in self._written:
+            if ticket in self.session:
+                self.session.expunge(ticket)
+        self._written = []
+        self._drop()
+        nested.rollback()
+        self.ids.reset(mark)

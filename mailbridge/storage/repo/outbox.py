@@ -23,10 +23,6 @@ from mailbridge.storage.uow import Session
 _OUTBOX = table_of(Outbox)
 _MESSAGES = table_of(Message)
 _ATTACHMENTS = table_of(Attachment)
-_ADD_OUTBOUND = insert(_MESSAGES).returning(
-    _MESSAGES.c.id,
-    sort_by_parameter_order=True,
-)
 
 
 def queue_outbound(
@@ -40,12 +36,9 @@ def queue_outbound(
     at its copy). Returns the copies' ids, in order."""
     if not messages:
         return []
-    ids = [int(pk) for pk in session.execute(_ADD_OUTBOUND, list(messages)).scalars()]
+    ids = session.rows.add_messages(list(messages))
     add_thread_keys(session, number, [m["message_id"] for m in messages])
-    session.execute(
-        insert(_OUTBOX),
-        [row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)],
-    )
+    session.rows.add_outbox([row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)])
     queue_message_webhooks(
         session, number, [m | {"id": pk} for m, pk in zip(messages, ids, strict=True)]
     )

@@ -33,6 +33,11 @@ def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -
 
 
 def ticket_for_thread_index(session: Session, thread_index: str) -> int | None:
+    """The newest ticket of this Outlook conversation (one a batch holds is newer than any
+    written)."""
+    held = [t.number for t in session.rows.held_tickets() if t.thread_index == thread_index]
+    if held:
+        return max(held)
     return session.scalar(
         select(Ticket.number)
         .where(Ticket.thread_index == thread_index)
@@ -42,6 +47,9 @@ def ticket_for_thread_index(session: Session, thread_index: str) -> int | None:
 
 
 def ticket_by_token(session: Session, token: str) -> Ticket | None:
+    for ticket in session.rows.held_tickets():
+        if ticket.token == token:
+            return ticket
     return session.scalar(select(Ticket).where(Ticket.token == token))
 
 
