@@ -177,3 +177,17 @@ def test_the_number_of_a_purged_ticket_is_never_given_again(app: App) -> None:
     assert app.actions.purge(last, "cli:test") == 1
     again = batch(app, [make_mail(subject="after the purge")])
     assert again[0].ticket is not None and again[0].ticket > last
+
+
+def test_acknowledgement_limits_count_what_the_batch_holds(make_app: MakeApp, db_url: str) -> None:
+    app = make_app(
+        db_url,
+        "[tickets]\nacknowledge = true\nack_max_per_domain_per_hour = 2\n"
+        "max_new_per_sender_per_hour = 100\n",
+    )
+    raws = [make_mail(sender=f"c{i}@customer.example", subject=f"case {i}") for i in range(5)]
+    outs = batch(app, raws, source=LIVE)
+    assert [o.outcome for o in outs] == ["created"] * 5
+    with app.store.unit() as s:
+        acks = [row.rcpt_key for row in repo.list_outbox(s) if row.kind == "ack"]
+    assert acks == ["c0@customer.example", "c1@customer.example"]

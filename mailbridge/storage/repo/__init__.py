@@ -28,6 +28,7 @@ from mailbridge.storage.repo.events import (
     install_webhooks,
     ticket_events,
 )
+from mailbridge.storage.repo.limits import limit_reached
 from mailbridge.storage.repo.messages import (
     add_message,
     get_message,
@@ -39,10 +40,9 @@ from mailbridge.storage.repo.messages import (
 from mailbridge.storage.repo.outbox import (
     Written,
     claim_outbox,
-    count_outbox_kind,
-    count_outbox_to,
     get_outbox,
     list_outbox,
+    mark_sent,
     outbox_counts,
     outbox_specs,
     queue_outbound,
@@ -101,8 +101,6 @@ __all__ = [
     "apply_state",
     "claim_outbox",
     "count_new_tickets_from",
-    "count_outbox_kind",
-    "count_outbox_to",
     "due_postponed",
     "get_message",
     "get_outbox",
@@ -116,11 +114,13 @@ __all__ = [
     "last_customer_message_id",
     "last_owner",
     "lease_holder",
+    "limit_reached",
     "list_outbox",
     "list_quarantine",
     "list_tickets",
     "lock_ticket",
     "lock_ticket_if",
+    "mark_sent",
     "message_ids_before",
     "open_counts",
     "outbox_counts",

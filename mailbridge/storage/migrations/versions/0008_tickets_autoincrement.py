@@ -6,16 +6,16 @@ given to the next one. This rebuilds it once more with AUTOINCREMENT and sets th
 to the highest number ever used: the tickets left, and the purged ones their tombstones remember.
 PostgreSQL's sequence never went back: nothing to do there.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07 14:30:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
