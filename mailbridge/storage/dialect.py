@@ -131,6 +131,14 @@ def skip_locked(session: Session, stmt: _S) -> _S:
     return stmt
 
 
+def locked(session: Session, stmt: _S) -> _S:
+    """Lock the selected rows (FOR UPDATE, waiting for another node that holds one) on
+    PostgreSQL; SQLite's one writer needs no row locks."""
+    if name(session) == POSTGRESQL:
+        return stmt.with_for_update()
+    return stmt
+
+
 def locks_rows(session: Session) -> bool:
     """Whether `SELECT ... FOR UPDATE` means anything on this backend."""
     return name(session) == POSTGRESQL

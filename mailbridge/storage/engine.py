@@ -14,8 +14,9 @@ from sqlalchemy.orm import sessionmaker
 
 from mailbridge.errors import StorageUnavailable
 from mailbridge.storage import dialect
+from mailbridge.storage.batch import Batch
 from mailbridge.storage.dialect import make_engine
-from mailbridge.storage.uow import Batch, Session
+from mailbridge.storage.uow import Session
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"

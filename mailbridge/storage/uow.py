@@ -10,22 +10,19 @@ they are added (`dialect.IdSource`), so everything that refers to them can be he
 
 The reads of those rows that ingest makes are methods of the same object, or ask it for what it
 holds (`held_tickets`, `held_messages`), so a read inside a batch sees the rows it holds: there
-is no mode to remember.
+is no mode to remember. `Batch` is in `storage/batch.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable
 from itertools import groupby
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, Table, bindparam, insert, orm, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
-from mailbridge.errors import DuplicateKey
 from mailbridge.storage import dialect
 from mailbridge.storage.models import (
     Attachment,
@@ -62,7 +59,7 @@ def _defaults(table: Table) -> dict[str, Any]:
 
 
 _TICKET_DEFAULTS = _defaults(_TICKETS)
-_MESSAGE_DEFAULTS = _defaults(_MESSAGES)
+MESSAGE_DEFAULTS = _defaults(_MESSAGES)
 
 
 def ticket_row(ticket: Ticket) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def ticket_row(ticket: Ticket) -> dict[str, Any]:
 
 
 def message_row(message: Message) -> dict[str, Any]:
-    row = dict(_MESSAGE_DEFAULTS)
+    row = dict(MESSAGE_DEFAULTS)
     for key in row:
         value = getattr(message, key)
         if value is not None:
@@ -84,16 +81,18 @@ def message_row(message: Message) -> dict[str, Any]:
     return row
 
 
-def _attach(session: Session, ticket: Ticket, row: dict[str, Any]) -> None:
+def attach(session: Session, ticket: Ticket, row: dict[str, Any]) -> None:
     """Make a written ticket a persistent object of the session, every column loaded (a column
     left unloaded would cost a SELECT when first read), so later changes become an UPDATE."""
+    loaded = ticket.__dict__  # where the ORM keeps the values set: only the rest is set here
     for key, value in row.items():
-        setattr(ticket, key, value)
+        if key not in loaded:
+            setattr(ticket, key, value)
     make_transient_to_detached(ticket)
     session.add(ticket)
 
 
-def _insert_runs(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+def insert_runs(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """One executemany per run of rows with the same columns, in order (an executemany needs
     every row to name the same columns; outbox rows of mail and of webhooks differ)."""
     connection = session.connection()
@@ -149,7 +148,7 @@ class Rows:
         del row["number"]
         stmt = insert(_TICKETS).returning(_TICKETS.c.number)
         ticket.number = int(self.session.connection().execute(stmt, row).scalar_one())
-        _attach(self.session, ticket, row | {"number": ticket.number})
+        attach(self.session, ticket, row | {"number": ticket.number})
         return ticket
 
     def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -169,7 +168,7 @@ class Rows:
 
     def add_outbox(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            _insert_runs(self.session, _OUTBOX, rows)
+            insert_runs(self.session, _OUTBOX, rows)
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -201,8 +200,13 @@ class Rows:
             return self.session.get(Ticket, number, with_for_update=True)
         return self.session.get(Ticket, number)
 
+    def prefetch(self, keys: Collection[str]) -> None:
+        """Read ahead where these index keys lead (a batch does; a unit reads as it goes)."""
+
     def thread_tickets(self, keys: Collection[str]) -> dict[str, int]:
         """Index key -> ticket number, for the keys indexed."""
+        if not keys:
+            return {}
         result = self.session.connection().execute(_THREAD_TICKETS, {"keys": list(keys)})
         return {k: n for k, n in result}
 
@@ -225,152 +229,3 @@ class Rows:
         """The ticket's events, oldest first."""
         stmt = select(Event).where(Event.ticket_number == number).order_by(Event.at, Event.id)
         return list(self.session.scalars(stmt))
-
-
-class Batch(Rows):
-    """Many mails in one transaction. Its rows wait here and are written once per table
-    (`flush`), instead of one statement per mail; the reads see them meanwhile.
-
-    `savepoint()` runs one mail so that its failure undoes only its own rows, held ones included.
-    """
-
-    def __init__(self, session: Session) -> None:
-        super().__init__(session)
-        self.ids = dialect.IdSource(session)
-        # tickets written since the current savepoint began: its rollback must take them back
-        self._written: list[Ticket] = []
-        self._drop()
-
-    def _drop(self) -> None:
-        self._tickets: dict[int, Ticket] = {}
-        self._messages: list[dict[str, Any]] = []
-        self._attachments: list[dict[str, Any]] = []
-        self._tags: dict[tuple[int, str], dict[str, Any]] = {}
-        self._events: list[dict[str, Any]] = []
-        self._participants: dict[tuple[int, str], dict[str, Any]] = {}
-        self._thread_keys: dict[str, dict[str, Any]] = {}
-        self._outbox: list[dict[str, Any]] = []
-
-    # --- writes, held ----------------------------------------------------------------------
-
-    def add_ticket(self, ticket: Ticket) -> Ticket:
-        ticket.number = self.ids.take(_TICKETS, "number")
-        self._tickets[ticket.number] = ticket
-        return ticket
-
-    def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
-        # message ids are seen by nobody but `message raw`: a block of them per round trip
-        ids = [self.ids.take(_MESSAGES, "id", block=32) for _ in rows]
-        self._messages += [
-            _MESSAGE_DEFAULTS | row | {"id": pk} for row, pk in zip(rows, ids, strict=True)
-        ]
-        return ids
-
-    def add_attachments(self, rows: list[dict[str, Any]]) -> None:
-        self._attachments += rows
-
-    def add_tags(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._tags.setdefault((row["ticket_number"], row["tag"]), row)
-
-    def add_outbox(self, rows: list[dict[str, Any]]) -> None:
-        self._outbox += rows
-
-    def add_events(self, rows: list[dict[str, Any]]) -> None:
-        self._events += rows
-
-    def add_participants(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._participants.setdefault((row["ticket_number"], row["address"]), row)
-
-    def add_thread_keys(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._thread_keys.setdefault(row["key"], row)
-
-    def flush(self) -> None:
-        """Write the rows held so far, the referenced tables first; the batch does it before it
-        commits, and before and after each savepoint."""
-        tickets, messages, attachments = self._tickets, self._messages, self._attachments
-        tags, thread_keys = list(self._tags.values()), list(self._thread_keys.values())
-        participants, events, outbox = list(self._participants.values()), self._events, self._outbox
-        self._drop()
-        if tickets:
-            rows = [ticket_row(t) for t in tickets.values()]
-            self.session.connection().execute(insert(_TICKETS), rows)
-            for ticket, row in zip(tickets.values(), rows, strict=True):
-                _attach(self.session, ticket, row)
-            self._written += tickets.values()
-        if messages:
-            _insert_runs(self.session, _MESSAGES, messages)
-        super().add_attachments(attachments)
-        super().add_tags(tags)
-        super().add_thread_keys(thread_keys)
-        super().add_participants(participants)
-        super().add_events(events)
-        super().add_outbox(outbox)
-
-    # --- reads, with what is held ----------------------------------------------------------
-
-    def held_tickets(self) -> Collection[Ticket]:
-        return self._tickets.values()
-
-    def held_messages(self) -> Collection[dict[str, Any]]:
-        return self._messages
-
-    def ticket(self, number: int, lock: bool = False) -> Ticket | None:
-        held = self._tickets.get(number)
-        return held if held is not None else super().ticket(number, lock)
-
-    def thread_tickets(self, keys: Collection[str]) -> dict[str, int]:
-        found = super().thread_tickets(keys)
-        for key in keys:
-            if key not in found and key in self._thread_keys:
-                found[key] = int(self._thread_keys[key]["ticket_number"])
-        return found
-
-    # a ticket the batch holds has nothing written yet: its rows are all here
-
-    def participants(self, number: int) -> list[str]:
-        found = [] if number in self._tickets else super().participants(number)
-        return found + [a for (n, a) in self._participants if n == number and a not in found]
-
-    def is_participant(self, number: int, address: str) -> bool:
-        if (number, address) in self._participants:
-            return True
-        return number not in self._tickets and super().is_participant(number, address)
-
-    def events(self, number: int) -> list[Event]:
-        held = [Event(**row) for row in self._events if row["ticket_number"] == number]
-        written = [] if number in self._tickets else super().events(number)
-        # held rows get the highest ids when written: a stable sort by time puts them where
-        # (at, id) will
-        return sorted([*written, *held], key=lambda e: e.at)
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """One mail of the batch in a savepoint: when the block raises, what it wrote is undone
-        and the error passes on, a unique key taken by someone else as `DuplicateKey`."""
-        self.flush()
-        nested = self.session.begin_nested()
-        mark, self._written = self.ids.mark(), []
-        try:
-            yield
-            self.flush()
-            nested.commit()
-        except IntegrityError as exc:
-            self._undo(nested, mark)
-            raise DuplicateKey(str(exc.orig)) from exc
-        except BaseException:
-            self._undo(nested, mark)
-            raise
-
-    def _undo(self, nested: orm.SessionTransaction, mark: dict[str, int]) -> None:
-        # the tickets of a failed mail are gone with the savepoint: out of the session too, or
-        # the next ticket given the same number would meet them in its identity map
-        for ticket in self._written:
-            if ticket in self.session:
-                self.session.expunge(ticket)
-        self._written = []
-        self._drop()
-        nested.rollback()
-        self.ids.reset(mark)

@@ -191,3 +191,28 @@ def test_acknowledgement_limits_count_what_the_batch_holds(make_app: MakeApp, db
     with app.store.unit() as s:
         acks = [row.rcpt_key for row in repo.list_outbox(s) if row.kind == "ack"]
     assert acks == ["c0@customer.example", "c1@customer.example"]
+
+
+def test_a_reply_threads_after_a_failed_mail_split_the_batch(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailbridge import ingest as ingest_module
+
+    real = ingest_module.repo.add_events
+
+    def breaks_on_boom(session: Any, number: int, records: Any, pk: Any) -> None:
+        ticket = repo.get_ticket(session, number)
+        if ticket is not None and ticket.subject == "boom":
+            raise RuntimeError("disk on fire")
+        real(session, number, records, pk)
+
+    monkeypatch.setattr("mailbridge.ingest.tickets.repo.add_events", breaks_on_boom)
+    first = make_mail(sender="carol@customer.example", subject="Printer on fire")
+    reply = make_mail(
+        sender="carol@customer.example", subject="Re: fire", in_reply_to=message_id_of(first)
+    )
+    # the failure makes the batch run again a mail per savepoint: the reply is looked up after
+    # the first mail's Message-ID was written, which the batch read ahead as not yet known
+    outs = batch(app, [first, make_mail(subject="boom"), reply])
+    assert [o.outcome for o in outs] == ["created", "quarantined", "appended"]
+    assert outs[2].ticket == outs[0].ticket

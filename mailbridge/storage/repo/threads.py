@@ -21,6 +21,12 @@ def tickets_for_message_ids(session: Session, message_ids: Sequence[str]) -> dic
     return {keys[k]: n for k, n in session.rows.thread_tickets(keys).items()}
 
 
+def prefetch_threads(session: Session, message_ids: Iterable[str]) -> None:
+    """For a batch: read at once which tickets these Message-IDs (its mail's In-Reply-To and
+    References) lead to, and those tickets, instead of a lookup per mail."""
+    session.rows.prefetch({key_of(m) for m in message_ids if m})
+
+
 def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -> None:
     """Index Message-IDs for a ticket; an ID already indexed keeps its first ticket."""
     session.rows.add_thread_keys(
