@@ -123,6 +123,23 @@ def insert_ignoring(dialect: str, table: Table) -> Any:
 _IGNORING: dict[tuple[str, str], Any] = {}
 
 
+def insert_adding(dialect: str, table: Table, column: str) -> Any:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE column = column + excluded.column: a
+    counter row made or added to in one statement, built once per backend and table."""
+    stmt = _ADDING.get((dialect, table.name))
+    if stmt is None:
+        make = pg_insert if dialect == POSTGRESQL else sqlite_insert
+        base = make(table)
+        stmt = _ADDING[(dialect, table.name)] = base.on_conflict_do_update(
+            index_elements=list(table.primary_key.columns),
+            set_={column: table.c[column] + base.excluded[column]},
+        )
+    return stmt
+
+
+_ADDING: dict[tuple[str, str], Any] = {}
+
+
 def skip_locked(session: Session, stmt: _S) -> _S:
     """Lock the selected rows, skipping those another node holds (PostgreSQL); SQLite has one
     writer at a time anyway, and no row locks."""

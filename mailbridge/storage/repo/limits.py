@@ -24,8 +24,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mailbridge.storage import dialect
 from mailbridge.storage.models import Outbox, OutboxCount, table_of
@@ -65,7 +63,7 @@ def add_counts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     conn = session.connection()
     shard = conn.info.get(_SHARD) or conn.info.setdefault(_SHARD, 1 + secrets.randbits(62))
     conn.execute(
-        _upsert(dialect.name(session)),
+        dialect.insert_adding(dialect.name(session), _COUNTS, "n"),
         [
             {"kind": kind, "key": key, "hour": hour, "shard": shard, "n": n}
             for (kind, key, hour), n in counts.items()
@@ -139,17 +137,3 @@ _BOUNDS = (
     .group_by(_COUNTS.c.key)
 )
 _PRUNE = delete(_COUNTS).where(_COUNTS.c.hour < bindparam("before"))
-_UPSERTS: dict[str, Any] = {}
-
-
-def _upsert(backend: str) -> Any:
-    """INSERT ... ON CONFLICT DO UPDATE n = n + excluded.n, built once per backend."""
-    stmt = _UPSERTS.get(backend)
-    if stmt is None:
-        make = pg_insert if backend == dialect.POSTGRESQL else sqlite_insert
-        base = make(_COUNTS)
-        stmt = _UPSERTS[backend] = base.on_conflict_do_update(
-            index_elements=[_COUNTS.c.kind, _COUNTS.c.key, _COUNTS.c.hour, _COUNTS.c.shard],
-            set_={"n": _COUNTS.c.n + base.excluded.n},
-        )
-    return stmt
