@@ -3,8 +3,11 @@
     python bench/parsers.py [--corpus DIR] [--rounds 3]
 
 Parsers: mailbridge.parse.parse (and its headers-only path), mail-parser
-(`mailparser.parse_from_bytes`) and the standard library's modern API
-(`BytesParser(policy=policy.default)` + header access + get_body / iter_attachments).
+(`mailparser.parse_from_bytes`), the standard library's modern API
+(`BytesParser(policy=policy.default)` + header access + get_body / iter_attachments),
+fast-mail-parser (`fast_mail_parser.parse_email`, Rust) and the hybrid of bench/fmp_hybrid.py
+(our header decoding, fast-mail-parser's body and attachments, stdlib fallback). The
+fast-mail-parser rows are skipped, with a message, when it is not installed.
 Each parser does the work mailbridge needs from it: sender, recipients, subject, date,
 ids, a text body and the attachment list with sizes. Speed is the total time over every
 `*.eml` in the corpus (read into memory first), best of N rounds, on one core.
@@ -32,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import mailparser  # noqa: E402
 
+from bench.fmp_hybrid import FMP_VERSION, extract_hybrid, fmp, run_hybrid  # noqa: E402
 from bench.zammad_agreement import (  # noqa: E402
     FIELDS,
     Extract,
@@ -91,6 +95,19 @@ def run_stdlib(raw: bytes) -> Any:
     return fields, text, attachments
 
 
+def run_fast_mail_parser(raw: bytes) -> Any:
+    mail = fmp.parse_email(raw)  # type: ignore[union-attr]
+    return (
+        mail.from_,
+        mail.to,
+        mail.subject,
+        mail.date_parsed,
+        mail.headers.get("Message-ID"),
+        mail.text_plain or mail.text_html,
+        [(a.filename, a.mimetype, len(a.content)) for a in mail.attachments],
+    )
+
+
 # ------------------------------------------------------------------- agreement extractors
 
 
@@ -112,12 +129,30 @@ def extract_stdlib(raw: bytes) -> Extract:
     )
 
 
-PARSERS: list[tuple[str, Callable[[bytes], Any], Callable[[bytes], Extract] | None]] = [
+def extract_fast_mail_parser(raw: bytes) -> Extract:
+    mail = fmp.parse_email(raw)  # type: ignore[union-attr]
+    sender = mail.from_
+    return Extract(
+        sender.address if sender else None,
+        sender.display_name if sender else None,
+        mail.subject,
+        [a.filename or "" for a in mail.attachments],
+    )
+
+
+Parser = tuple[str, Callable[[bytes], Any], Callable[[bytes], Extract] | None]
+PARSERS: list[Parser] = [
     ("mailbridge.parse", run_mailbridge, extract_mailbridge),
     ("mailbridge.parse_headers_only", run_mailbridge_headers, None),
     ("mail-parser 4.8", run_mailparser, extract_mailparser),
     ("stdlib policy.default", run_stdlib, extract_stdlib),
 ]
+FAST_MAIL_PARSER: list[Parser] = [
+    (f"fast-mail-parser {FMP_VERSION}", run_fast_mail_parser, extract_fast_mail_parser),
+    ("hybrid: our headers + fmp body/attachments", run_hybrid, extract_hybrid),
+]
+if fmp is not None:
+    PARSERS += FAST_MAIL_PARSER
 
 # ------------------------------------------------------------------- measuring
 
@@ -175,6 +210,11 @@ def main() -> int:
             f"{ranked[int(len(ranked) * 0.99)] * 1000:.1f} | {len(failures)} | {' | '.join(rates)} |"
         )
         notes.extend(f"{label}: {line}" for line in failures)
+    if fmp is None:
+        print(
+            "\nskipped the fast-mail-parser and hybrid rows: fast_mail_parser is not importable"
+            " (pip install -e .[bench])"
+        )
     for line in notes:
         print("  exception:", line)
     return 0

@@ -39,6 +39,17 @@ class Seen:
 
     @classmethod
     def of(cls, session: Session, prepared: list[Prepared]) -> Seen:
+        """What the batch's mail has been, and (read ahead for all of it) the tickets its
+        In-Reply-To and References lead to: a few statements per batch, not per mail."""
+        repo.prefetch_threads(
+            session,
+            (
+                mid
+                for p in prepared
+                if p.parsed is not None
+                for mid in (*p.parsed.in_reply_to, *p.parsed.references)
+            ),
+        )
         return cls(*repo.known_dedup_keys(session, [p.dedup_key for p in prepared]))
 
     def note(self, key: str, outcome: Outcome) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from typing import Any
 
@@ -102,6 +103,8 @@ class Part:
 
 def attachments_of(raw: bytes) -> list[Part]:
     """The attachments of a stored message, to re-attach to a notification or relay."""
+    if _plain_text(raw):
+        return []
     found: list[Part] = []
 
     def visit(part: Any) -> None:
@@ -127,6 +130,18 @@ def attachments_of(raw: bytes) -> list[Part]:
     except Exception:  # a MIME structure the email package chokes on: notify without them
         log.warning("cannot take the attachments out of a message", exc_info=True)
     return found
+
+
+def _plain_text(raw: bytes) -> bool:
+    """Whether a message is one text part that `attachments_of` would find nothing in, read from
+    its header block alone: most mail is, and parsing it whole costs a notification more than
+    writing it. Anything less plain is parsed whole."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    fields = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+    types = fields.get_all("content-type") or []
+    if len(types) > 1 or "content-disposition" in fields or "name" in str(types).lower():
+        return False
+    return fields.get_content_type() in ("text/plain", "text/html")
 
 
 def _sanitise_names(msg: Any) -> None:

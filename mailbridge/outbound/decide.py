@@ -162,16 +162,15 @@ class Outbound(Notices):
             return f"{customer} must not get automatic replies"
         if dmarc_failed(parsed, config.trusted_authserv_ids):
             return "the From domain failed DMARC: the sender is likely forged"
-        since = now - _HOUR
-        if repo.count_outbox_to(session, "ack", customer, since, limit) >= limit:
-            return f"already {limit} acknowledgements to {customer} this hour"
         domain = customer.rpartition("@")[2]
-        per_domain = config.ack_max_per_domain_per_hour
-        if repo.count_outbox_kind(session, "ack", since, per_domain, domain) >= per_domain:
-            return f"already {per_domain} acknowledgements to @{domain} this hour"
-        total = config.ack_max_per_hour
-        if repo.count_outbox_kind(session, "ack", since, total) >= total:
-            return f"already {config.ack_max_per_hour} acknowledgements this hour"
+        limits = (limit, config.ack_max_per_domain_per_hour, config.ack_max_per_hour)
+        reached = repo.limit_reached(session, "ack", customer, now - _HOUR, limits)
+        if reached == "recipient":
+            return f"already {limit} acknowledgements to {customer} this hour"
+        if reached == "domain":
+            return f"already {limits[1]} acknowledgements to @{domain} this hour"
+        if reached == "all":
+            return f"already {limits[2]} acknowledgements this hour"
         return None
 
     def _ack(self, ticket: Ticket, message: Message) -> Draft:

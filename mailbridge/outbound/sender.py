@@ -299,6 +299,9 @@ class OutboxSender:
 
     def _record(self, job: Job, result: Result, now: datetime | None) -> None:
         at = now or self.clock()
+        if result.sent:
+            self._record_sent(job, result, at)
+            return
         with self.store.unit() as session:
             row = repo.get_outbox(session, job.id)
             if row is None:  # purged with its ticket meanwhile
@@ -311,15 +314,27 @@ class OutboxSender:
         if report:
             report(outcome)
 
+    def _record_sent(self, job: Job, result: Result, at: datetime) -> None:
+        """`_record` of a delivery: one statement, where most rows end (the bytes are dropped,
+        the ticket's copy is what remains of them)."""
+        partly = "partly refused: " + "; ".join(result.refused)
+        with self.store.unit() as session:
+            row = repo.mark_sent(
+                session, job.id, job.attempts, at, partly[:2000] if result.refused else None
+            )
+        if (
+            row is None
+        ):  # purged with its ticket, or recorded already (a commit that seemed to fail)
+            return
+        kind, attempts, retry_at = row
+        log_delivery(job.id, kind, attempts, "sent", result, retry_at)
+        report = self.on_webhook if kind == WEBHOOK else self.on_delivery
+        if report:
+            report("sent")
+
     def _apply(self, session: Session, row: Outbox, result: Result, at: datetime) -> str:
-        """Write one attempt's result onto its row: "sent", "retry" or "failed"."""
+        """Write a failed attempt's result onto its row: "retry" or "failed"."""
         row.attempts += 1
-        if result.sent:
-            row.state, row.sent_at = "sent", at
-            row.raw = None  # sent: the ticket's copy is what remains of it
-            partly = "partly refused: " + "; ".join(result.refused)
-            row.last_error = partly[:2000] if result.refused else None
-            return "sent"
         row.last_error = result.error
         if result.permanent or row.attempts >= self.config.max_attempts:
             row.state = "failed"

@@ -14,8 +14,9 @@ from sqlalchemy.orm import sessionmaker
 
 from mailbridge.errors import StorageUnavailable
 from mailbridge.storage import dialect
+from mailbridge.storage.batch import Batch
 from mailbridge.storage.dialect import make_engine
-from mailbridge.storage.uow import Batch, Session
+from mailbridge.storage.uow import Session
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -71,11 +72,16 @@ class Store:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with (
+            self.engine.connect() as conn,
+            dialect.foreign_keys_off(conn),
+            conn.begin(),
+        ):
             dialect.lock_migrations(conn)
             cfg.attributes["connection"] = conn
             cfg.attributes["first_queue"] = first_queue
             command.upgrade(cfg, "head")
+            dialect.check_foreign_keys(conn)
             return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar())
 
     def is_current(self) -> bool:

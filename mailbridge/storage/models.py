@@ -301,6 +301,22 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class OutboxCount(Base):
+    """Outbox rows of a rate-limited kind queued per hour, by recipient, domain and in all: an
+    upper bound of a sliding hour's rows (see `repo.limits`). Each connection adds to rows of
+    its own `shard`."""
+
+    __tablename__ = "outbox_counts"
+    __table_args__ = (Index("ix_outbox_counts_hour", "hour"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # the recipient (an outbox row's rcpt_key), "@" and its domain, or "*" for all
+    key: Mapped[str] = mapped_column(CleanString(330), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # hours since the epoch, UTC
+    shard: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+
+
 class ImapFolder(Base):
     """IMAP checkpoint: the last UID committed for a folder under its UIDVALIDITY."""
 

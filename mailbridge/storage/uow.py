@@ -1,29 +1,107 @@
 """The unit of work and the batch: storage's session, and where a transaction's rows wait.
 
 A unit of work is one transaction (`Store.unit()`). A batch (`Store.batch()`) is one transaction
-for many mails, the group commit every source uses. Three kinds of rows nobody needs an id of --
-events, participants and the Message-ID index -- are written through `session.rows`: a unit
-writes them at once; a batch holds them back and writes each table with one executemany before
-it commits or one of its savepoints ends. The reads of those tables are methods of the same
-object, so a read inside a batch sees the rows it holds: there is no mode to remember.
+for many mails, the group commit every source uses. The rows ingest writes -- tickets, messages,
+attachments, tags, events, participants, the Message-ID index and outbox rows -- go through
+`session.rows`: a unit writes them at once; a batch holds them back and writes each table with
+one executemany before it commits or one of its savepoints ends, so a batch of 200 new tickets
+costs a handful of statements, not several per mail. Tickets and messages get their keys when
+they are added (`dialect.IdSource`), so everything that refers to them can be held too.
+
+The reads of those rows that ingest makes are methods of the same object, or ask it for what it
+holds (`held_tickets`, `held_messages`), so a read inside a batch sees the rows it holds: there
+is no mode to remember. `Batch` is in `storage/batch.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable
+from itertools import groupby
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, insert, orm, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, Table, bindparam, insert, orm, select
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
-from mailbridge.errors import DuplicateKey
 from mailbridge.storage import dialect
-from mailbridge.storage.models import Event, Participant, ThreadKey, Ticket, table_of
+from mailbridge.storage.models import (
+    Attachment,
+    Event,
+    Message,
+    Outbox,
+    Participant,
+    ThreadKey,
+    Ticket,
+    TicketTag,
+    table_of,
+)
 
+_TICKETS = table_of(Ticket)
+_MESSAGES = table_of(Message)
+_ATTACHMENTS = table_of(Attachment)
+_TAGS = table_of(TicketTag)
 _PARTICIPANTS = table_of(Participant)
 _THREAD_KEYS = table_of(ThreadKey)
+_OUTBOX = table_of(Outbox)
 _INSERT_EVENTS = insert(table_of(Event))
+_THREAD_TICKETS = select(ThreadKey.key, ThreadKey.ticket_number).where(
+    ThreadKey.key.in_(bindparam("keys", expanding=True))
+)
+
+
+def _defaults(table: Table) -> dict[str, Any]:
+    """Each column's scalar default (None where it has none): what an INSERT that leaves the
+    column out would store, given explicitly so every row of an executemany has every key."""
+    return {
+        c.key: c.default.arg if isinstance(c.default, ScalarElementColumnDefault) else None
+        for c in table.columns
+    }
+
+
+_TICKET_DEFAULTS = _defaults(_TICKETS)
+MESSAGE_DEFAULTS = _defaults(_MESSAGES)
+
+
+def ticket_row(ticket: Ticket) -> dict[str, Any]:
+    """The ticket's column values as they stand, defaults where unset."""
+    row = dict(_TICKET_DEFAULTS)
+    for key in row:
+        value = getattr(ticket, key)
+        if value is not None:
+            row[key] = value
+    return row
+
+
+def message_row(message: Message) -> dict[str, Any]:
+    row = dict(MESSAGE_DEFAULTS)
+    for key in row:
+        value = getattr(message, key)
+        if value is not None:
+            row[key] = value
+    return row
+
+
+def attach(session: Session, ticket: Ticket, row: dict[str, Any]) -> None:
+    """Make a written ticket a persistent object of the session, every column loaded (a column
+    left unloaded would cost a SELECT when first read), so later changes become an UPDATE."""
+    loaded = ticket.__dict__  # where the ORM keeps the values set: only the rest is set here
+    for key, value in row.items():
+        if key not in loaded:
+            setattr(ticket, key, value)
+    make_transient_to_detached(ticket)
+    session.add(ticket)
+
+
+def insert_runs(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany per run of rows with the same columns, in order (an executemany needs
+    every row to name the same columns; outbox rows of mail and of webhooks differ)."""
+    connection = session.connection()
+
+    def columns(row: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(row)
+
+    for _, run in groupby(rows, key=columns):
+        connection.execute(insert(table), list(run))
 
 
 class WebhookRows(Protocol):
@@ -54,13 +132,43 @@ class Session(orm.Session):
 
 
 class Rows:
-    """Events, participants and Message-ID index rows of a unit of work, written at once, and
-    every read of them that a transaction makes about its own tickets. They run as Core on the
-    session's connection: ingest makes several per mail, and the ORM's handling of a statement
-    costs more than these small statements do."""
+    """The rows a unit of work writes, written at once, and the reads that a transaction makes
+    about its own tickets. They run as Core on the session's connection: ingest makes several
+    per mail, and the ORM's handling of a statement costs more than these small statements do."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def add_ticket(self, ticket: Ticket) -> Ticket:
+        """Insert a ticket; it comes back numbered and attached to the session, so later changes
+        to it are written when the unit of work commits."""
+        row = ticket_row(ticket)
+        del row["number"]
+        stmt = insert(_TICKETS).returning(_TICKETS.c.number)
+        ticket.number = int(self.session.connection().execute(stmt, row).scalar_one())
+        attach(self.session, ticket, row | {"number": ticket.number})
+        return ticket
+
+    def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert message rows; returns their ids, in order."""
+        if not rows:
+            return []
+        stmt = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
+        return [int(pk) for pk in self.session.connection().execute(stmt, rows).scalars()]
+
+    def add_attachments(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.session.connection().execute(insert(_ATTACHMENTS), rows)
+
+    def add_tags(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of (ticket_number, tag); a tag the ticket has is kept."""
+        dialect.insert_ignore(self.session, _TAGS, rows)
+
+    def add_outbox(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            insert_runs(self.session, _OUTBOX, rows)
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -74,10 +182,33 @@ class Rows:
         """Rows of (key, message_id, ticket_number); a key already indexed keeps its ticket."""
         dialect.insert_ignore(self.session, _THREAD_KEYS, rows)
 
+    def flush(self) -> None:
+        """Write what is held (a unit holds nothing): before a statement that must see it."""
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def held_tickets(self) -> Collection[Ticket]:
+        """Tickets added but not written yet (a batch's), newest last."""
+        return ()
+
+    def held_messages(self) -> Collection[dict[str, Any]]:
+        """Message rows added but not written yet, newest last."""
+        return ()
+
+    def ticket(self, number: int, lock: bool = False) -> Ticket | None:
+        if lock and dialect.locks_rows(self.session):
+            return self.session.get(Ticket, number, with_for_update=True)
+        return self.session.get(Ticket, number)
+
+    def prefetch(self, keys: Collection[str]) -> None:
+        """Read ahead where these index keys lead (a batch does; a unit reads as it goes)."""
+
     def thread_tickets(self, keys: Collection[str]) -> dict[str, int]:
         """Index key -> ticket number, for the keys indexed."""
-        stmt = select(ThreadKey.key, ThreadKey.ticket_number).where(ThreadKey.key.in_(list(keys)))
-        return {k: n for k, n in self.session.connection().execute(stmt)}
+        if not keys:
+            return {}
+        result = self.session.connection().execute(_THREAD_TICKETS, {"keys": list(keys)})
+        return {k: n for k, n in result}
 
     def participants(self, number: int) -> list[str]:
         """The ticket's addresses, in the order they joined."""
@@ -98,82 +229,3 @@ class Rows:
         """The ticket's events, oldest first."""
         stmt = select(Event).where(Event.ticket_number == number).order_by(Event.at, Event.id)
         return list(self.session.scalars(stmt))
-
-
-class Batch(Rows):
-    """Many mails in one transaction. Its rows wait here and are written once per table
-    (`flush`), instead of one statement per mail; the reads see them meanwhile.
-
-    `savepoint()` runs one mail so that its failure undoes only its own rows, held ones included.
-    """
-
-    def __init__(self, session: Session) -> None:
-        super().__init__(session)
-        self._events: list[dict[str, Any]] = []
-        self._participants: dict[tuple[int, str], dict[str, Any]] = {}
-        self._thread_keys: dict[str, dict[str, Any]] = {}
-
-    def add_events(self, rows: list[dict[str, Any]]) -> None:
-        self._events.extend(rows)
-
-    def add_participants(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._participants.setdefault((row["ticket_number"], row["address"]), row)
-
-    def add_thread_keys(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._thread_keys.setdefault(row["key"], row)
-
-    def thread_tickets(self, keys: Collection[str]) -> dict[str, int]:
-        found = super().thread_tickets(keys)
-        for key in keys:
-            if key not in found and key in self._thread_keys:
-                found[key] = int(self._thread_keys[key]["ticket_number"])
-        return found
-
-    def participants(self, number: int) -> list[str]:
-        found = super().participants(number)
-        return found + [a for (n, a) in self._participants if n == number and a not in found]
-
-    def is_participant(self, number: int, address: str) -> bool:
-        return (number, address) in self._participants or super().is_participant(number, address)
-
-    def events(self, number: int) -> list[Event]:
-        held = [Event(**row) for row in self._events if row["ticket_number"] == number]
-        # held rows get the highest ids when written: a stable sort by time puts them where
-        # (at, id) will
-        return sorted([*super().events(number), *held], key=lambda e: e.at)
-
-    def flush(self) -> None:
-        """Write the rows held so far; the batch does it before it commits."""
-        thread_keys, participants, events = (
-            list(self._thread_keys.values()),
-            list(self._participants.values()),
-            self._events,
-        )
-        self._drop()
-        super().add_thread_keys(thread_keys)
-        super().add_participants(participants)
-        super().add_events(events)
-
-    def _drop(self) -> None:
-        self._events, self._participants, self._thread_keys = [], {}, {}
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """One mail of the batch in a savepoint: when the block raises, what it wrote is undone
-        and the error passes on, a unique key taken by someone else as `DuplicateKey`."""
-        self.flush()
-        nested = self.session.begin_nested()
-        try:
-            yield
-            self.flush()
-            nested.commit()
-        except IntegrityError as exc:
-            self._drop()
-            nested.rollback()
-            raise DuplicateKey(str(exc.orig)) from exc
-        except BaseException:
-            self._drop()
-            nested.rollback()
-            raise

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from mailbridge.storage.models import Event, Outbox, Ticket, table_of
+from mailbridge.storage.models import Event, Outbox, table_of
 from mailbridge.storage.uow import Session, WebhookRows
 
 _OUTBOX = table_of(Outbox)
@@ -68,22 +68,19 @@ def queue_webhooks(session: Session, number: int, records: Iterable[EventRecord]
     hooks = session.webhooks
     if not hooks:
         return
-    ticket = session.get(Ticket, number)
+    ticket = session.rows.ticket(number)
     if ticket is None:
         return
-    rows = hooks.rows(ticket, records)
-    if rows:
-        session.execute(insert(_OUTBOX), rows)
+    session.rows.add_outbox(hooks.rows(ticket, records))
 
 
 def queue_message_webhooks(session: Session, number: int, messages: list[dict[str, Any]]) -> None:
     """A `message` webhook for each message just stored on ticket `number`, in its transaction
     (SPEC 9); messages write no event of their own, so `add_events` cannot do it."""
     hooks = session.webhooks
-    if not hooks or (ticket := session.get(Ticket, number)) is None:
+    if not hooks or (ticket := session.rows.ticket(number)) is None:
         return
-    if rows := hooks.message_rows(ticket, messages):
-        session.execute(insert(_OUTBOX), rows)
+    session.rows.add_outbox(hooks.message_rows(ticket, messages))
 
 
 def install_webhooks(sessions: sessionmaker[Session], subscriptions: WebhookRows | None) -> None:

@@ -4,34 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
-from mailbridge.storage.models import Attachment, Message, table_of
-from mailbridge.storage.repo.base import insert_returning
+from mailbridge.storage.models import Attachment, Message
 from mailbridge.storage.repo.events import queue_message_webhooks
-from mailbridge.storage.uow import Session
+from mailbridge.storage.uow import Session, message_row
 
-_INSERT_ATTACHMENTS = insert(table_of(Attachment))
 _HOOK_COLUMNS = ("message_id", "direction", "author_kind", "from_addr", "subject", "stored_at")
 
 
 def add_message(session: Session, message: Message, attachments: Sequence[Attachment]) -> Message:
-    """Insert a message and its attachment rows; returns it with its id (not tracked further)."""
-    message.id = insert_returning(session, message, "id")
-    if attachments:
-        session.connection().execute(
-            _INSERT_ATTACHMENTS,
-            [
-                {
-                    "message_pk": message.id,
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                }
-                for a in attachments
-            ],
-        )
+    """Add a message and its attachment rows; returns it with its id (not tracked further)."""
+    row = message_row(message)
+    del row["id"]
+    (message.id,) = session.rows.add_messages([row])
+    session.rows.add_attachments(
+        [
+            {
+                "message_pk": message.id,
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+            }
+            for a in attachments
+        ]
+    )
     message.attachments = list(attachments)
     queue_message_webhooks(
         session,
@@ -76,7 +74,15 @@ def message_ids_before(
 
 
 def last_customer_message_id(session: Session, number: int) -> str | None:
-    """The Message-ID of the ticket's latest customer mail that has one."""
+    """The Message-ID of the ticket's latest customer mail that has one (one a batch holds
+    is the latest: its id is higher)."""
+    for row in reversed(list(session.rows.held_messages())):
+        if (
+            row["ticket_number"] == number
+            and row["author_kind"] == "customer"
+            and row["message_id"]
+        ):
+            return str(row["message_id"])
     return session.scalar(
         select(Message.message_id)
         .where(

@@ -15,18 +15,14 @@ from sqlalchemy.orm import undefer
 
 from mailbridge.storage import dialect
 from mailbridge.storage.models import Attachment, Message, Outbox, table_of
-from mailbridge.storage.repo.base import count_up_to
 from mailbridge.storage.repo.events import queue_message_webhooks
+from mailbridge.storage.repo.limits import add_counts
 from mailbridge.storage.repo.threads import add_thread_keys
 from mailbridge.storage.uow import Session
 
 _OUTBOX = table_of(Outbox)
 _MESSAGES = table_of(Message)
 _ATTACHMENTS = table_of(Attachment)
-_ADD_OUTBOUND = insert(_MESSAGES).returning(
-    _MESSAGES.c.id,
-    sort_by_parameter_order=True,
-)
 
 
 def queue_outbound(
@@ -37,15 +33,13 @@ def queue_outbound(
 ) -> list[int]:
     """Outbound mail for a ticket in three statements, whatever their number: the copies stored
     on the ticket, their Message-IDs indexed for threading, and their outbox rows (each pointing
-    at its copy). Returns the copies' ids, in order."""
+    at its copy), counted for the hourly limits. Returns the copies' ids, in order."""
     if not messages:
         return []
-    ids = [int(pk) for pk in session.execute(_ADD_OUTBOUND, list(messages)).scalars()]
+    ids = session.rows.add_messages(list(messages))
     add_thread_keys(session, number, [m["message_id"] for m in messages])
-    session.execute(
-        insert(_OUTBOX),
-        [row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)],
-    )
+    session.rows.add_outbox([row | {"message_pk": pk} for row, pk in zip(outbox, ids, strict=True)])
+    add_counts(session, outbox)
     queue_message_webhooks(
         session, number, [m | {"id": pk} for m, pk in zip(messages, ids, strict=True)]
     )
@@ -130,46 +124,6 @@ def save_written(session: Session, written: Sequence[Written]) -> None:
         session.execute(insert(_ATTACHMENTS), files)
 
 
-_OUTBOX_TO = select(Outbox.id).where(
-    Outbox.kind == bindparam("kind"),
-    Outbox.rcpt_key == bindparam("rcpt_key"),
-    Outbox.created_at >= bindparam("since"),
-)
-
-
-_COUNT_OUTBOX_TO = count_up_to(_OUTBOX_TO)
-
-
-def count_outbox_to(
-    session: Session, kind: str, rcpt_key: str, since: datetime, at_most: int
-) -> int:
-    """Rows of `kind` to `rcpt_key` queued since `since`, counted up to `at_most`."""
-    # built once: building the statement costs more than running it (live ingest, per ack)
-    params = {"kind": kind, "rcpt_key": rcpt_key, "since": since, "at_most": at_most}
-    return session.scalar(_COUNT_OUTBOX_TO, params) or 0
-
-
-_OUTBOX_KIND = select(Outbox.id).where(
-    Outbox.kind == bindparam("kind"), Outbox.created_at >= bindparam("since")
-)
-
-
-_COUNT_OUTBOX_KIND = count_up_to(_OUTBOX_KIND)
-
-
-def count_outbox_kind(
-    session: Session, kind: str, since: datetime, at_most: int, domain: str | None = None
-) -> int:
-    """Rows of `kind` queued since `since`, all of them or those whose first recipient is at
-    `domain` (acknowledgement limits), counted up to `at_most`."""
-    params: dict[str, Any] = {"kind": kind, "since": since, "at_most": at_most}
-    if domain is None:
-        return session.scalar(_COUNT_OUTBOX_KIND, params) or 0
-    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    stmt = count_up_to(_OUTBOX_KIND.where(Outbox.rcpt_key.like(pattern, escape="\\")))
-    return session.scalar(stmt, params) or 0
-
-
 def claim_outbox(
     session: Session, now: datetime, lease: timedelta, limit: int = 20, kind: str | None = None
 ) -> list[Outbox]:
@@ -205,6 +159,35 @@ def renew_outbox(
         .execution_options(synchronize_session=False)
     )
     return set(kept)
+
+
+_MARK_SENT = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.id == bindparam("b_id"),
+        _OUTBOX.c.state == "queued",
+        _OUTBOX.c.attempts == bindparam("b_attempts"),
+    )
+    .values(
+        state="sent",
+        sent_at=bindparam("at"),
+        raw=None,
+        last_error=bindparam("error"),
+        attempts=_OUTBOX.c.attempts + 1,
+    )
+    .returning(_OUTBOX.c.kind, _OUTBOX.c.attempts, _OUTBOX.c.next_attempt_at)
+)
+
+
+def mark_sent(
+    session: Session, pk: int, attempts: int, at: datetime, error: str | None
+) -> tuple[str, int, datetime] | None:
+    """Record a delivery onto row `pk` if it is still queued at the attempt `attempts` it was
+    claimed with (the bytes are dropped: the ticket's copy is what remains); its (kind,
+    attempts, next_attempt_at) then, else None: purged, or recorded already."""
+    params = {"b_id": pk, "b_attempts": attempts, "at": at, "error": error}
+    row = session.connection().execute(_MARK_SENT, params).first()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def get_outbox(session: Session, pk: int) -> Outbox | None:

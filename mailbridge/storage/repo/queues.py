@@ -7,8 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select
 
-from mailbridge.storage import dialect
-from mailbridge.storage.models import Ticket, TicketTag, table_of
+from mailbridge.storage.models import Ticket, TicketTag
 from mailbridge.storage.uow import Session
 
 _OPEN = ("new", "open", "answered", "postponed")
@@ -21,11 +20,24 @@ def open_counts(session: Session, members: Sequence[str]) -> dict[str, int]:
         .where(Ticket.owner.in_(list(members)), Ticket.status.in_(_OPEN))
         .group_by(Ticket.owner)
     )
-    return {str(owner): int(n) for owner, n in session.execute(stmt)}
+    counts = {str(owner): int(n) for owner, n in session.execute(stmt)}
+    for ticket in session.rows.held_tickets():
+        owner = ticket.owner
+        if owner is not None and owner in members and ticket.status in _OPEN:
+            counts[owner] = counts.get(owner, 0) + 1
+    return counts
 
 
 def last_owner(session: Session, customer: str, queue: str, since: datetime) -> str | None:
     """The owner of this customer's most recent owned ticket in the queue created since `since`."""
+    for ticket in reversed(list(session.rows.held_tickets())):
+        if (
+            ticket.customer == customer
+            and ticket.queue == queue
+            and ticket.created_at >= since
+            and ticket.owner is not None
+        ):
+            return ticket.owner
     return session.scalar(
         select(Ticket.owner)
         .where(
@@ -40,12 +52,11 @@ def last_owner(session: Session, customer: str, queue: str, since: datetime) -> 
 
 
 def add_tags(session: Session, number: int, tags: Iterable[str]) -> None:
-    dialect.insert_ignore(
-        session, table_of(TicketTag), [{"ticket_number": number, "tag": t} for t in tags]
-    )
+    session.rows.add_tags([{"ticket_number": number, "tag": t} for t in tags])
 
 
 def remove_tags(session: Session, number: int, tags: Iterable[str]) -> None:
+    session.rows.flush()  # a tag a batch holds is removed like a written one
     session.execute(
         delete(TicketTag).where(TicketTag.ticket_number == number, TicketTag.tag.in_(list(tags)))
     )
@@ -53,6 +64,7 @@ def remove_tags(session: Session, number: int, tags: Iterable[str]) -> None:
 
 def tags_of(session: Session, numbers: Sequence[int]) -> dict[int, list[str]]:
     """Each ticket's tags, sorted; tickets without tags are absent."""
+    session.rows.flush()
     found: dict[int, list[str]] = {}
     for start in range(0, len(numbers), 500):
         chunk = list(numbers[start : start + 500])

@@ -21,6 +21,12 @@ def tickets_for_message_ids(session: Session, message_ids: Sequence[str]) -> dic
     return {keys[k]: n for k, n in session.rows.thread_tickets(keys).items()}
 
 
+def prefetch_threads(session: Session, message_ids: Iterable[str]) -> None:
+    """For a batch: read at once which tickets these Message-IDs (its mail's In-Reply-To and
+    References) lead to, and those tickets, instead of a lookup per mail."""
+    session.rows.prefetch({key_of(m) for m in message_ids if m})
+
+
 def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -> None:
     """Index Message-IDs for a ticket; an ID already indexed keeps its first ticket."""
     session.rows.add_thread_keys(
@@ -33,6 +39,11 @@ def add_thread_keys(session: Session, number: int, message_ids: Iterable[str]) -
 
 
 def ticket_for_thread_index(session: Session, thread_index: str) -> int | None:
+    """The newest ticket of this Outlook conversation (one a batch holds is newer than any
+    written)."""
+    held = [t.number for t in session.rows.held_tickets() if t.thread_index == thread_index]
+    if held:
+        return max(held)
     return session.scalar(
         select(Ticket.number)
         .where(Ticket.thread_index == thread_index)
@@ -42,6 +53,9 @@ def ticket_for_thread_index(session: Session, thread_index: str) -> int | None:
 
 
 def ticket_by_token(session: Session, token: str) -> Ticket | None:
+    for ticket in session.rows.held_tickets():
+        if ticket.token == token:
+            return ticket
     return session.scalar(select(Ticket).where(Ticket.token == token))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import bindparam, delete, func, select, update
-from sqlalchemy.orm import make_transient_to_detached
 
 from mailbridge.lifecycle import Status, TicketState, Transition
 from mailbridge.storage import dialect
@@ -21,24 +20,20 @@ from mailbridge.storage.models import (
     Tombstone,
     table_of,
 )
-from mailbridge.storage.repo.base import count_up_to, insert_returning
+from mailbridge.storage.repo.base import count_up_to
 from mailbridge.storage.repo.events import add_events
 from mailbridge.storage.uow import Session
 
 
 def get_ticket(session: Session, number: int, lock: bool = False) -> Ticket | None:
-    if lock and dialect.locks_rows(session):
-        return session.get(Ticket, number, with_for_update=True)
-    return session.get(Ticket, number)
+    """The ticket (locked for the change to come on PostgreSQL), or one the batch holds."""
+    return session.rows.ticket(number, lock)
 
 
 def add_ticket(session: Session, ticket: Ticket) -> Ticket:
-    """Insert a ticket; it comes back numbered and attached to the session, so later changes to
-    it are written when the unit of work commits."""
-    ticket.number = insert_returning(session, ticket, "number")
-    make_transient_to_detached(ticket)
-    session.add(ticket)
-    return ticket
+    """Add a ticket; it comes back numbered, and its later changes are written with the unit of
+    work (a batch writes it when it flushes, as it is by then)."""
+    return session.rows.add_ticket(ticket)
 
 
 def lock_ticket(session: Session, number: int) -> Ticket | None:
@@ -68,7 +63,10 @@ def count_new_tickets_from(session: Session, customer: str, since: datetime, at_
     """Tickets `customer` opened since `since`, counted up to `at_most` (the flood guard)."""
     # built once: it runs for every new ticket from a live source
     params = {"customer": customer, "since": since, "at_most": at_most}
-    return session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0
+    held = sum(
+        1 for t in session.rows.held_tickets() if t.customer == customer and t.created_at >= since
+    )
+    return min(at_most, (session.scalar(_COUNT_NEW_TICKETS_FROM, params) or 0) + held)
 
 
 def list_tickets(
