@@ -60,7 +60,15 @@ class Outbound(Notices):
         drafts = []
         why_not = self._no_ack_reason(session, ticket, verdict, parsed, now)
         if why_not:
-            log.info("ticket #%s: no acknowledgement: %s", ticket.number, why_not)
+            # the listener's line is the message's one line at INFO; a limit or a forgery is
+            # worth one more, acknowledgements switched off or a bulk mail are not
+            routine = not self.config.acknowledge or not verdict.acknowledge
+            log.log(
+                logging.DEBUG if routine else logging.INFO,
+                "ticket #%s: no acknowledgement: %s",
+                ticket.number,
+                why_not,
+            )
         else:
             drafts.append(self._ack(ticket, message))
         drafts += self._notification(ticket, message, parsed, "New ticket")
