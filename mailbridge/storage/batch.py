@@ -48,7 +48,13 @@ class Batch(Rows):
         self._written: list[Ticket] = []
         self._drop()
 
+    @property
+    def memo(self) -> dict[Any, Any]:
+        # what was read of the written rows holds until the batch writes: a flush clears it
+        return self._memo
+
     def _drop(self) -> None:
+        self._memo: dict[Any, Any] = {}
         self._tickets: dict[int, Ticket] = {}
         self._messages: list[dict[str, Any]] = []
         self._attachments: list[dict[str, Any]] = []
@@ -57,6 +63,7 @@ class Batch(Rows):
         self._participants: dict[tuple[int, str], dict[str, Any]] = {}
         self._thread_keys: dict[str, dict[str, Any]] = {}
         self._outbox: list[dict[str, Any]] = []
+        self._counts: dict[tuple[str, str, int, int], int] = {}
 
     # --- writes, held ----------------------------------------------------------------------
 
@@ -83,6 +90,18 @@ class Batch(Rows):
     def add_outbox(self, rows: list[dict[str, Any]]) -> None:
         self._outbox += rows
 
+    def add_counts(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            key = (row["kind"], row["key"], row["hour"], row["shard"])
+            self._counts[key] = self._counts.get(key, 0) + row["n"]
+
+    def held_counts(self, kind: str, keys: Collection[str], hour: int) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for (k, key, h, _), n in self._counts.items():
+            if k == kind and key in keys and h >= hour:
+                found[key] = found.get(key, 0) + n
+        return found
+
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         self._events += rows
 
@@ -100,6 +119,7 @@ class Batch(Rows):
         tickets, messages, attachments = self._tickets, self._messages, self._attachments
         tags, thread_keys = list(self._tags.values()), list(self._thread_keys.values())
         participants, events, outbox = list(self._participants.values()), self._events, self._outbox
+        counts = self._counts
         self._drop()
         if tickets:
             rows = [ticket_row(t) for t in tickets.values()]
@@ -117,6 +137,12 @@ class Batch(Rows):
         super().add_participants(participants)
         super().add_events(events)
         super().add_outbox(outbox)
+        super().add_counts(
+            [
+                {"kind": kind, "key": key, "hour": hour, "shard": shard, "n": n}
+                for (kind, key, hour, shard), n in counts.items()
+            ]
+        )
 
     # --- reads, with what is held ----------------------------------------------------------
 

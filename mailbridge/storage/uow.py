@@ -29,6 +29,7 @@ from mailbridge.storage.models import (
     Event,
     Message,
     Outbox,
+    OutboxCount,
     Participant,
     ThreadKey,
     Ticket,
@@ -43,6 +44,7 @@ _TAGS = table_of(TicketTag)
 _PARTICIPANTS = table_of(Participant)
 _THREAD_KEYS = table_of(ThreadKey)
 _OUTBOX = table_of(Outbox)
+_COUNTS = table_of(OutboxCount)
 _INSERT_EVENTS = insert(table_of(Event))
 _THREAD_TICKETS = select(ThreadKey.key, ThreadKey.ticket_number).where(
     ThreadKey.key.in_(bindparam("keys", expanding=True))
@@ -174,6 +176,12 @@ class Rows:
         if rows:
             self.session.connection().execute(_INSERT_EVENTS, rows)
 
+    def add_counts(self, rows: list[dict[str, Any]]) -> None:
+        """Counter rows (kind, key, hour, shard, n): `n` is added to what the row holds."""
+        if rows:
+            stmt = dialect.insert_adding(dialect.name(self.session), _COUNTS, "n")
+            self.session.connection().execute(stmt, rows)
+
     def add_participants(self, rows: list[dict[str, Any]]) -> None:
         """Rows of (ticket_number, address, role); an address already on the ticket is kept."""
         dialect.insert_ignore(self.session, _PARTICIPANTS, rows)
@@ -187,9 +195,19 @@ class Rows:
 
     # --- reads -----------------------------------------------------------------------------
 
+    def held_counts(self, kind: str, keys: Collection[str], hour: int) -> dict[str, int]:
+        """What counter rows of `kind` for `keys`, from `hour` on, are still to be added."""
+        return {}
+
     def held_tickets(self) -> Collection[Ticket]:
         """Tickets added but not written yet (a batch's), newest last."""
         return ()
+
+    @property
+    def memo(self) -> dict[Any, Any]:
+        """Where a read may keep what it read of the written rows until the next write: a
+        unit writes at once, so it keeps nothing (a new dict each time)."""
+        return {}
 
     def held_messages(self) -> Collection[dict[str, Any]]:
         """Message rows added but not written yet, newest last."""

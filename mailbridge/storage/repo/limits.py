@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from sqlalchemy import bindparam, delete, func, select
 
-from mailbridge.storage import dialect
 from mailbridge.storage.models import Outbox, OutboxCount, table_of
 from mailbridge.storage.repo.base import count_up_to
 from mailbridge.storage.uow import Session
@@ -62,12 +61,12 @@ def add_counts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         return
     conn = session.connection()
     shard = conn.info.get(_SHARD) or conn.info.setdefault(_SHARD, 1 + secrets.randbits(62))
-    conn.execute(
-        dialect.insert_adding(dialect.name(session), _COUNTS, "n"),
+    # a batch adds them up and writes them with its other rows
+    session.rows.add_counts(
         [
             {"kind": kind, "key": key, "hour": hour, "shard": shard, "n": n}
             for (kind, key, hour), n in counts.items()
-        ],
+        ]
     )
     newest = max(hour for _, _, hour in counts)
     if newest > conn.info.get(_PRUNED, 0):
@@ -81,8 +80,7 @@ def limit_reached(
     """Which of the limits (to `rcpt_key`, to its domain, in all; in this order) the rows of
     `kind` queued since `since` reach, if any."""
     keys = (rcpt_key, domain_key(rcpt_key), ALL)
-    params = {"kind": kind, "k0": keys[0], "k1": keys[1], "k2": keys[2], "hour": hour_of(since)}
-    bounds = {key: n for key, n in session.connection().execute(_BOUNDS, params)}
+    bounds = _bounds(session, kind, keys, hour_of(since))
     exact = (count_to, count_domain, count_all)
     scopes: tuple[Scope, ...] = ("recipient", "domain", "all")
     for key, limit, count, scope in zip(keys, limits, exact, scopes, strict=True):
@@ -92,6 +90,23 @@ def limit_reached(
         if count(session, kind, rcpt_key, since, limit) >= limit:
             return scope
     return None
+
+
+def _bounds(session: Session, kind: str, keys: tuple[str, str, str], hour: int) -> dict[str, int]:
+    """The counters' sums from `hour` on, written and held. Inside a batch the written sums are
+    read once per key (they change only when the batch writes, which clears `memo`); on
+    PostgreSQL another node's counts of those milliseconds are missed, as they are anyway
+    until that node commits."""
+    memo = session.rows.memo
+    missing = [k for k in keys if (kind, k, hour) not in memo]
+    if missing:
+        padded = (missing * 3)[:3]
+        params = {"kind": kind, "k0": padded[0], "k1": padded[1], "k2": padded[2], "hour": hour}
+        found = {key: int(n) for key, n in session.connection().execute(_BOUNDS, params)}
+        for k in missing:
+            memo[(kind, k, hour)] = found.get(k, 0)
+    held = session.rows.held_counts(kind, keys, hour)
+    return {k: memo[(kind, k, hour)] + held.get(k, 0) for k in keys}
 
 
 # --- the rows themselves: exact, and read only near a limit ---------------------------------
