@@ -64,23 +64,22 @@ _TICKET_DEFAULTS = _defaults(_TICKETS)
 MESSAGE_DEFAULTS = _defaults(_MESSAGES)
 
 
-def ticket_row(ticket: Ticket) -> dict[str, Any]:
-    """The ticket's column values as they stand, defaults where unset."""
-    row = dict(_TICKET_DEFAULTS)
+def _row(obj: Ticket | Message, defaults: dict[str, Any]) -> dict[str, Any]:
+    row = dict(defaults)
     for key in row:
-        value = getattr(ticket, key)
+        value = getattr(obj, key)
         if value is not None:
             row[key] = value
     return row
+
+
+def ticket_row(ticket: Ticket) -> dict[str, Any]:
+    """The ticket's column values as they stand, defaults where unset."""
+    return _row(ticket, _TICKET_DEFAULTS)
 
 
 def message_row(message: Message) -> dict[str, Any]:
-    row = dict(MESSAGE_DEFAULTS)
-    for key in row:
-        value = getattr(message, key)
-        if value is not None:
-            row[key] = value
-    return row
+    return _row(message, MESSAGE_DEFAULTS)
 
 
 def attach(session: Session, ticket: Ticket, row: dict[str, Any]) -> None:

@@ -41,6 +41,19 @@ def batch(app: App, raws: list[bytes], source: Source = FILE) -> list[Any]:
     return app.ingestor.accept_many([(raw, Envelope(), source) for raw in raws])
 
 
+def break_on_subject(monkeypatch: pytest.MonkeyPatch, subject: str) -> None:
+    """Writing the events of the ticket with this subject fails, whenever it is tried."""
+    real = repo.add_events
+
+    def add_events(session: Any, number: int, records: Any, pk: Any) -> None:
+        ticket = repo.get_ticket(session, number)
+        if ticket is not None and ticket.subject == subject:
+            raise RuntimeError("disk on fire")
+        real(session, number, records, pk)
+
+    monkeypatch.setattr(repo, "add_events", add_events)
+
+
 def test_a_batch_of_new_tickets_writes_each_table_once(app: App) -> None:
     raws = [
         make_mail(
@@ -150,17 +163,7 @@ def test_sticky_finds_the_owner_of_a_ticket_the_batch_holds(make_app: MakeApp, d
 def test_a_failed_mail_gives_its_ticket_number_back(
     sqlite_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mailbridge import ingest as ingest_module
-
-    real = ingest_module.repo.add_events
-
-    def breaks_on_the_third(session: Any, number: int, records: Any, pk: Any) -> None:
-        ticket = repo.get_ticket(session, number)
-        if ticket is not None and ticket.subject == "case 2":
-            raise RuntimeError("disk on fire")
-        real(session, number, records, pk)
-
-    monkeypatch.setattr("mailbridge.ingest.tickets.repo.add_events", breaks_on_the_third)
+    break_on_subject(monkeypatch, "case 2")
     outs = batch(sqlite_app, [make_mail(subject=f"case {i}") for i in range(5)])
     assert [o.outcome for o in outs] == ["created"] * 2 + ["quarantined"] + ["created"] * 2
     # SQLite numbers the tickets of a batch itself: the failed mail's number is not a gap
@@ -196,17 +199,7 @@ def test_acknowledgement_limits_count_what_the_batch_holds(make_app: MakeApp, db
 def test_a_reply_threads_after_a_failed_mail_split_the_batch(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mailbridge import ingest as ingest_module
-
-    real = ingest_module.repo.add_events
-
-    def breaks_on_boom(session: Any, number: int, records: Any, pk: Any) -> None:
-        ticket = repo.get_ticket(session, number)
-        if ticket is not None and ticket.subject == "boom":
-            raise RuntimeError("disk on fire")
-        real(session, number, records, pk)
-
-    monkeypatch.setattr("mailbridge.ingest.tickets.repo.add_events", breaks_on_boom)
+    break_on_subject(monkeypatch, "boom")
     first = make_mail(sender="carol@customer.example", subject="Printer on fire")
     reply = make_mail(
         sender="carol@customer.example", subject="Re: fire", in_reply_to=message_id_of(first)

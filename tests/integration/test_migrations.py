@@ -3,31 +3,19 @@ are never given twice, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 
 from mailbridge.config import parse_settings
 from mailbridge.envelope import Envelope
 from mailbridge.ingest import Ingestor
 from mailbridge.storage import open_store, repo
-from mailbridge.storage.engine import MIGRATIONS, make_engine
+from mailbridge.storage.engine import make_engine
 from tests.configs import mailbridge_toml
 from tests.mail import make_mail
+from tests.schema import at_revision
 from tests.tickets import FILE
 
 CHILDREN = ("messages", "events", "participants", "thread_keys", "attachments")
-
-
-def _at_revision(url: str, revision: str) -> None:
-    """The schema of `revision`, built the way that release's daemon built it (foreign keys on)."""
-    engine = make_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-    engine.dispose()
 
 
 def _counts(url: str) -> dict[str, int]:
@@ -43,7 +31,7 @@ def _counts(url: str) -> dict[str, int]:
 def _mail_at_0005(url: str) -> None:
     """Two tickets with messages, an attachment, events, participants and thread keys, written
     by raw SQL in the schema of revision 0005 (the release before 0006)."""
-    _at_revision(url, "0005")
+    at_revision(url, "0005")
     engine = make_engine(url)
     now = "2026-12-01 09:00:00+00:00"
     with engine.begin() as conn:

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 
 from mailbridge.storage import open_store, repo
-from mailbridge.storage.engine import MIGRATIONS, make_engine
+from mailbridge.storage.engine import make_engine
+from tests.schema import at_revision
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
-def _at_revision(url: str, revision: str) -> None:
-    engine = make_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-    engine.dispose()
-
-
 def test_migration_upgrades_a_database_of_the_previous_release(db_url: str) -> None:
-    _at_revision(db_url, "0002")  # the schema the current release creates
+    at_revision(db_url, "0002")  # the schema the current release creates
     engine = make_engine(db_url)
     with engine.begin() as conn:
         conn.execute(
