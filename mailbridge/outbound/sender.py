@@ -174,9 +174,16 @@ class OutboxSender:
         self._task = None
 
     def kick(self) -> None:
-        """Look at the outbox now (something was queued); safe from any thread."""
-        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """Look at the outbox now (something was queued); safe from any thread. The daemon kicks
+        after every stored mail: a kick while one is pending, or while there is nothing this
+        sender could deliver (no smarthost, no webhooks), would only wake the loop (a write to
+        its self-pipe) for nothing."""
+        wake = self._wake
+        if self._loop is None or wake is None or self._loop.is_closed() or wake.is_set():
+            return
+        if not self.config.smarthost.host and not self.config.webhooks:
+            return
+        self._loop.call_soon_threadsafe(wake.set)
 
     async def _run(self) -> None:
         assert self._wake is not None
