@@ -324,14 +324,11 @@ class OutboxSender:
     def _record_sent(self, job: Job, result: Result, at: datetime) -> None:
         """`_record` of a delivery: one statement, where most rows end (the bytes are dropped,
         the ticket's copy is what remains of them)."""
-        partly = "partly refused: " + "; ".join(result.refused)
+        partly = ("partly refused: " + "; ".join(result.refused))[:2000] if result.refused else None
         with self.store.unit() as session:
-            row = repo.mark_sent(
-                session, job.id, job.attempts, at, partly[:2000] if result.refused else None
-            )
-        if (
-            row is None
-        ):  # purged with its ticket, or recorded already (a commit that seemed to fail)
+            row = repo.mark_sent(session, job.id, job.attempts, at, partly)
+        # None: purged with its ticket, or recorded already (a commit that seemed to fail)
+        if row is None:
             return
         kind, attempts, retry_at = row
         log_delivery(job.id, kind, attempts, "sent", result, retry_at)

@@ -184,8 +184,7 @@ class Batch(Rows):
         for key in keys:
             if key in self._indexed:
                 found[key] = self._indexed[key]
-        for key in keys:
-            if key not in found and key in self._thread_keys:
+            elif key not in found and key in self._thread_keys:
                 found[key] = int(self._thread_keys[key]["ticket_number"])
         return found
 

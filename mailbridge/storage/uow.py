@@ -46,6 +46,8 @@ _THREAD_KEYS = table_of(ThreadKey)
 _OUTBOX = table_of(Outbox)
 _COUNTS = table_of(OutboxCount)
 _INSERT_EVENTS = insert(table_of(Event))
+_INSERT_TICKET = insert(_TICKETS).returning(_TICKETS.c.number)
+_INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
 _THREAD_TICKETS = select(ThreadKey.key, ThreadKey.ticket_number).where(
     ThreadKey.key.in_(bindparam("keys", expanding=True))
 )
@@ -147,8 +149,7 @@ class Rows:
         to it are written when the unit of work commits."""
         row = ticket_row(ticket)
         del row["number"]
-        stmt = insert(_TICKETS).returning(_TICKETS.c.number)
-        ticket.number = int(self.session.connection().execute(stmt, row).scalar_one())
+        ticket.number = int(self.session.connection().execute(_INSERT_TICKET, row).scalar_one())
         attach(self.session, ticket, row | {"number": ticket.number})
         return ticket
 
@@ -156,8 +157,8 @@ class Rows:
         """Insert message rows; returns their ids, in order."""
         if not rows:
             return []
-        stmt = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
-        return [int(pk) for pk in self.session.connection().execute(stmt, rows).scalars()]
+        result = self.session.connection().execute(_INSERT_MESSAGES, rows)
+        return [int(pk) for pk in result.scalars()]
 
     def add_attachments(self, rows: list[dict[str, Any]]) -> None:
         if rows:

@@ -9,10 +9,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from mailbridge.storage.models import Event, Outbox, table_of
+from mailbridge.storage.models import Event
 from mailbridge.storage.uow import Session, WebhookRows
-
-_OUTBOX = table_of(Outbox)
 
 
 class EventRecord(Protocol):

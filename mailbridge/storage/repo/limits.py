@@ -100,8 +100,7 @@ def _bounds(session: Session, kind: str, keys: tuple[str, str, str], hour: int) 
     memo = session.rows.memo
     missing = [k for k in keys if (kind, k, hour) not in memo]
     if missing:
-        padded = (missing * 3)[:3]
-        params = {"kind": kind, "k0": padded[0], "k1": padded[1], "k2": padded[2], "hour": hour}
+        params = {"kind": kind, "keys": missing, "hour": hour}
         found = {key: int(n) for key, n in session.connection().execute(_BOUNDS, params)}
         for k in missing:
             memo[(kind, k, hour)] = found.get(k, 0)
@@ -146,7 +145,7 @@ _BOUNDS = (
     select(_COUNTS.c.key, func.sum(_COUNTS.c.n))
     .where(
         _COUNTS.c.kind == bindparam("kind"),
-        _COUNTS.c.key.in_([bindparam("k0"), bindparam("k1"), bindparam("k2")]),
+        _COUNTS.c.key.in_(bindparam("keys", expanding=True)),
         _COUNTS.c.hour >= bindparam("hour"),
     )
     .group_by(_COUNTS.c.key)
